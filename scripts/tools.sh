@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the real servers the tests run against, from the Go module proxy, and links them into
+# .cache/bin. Builds are cached per version outside the repo (NATSBIND_TOOLS_CACHE, default
+# ~/.cache/natsbind/<tool>-<version>) so a fresh clone on the same machine reuses them.
+# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver ...]   (default: all)
+set -euo pipefail
+
+NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-v2.15.2}"
+NSC_VERSION="${NSC_VERSION:-v2.12.2}"
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.37.2}"
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CACHE="${NATSBIND_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/natsbind}"
+BIN="$ROOT/.cache/bin"
+mkdir -p "$CACHE" "$BIN"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# link NAME DIR: point .cache/bin/NAME at DIR/NAME.
+link() { ln -sfn "$2/$1" "$BIN/$1"; }
+
+# scratch DIR: a throwaway module directory, removed on exit.
+scratch() { mktemp -d "$CACHE/.build-XXXXXX"; }
+
+# build_module NAME MODULE VERSION [PACKAGE]: build PACKAGE (default MODULE) from a throwaway module
+# that requires MODULE@VERSION. Plain `go install m@v` is not used: it asks the proxy for the
+# module's version list (deprecation check), which some modules (nsc) do not serve, and modules
+# with relative replace lines (etcd) cannot be installed that way at all.
+build_module() {
+  local name="$1" module="$2" version="$3" pkg="${4:-$2}" dest="$CACHE/$1-$3"
+  if [[ ! -x "$dest/$name" ]]; then
+    log "building $name $version"
+    local tmp; tmp="$(scratch)"
+    ( cd "$tmp" && go mod init "natsbind.tools/$name" >/dev/null 2>&1 \
+      && go get "$module@$version" \
+      && go build -trimpath -ldflags "-X main.version=$version" -o "$tmp/$name" "$pkg" )
+    mkdir -p "$dest" && mv "$tmp/$name" "$dest/$name" && rm -rf "$tmp"
+  fi
+  link "$name" "$dest"
+}
+
+# kube-apiserver: k8s.io/kubernetes replaces its staging modules with local paths, so a throwaway
+# module requires it and pins every staging module to its published v0.Y.Z twin.
+build_kube_apiserver() {
+  local dest="$CACHE/kube-apiserver-$KUBERNETES_VERSION"
+  if [[ ! -x "$dest/kube-apiserver" ]]; then
+    log "building kube-apiserver $KUBERNETES_VERSION (takes minutes)"
+    local tmp; tmp="$(scratch)"
+    local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    local staging="v0.${KUBERNETES_VERSION#v1.}"
+    (
+      cd "$tmp"
+      go mod init natsbind.tools/kube-apiserver >/dev/null 2>&1
+      {
+        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        grep -E '^\s*k8s\.io/[^ ]+ => \./staging/' "$gomod" | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
+      } >> go.mod
+      printf 'package tools\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > tools.go
+      go mod tidy >/dev/null
+      go build -trimpath -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    )
+    mkdir -p "$dest" && mv "$tmp/kube-apiserver" "$dest/kube-apiserver" && rm -rf "$tmp"
+  fi
+  link kube-apiserver "$dest"
+}
+
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver)
+for tool in "${tools[@]}"; do
+  case "$tool" in
+    nats-server) build_module nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" ;;
+    nsc) build_module nsc github.com/nats-io/nsc/v2 "$NSC_VERSION" ;;
+    etcd) build_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ;;
+    kube-apiserver) build_kube_apiserver ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver)" >&2; exit 2 ;;
+  esac
+done
