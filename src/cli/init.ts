@@ -1,0 +1,217 @@
+/**
+ * `natsbind init`: a fresh operator and everything a nats-server and natsbind need to trust it.
+ *
+ * The operator identity key is written once and is not needed at run time: natsbind signs with the
+ * operator signing key only. The operator JWT sets strict_signing_key_usage, so identity keys
+ * (operator and account) cannot sign anything the servers accept: only signing keys can.
+ */
+import { access, constants, mkdir, readdir, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { NatsbindError } from "../errors.ts";
+import { accountClaims, operatorClaims, signJwt, userClaims } from "../nats/claims.ts";
+import { formatCreds } from "../nats/creds.ts";
+import { NKeyPair } from "../nats/keys.ts";
+import { writeFileAtomic } from "../store/files.ts";
+
+export class InitError extends NatsbindError {}
+
+export interface InitOptions {
+  outDir: string;
+  operatorName?: string;
+  /** Replace keys and files already in outDir. */
+  force?: boolean;
+  natsHost?: string;
+  natsPort?: number;
+  monitorPort?: number;
+  /** Wall clock in ms (iat of the JWTs). */
+  now?: () => number;
+}
+
+/** Paths below outDir, shared by init, the config it writes and the docs. */
+export const INIT_LAYOUT = {
+  operatorKey: "keys/operator.nk",
+  operatorSigningKey: "keys/operator-signing.nk",
+  systemAccountKey: "keys/system-account.nk",
+  systemAccountSigningKey: "keys/system-account-signing.nk",
+  operatorJwt: "operator.jwt",
+  systemAccountJwt: "system-account.jwt",
+  systemCreds: "system.creds",
+  natsServerConfig: "nats-server.conf",
+  config: "natsbind.yaml",
+  resolverDir: "jwt",
+  accountKeyDir: "keys/accounts",
+  bindingsDir: "bindings",
+} as const;
+
+export interface InitResult {
+  outDir: string;
+  operator: string;
+  operatorSigningKey: string;
+  systemAccount: string;
+  systemUser: string;
+  files: string[];
+}
+
+async function checkTarget(dir: string, force: boolean): Promise<void> {
+  try {
+    const info = await stat(dir);
+    if (!info.isDirectory()) throw new InitError(`init: ${dir} exists and is not a directory`);
+  } catch (err) {
+    if (err instanceof InitError) throw err;
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+    } catch (cause) {
+      throw new InitError(`init: cannot create ${dir}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+    }
+  }
+  try {
+    await access(dir, constants.W_OK);
+  } catch (cause) {
+    throw new InitError(`init: ${dir} is not writable`, { cause });
+  }
+  const entries = await readdir(dir);
+  if (entries.length > 0 && !force) {
+    const keys = (await readdir(join(dir, "keys")).catch(() => [])).length > 0;
+    throw new InitError(
+      keys
+        ? `init: ${dir} already holds keys; refusing to overwrite them. Pass --force to replace the operator ` +
+            "(every account signed by the old operator stops being trusted)"
+        : `init: ${dir} is not empty (${entries.slice(0, 3).join(", ")}${entries.length > 3 ? ", ..." : ""}); ` +
+            "choose an empty directory or pass --force",
+    );
+  }
+}
+
+function serverConfig(o: {
+  host: string;
+  port: number;
+  monitorPort: number;
+  operatorJwtPath: string;
+  systemAccount: string;
+  systemAccountJwt: string;
+  resolverDir: string;
+}): string {
+  return `# nats-server configuration written by natsbind init (operator mode, full account resolver).
+server_name: natsbind-0
+host: ${o.host}
+port: ${o.port}
+http: "${o.host}:${o.monitorPort}"
+
+operator: ${JSON.stringify(o.operatorJwtPath)}
+system_account: ${o.systemAccount}
+
+resolver: {
+  type: full
+  dir: ${JSON.stringify(o.resolverDir)}
+  allow_delete: true
+  interval: "2m"
+  timeout: "1.9s"
+}
+
+resolver_preload: {
+  ${o.systemAccount}: ${JSON.stringify(o.systemAccountJwt)}
+}
+`;
+}
+
+function natsbindConfig(o: { host: string; port: number }): string {
+  return `# natsbind configuration written by natsbind init. Relative paths are relative to this file.
+mode: local
+nats:
+  servers: ["nats://${o.host}:${o.port}"]
+  # A system-account user: talks to the account resolver.
+  systemCreds: ${INIT_LAYOUT.systemCreds}
+  # Signs account JWTs. The operator identity key (${INIT_LAYOUT.operatorKey}) is not used at run time: keep it offline.
+  operatorSigningKey: ${INIT_LAYOUT.operatorSigningKey}
+  operatorJwt: ${INIT_LAYOUT.operatorJwt}
+  timeoutMs: 5000
+local:
+  keyDir: ${INIT_LAYOUT.accountKeyDir}
+  bindingsDir: ${INIT_LAYOUT.bindingsDir}
+`;
+}
+
+export async function initOperator(opts: InitOptions): Promise<InitResult> {
+  const outDir = resolve(opts.outDir);
+  await checkTarget(outDir, opts.force ?? false);
+  const iat = Math.floor((opts.now ?? Date.now)() / 1000);
+  const host = opts.natsHost ?? "127.0.0.1";
+  const port = opts.natsPort ?? 4222;
+  const monitorPort = opts.monitorPort ?? 8222;
+
+  const operator = NKeyPair.generate("operator");
+  const signing = NKeyPair.generate("operator");
+  const system = NKeyPair.generate("account");
+  // Under strict signing key usage nats-server accepts users only from account signing keys.
+  const systemSigning = NKeyPair.generate("account");
+  const systemUser = NKeyPair.generate("user");
+
+  const operatorJwt = signJwt(
+    operatorClaims({
+      publicKey: operator.publicKey,
+      name: opts.operatorName ?? "natsbind",
+      signingKeys: [signing.publicKey],
+      systemAccount: system.publicKey,
+      strictSigningKeyUsage: true,
+    }),
+    operator,
+    iat,
+  );
+  const systemJwt = signJwt(
+    accountClaims({ publicKey: system.publicKey, name: "SYS", signingKeys: [systemSigning.publicKey] }, signing.publicKey),
+    signing,
+    iat,
+  );
+  const userJwt = signJwt(
+    userClaims({
+      publicKey: systemUser.publicKey,
+      name: "natsbind-system",
+      account: system.publicKey,
+      issuer: systemSigning.publicKey,
+      scoped: false,
+    }),
+    systemSigning,
+    iat,
+  );
+
+  const at = (p: string): string => join(outDir, p);
+  await mkdir(at("keys"), { recursive: true, mode: 0o700 });
+  await mkdir(at(INIT_LAYOUT.accountKeyDir), { recursive: true, mode: 0o700 });
+  await mkdir(at(INIT_LAYOUT.bindingsDir), { recursive: true });
+  await mkdir(at(INIT_LAYOUT.resolverDir), { recursive: true, mode: 0o700 });
+  const seed = (k: NKeyPair): string => `${new TextDecoder().decode(k.getSeed())}\n`;
+  // Keys first: every JWT below names them.
+  const files: Array<[string, string, number]> = [
+    [INIT_LAYOUT.operatorKey, seed(operator), 0o600],
+    [INIT_LAYOUT.operatorSigningKey, seed(signing), 0o600],
+    [INIT_LAYOUT.systemAccountKey, seed(system), 0o600],
+    [INIT_LAYOUT.systemAccountSigningKey, seed(systemSigning), 0o600],
+    [INIT_LAYOUT.systemCreds, formatCreds(userJwt, systemUser), 0o600],
+    [INIT_LAYOUT.operatorJwt, `${operatorJwt}\n`, 0o644],
+    [INIT_LAYOUT.systemAccountJwt, `${systemJwt}\n`, 0o644],
+    [
+      INIT_LAYOUT.natsServerConfig,
+      serverConfig({
+        host,
+        port,
+        monitorPort,
+        operatorJwtPath: at(INIT_LAYOUT.operatorJwt),
+        systemAccount: system.publicKey,
+        systemAccountJwt: systemJwt,
+        resolverDir: at(INIT_LAYOUT.resolverDir),
+      }),
+      0o644,
+    ],
+    [INIT_LAYOUT.config, natsbindConfig({ host, port }), 0o644],
+  ];
+  for (const [path, data, mode] of files) await writeFileAtomic(at(path), data, mode);
+  for (const k of [operator, signing, system, systemSigning, systemUser]) k.clear();
+  return {
+    outDir,
+    operator: operator.publicKey,
+    operatorSigningKey: signing.publicKey,
+    systemAccount: system.publicKey,
+    systemUser: systemUser.publicKey,
+    files: files.map(([p]) => p),
+  };
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+/**
+ * natsbind command line. Subcommands parse their own flags; errors print one line and exit 1 (2 for
+ * usage errors). Nothing printed here ever contains a seed or creds.
+ */
+import { parseArgs } from "node:util";
+import { NatsbindError } from "../errors.ts";
+import { initOperator } from "./init.ts";
+import { accountsCommand } from "./accounts.ts";
+import { UsageError } from "./usage.ts";
+
+const USAGE = `usage: natsbind <command> [flags]
+
+commands:
+  init --out DIR [--name OPERATOR] [--port N] [--monitor-port N] [--force]
+        create an operator, its signing key, the system account and user, a nats-server config
+        and a starter natsbind.yaml in DIR
+  accounts push-sample --config FILE --name NAME --project-id ID
+        create (or reuse) an account with a scoped "ci" signing key and push it to the resolver
+  accounts list --config FILE          accounts the resolver holds
+  accounts lookup --config FILE ID     an account's claims as the resolver holds them
+  accounts delete --config FILE ID...  delete accounts from the resolver
+  help                                 this text
+`;
+
+
+
+async function init(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      out: { type: "string" },
+      name: { type: "string" },
+      port: { type: "string" },
+      "monitor-port": { type: "string" },
+      force: { type: "boolean", default: false },
+    },
+  });
+  if (!values.out) throw new UsageError("init: --out DIR is required");
+  const port = (flag: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`init: ${flag} must be a port number (1-65535)`);
+    return n;
+  };
+  const result = await initOperator({
+    outDir: values.out,
+    force: values.force,
+    ...(values.name ? { operatorName: values.name } : {}),
+    ...(values.port ? { natsPort: port("--port", values.port)! } : {}),
+    ...(values["monitor-port"] ? { monitorPort: port("--monitor-port", values["monitor-port"])! } : {}),
+  });
+  console.log(`operator           ${result.operator}`);
+  console.log(`operator signing   ${result.operatorSigningKey}`);
+  console.log(`system account     ${result.systemAccount}`);
+  console.log(`wrote ${result.files.length} files to ${result.outDir}:`);
+  for (const f of result.files) console.log(`  ${f}`);
+  console.log("keep keys/operator.nk offline: natsbind needs only keys/operator-signing.nk");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case "init":
+        await init(rest);
+        return 0;
+      case "accounts":
+        await accountsCommand(rest);
+        return 0;
+      case undefined:
+      case "help":
+      case "--help":
+      case "-h":
+        process.stdout.write(USAGE);
+        return command === undefined ? 2 : 0;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    const usage = err instanceof UsageError || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+    const name = err instanceof NatsbindError ? `${err.name}: ` : "";
+    console.error(`natsbind: ${name}${(err as Error).message ?? String(err)}`);
+    if (usage) console.error("run 'natsbind help' for usage");
+    return usage ? 2 : 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,81 @@
+/**
+ * natsbind's configuration file (natsbind.yaml): read and validated once, here. Every error names
+ * the file and the field path. Relative paths resolve against the file's directory.
+ */
+import { readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import { TerminalError } from "../errors.ts";
+
+export class ConfigError extends TerminalError {}
+
+export const MAX_CONFIG_BYTES = 256 * 1024;
+
+const natsUrl = z
+  .string()
+  .regex(/^(nats|tls|ws|wss):\/\/[^\s]+$/, "must be a nats://, tls://, ws:// or wss:// URL");
+
+const ConfigSchema = z.strictObject({
+  mode: z.enum(["local", "kubernetes"]).default("local"),
+  nats: z.strictObject({
+    servers: z.array(natsUrl).min(1).max(64),
+    /** Creds of a system-account user, used to talk to the account resolver. */
+    systemCreds: z.string().min(1),
+    /** Operator signing key seed file: signs account JWTs. The identity key is never needed. */
+    operatorSigningKey: z.string().min(1),
+    operatorJwt: z.string().min(1),
+    timeoutMs: z.number().int().min(100).max(120_000).default(5_000),
+    /** Number of resolver servers; omit to discover them with $SYS.REQ.SERVER.PING. */
+    expectedServers: z.number().int().min(1).max(1_000).optional(),
+  }),
+  local: z
+    .strictObject({
+      keyDir: z.string().min(1).default("keys/accounts"),
+      bindingsDir: z.string().min(1).default("bindings"),
+    })
+    .prefault({}),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+function formatIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => `${issue.path.length ? issue.path.join(".") : "(top level)"}: ${issue.message}`)
+    .join("; ");
+}
+
+/** Validates an already-parsed document; `source` names it in errors. */
+export function parseConfig(document: unknown, source: string, baseDir: string): Config {
+  const result = ConfigSchema.safeParse(document ?? {});
+  if (!result.success) throw new ConfigError(`${source}: ${formatIssues(result.error)}`);
+  const config = result.data;
+  const at = (p: string): string => resolve(baseDir, p);
+  return {
+    ...config,
+    nats: {
+      ...config.nats,
+      systemCreds: at(config.nats.systemCreds),
+      operatorSigningKey: at(config.nats.operatorSigningKey),
+      operatorJwt: at(config.nats.operatorJwt),
+    },
+    local: { keyDir: at(config.local.keyDir), bindingsDir: at(config.local.bindingsDir) },
+  };
+}
+
+export async function loadConfig(path: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (cause) {
+    throw new ConfigError(`cannot read config ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+  }
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) throw new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`);
+  let document: unknown;
+  try {
+    document = parseYaml(text, { maxAliasCount: 100 });
+  } catch (cause) {
+    throw new ConfigError(`${path}: not valid YAML: ${(cause as Error).message}`, { cause });
+  }
+  return parseConfig(document, path, dirname(resolve(path)));
+}

@@ -1,0 +1,448 @@
+/**
+ * NATS JWT claims (nats-server's v2 format): pure builders from desired state, a signer, a verifying
+ * decoder and the normalized claims hash that decides whether a push is needed.
+ *
+ * Builders do no I/O and read no clock: the same input always gives the same claims. Only signJwt
+ * adds time (iat, from the caller) and a signature.
+ */
+import { createHash } from "node:crypto";
+import type { KeyPair } from "@nats-io/nkeys";
+import { TerminalError } from "../errors.ts";
+import { base32Encode, base64UrlEncode } from "./encoding.ts";
+import { isPublicKey, parsePublicKey, verifyWithPublicKey, type KeyKind } from "./keys.ts";
+import { subjectProblem } from "./subjects.ts";
+
+/** Invalid desired state or an undecodable / unverifiable JWT. */
+export class ClaimsError extends TerminalError {}
+
+/** -1 means unlimited, as in nats-server. */
+export interface JetStreamLimits {
+  memoryStorage: number;
+  diskStorage: number;
+  streams: number;
+  consumers: number;
+  maxAckPending?: number;
+  memoryMaxStreamBytes?: number;
+  diskMaxStreamBytes?: number;
+  maxBytesRequired?: boolean;
+}
+
+export interface AccountLimits {
+  connections?: number;
+  leafNodeConnections?: number;
+  subscriptions?: number;
+  /** Bytes in flight; -1 unlimited. */
+  data?: number;
+  /** Largest message payload in bytes; -1 unlimited. */
+  payload?: number;
+  imports?: number;
+  exports?: number;
+  wildcardExports?: boolean;
+  /** Absent: JetStream disabled for the account. */
+  jetstream?: JetStreamLimits;
+}
+
+export interface SubjectPermission {
+  allow?: string[];
+  deny?: string[];
+}
+
+/** What every user signed by a scoped signing key may do; subjects may use template functions. */
+export interface PermissionTemplate {
+  pub?: SubjectPermission;
+  sub?: SubjectPermission;
+  /** Allow replies to received requests: at most `max` replies within `ttlMs`. */
+  responses?: { max: number; ttlMs: number };
+  subscriptions?: number;
+  data?: number;
+  payload?: number;
+  bearerToken?: boolean;
+  allowedConnectionTypes?: string[];
+}
+
+export interface ScopedSigningKey {
+  key: string;
+  role: string;
+  description?: string;
+  template: PermissionTemplate;
+}
+
+export type SigningKey = string | ScopedSigningKey;
+
+export interface AccountExport {
+  name: string;
+  subject: string;
+  type: "stream" | "service";
+  tokenRequired?: boolean;
+  description?: string;
+}
+
+export interface AccountImport {
+  name: string;
+  subject: string;
+  account: string;
+  type: "stream" | "service";
+  localSubject?: string;
+}
+
+export interface DesiredAccount {
+  /** The account's identity public key ("A…"). */
+  publicKey: string;
+  name: string;
+  description?: string;
+  tags?: string[];
+  limits?: AccountLimits;
+  signingKeys: SigningKey[];
+  exports?: AccountExport[];
+  imports?: AccountImport[];
+  /** Unix seconds; absent: never expires. */
+  expiresAt?: number;
+}
+
+/** Claims as they appear in a JWT body (snake_case is nats-server's). */
+export interface JwtClaims {
+  jti?: string;
+  iat?: number;
+  exp?: number;
+  iss: string;
+  sub: string;
+  name: string;
+  aud?: string;
+  nats: Record<string, unknown> & { type: string; version: 2 };
+}
+
+export const MAX_JWT_BYTES = 1024 * 1024;
+const MAX_NAME = 256;
+const MAX_TAGS = 64;
+
+function fail(path: string, problem: string): never {
+  throw new ClaimsError(`${path} ${problem}`);
+}
+
+function checkName(path: string, value: string): void {
+  if (typeof value !== "string" || value.trim().length === 0) fail(path, "is empty");
+  if (value.length > MAX_NAME) fail(path, `is longer than ${MAX_NAME} characters`);
+  if (/[\u0000-\u001f\u007f]/u.test(value)) fail(path, "contains a control character");
+}
+
+function checkKey(path: string, value: string, kind: KeyKind): void {
+  if (!isPublicKey(value, kind)) fail(path, `is not ${kind === "account" ? "an account" : `an ${kind}`} public key`);
+}
+
+function checkSubjects(path: string, subjects: string[] | undefined): string[] | undefined {
+  if (subjects === undefined) return undefined;
+  subjects.forEach((s, i) => {
+    const problem = typeof s === "string" ? subjectProblem(s) : "is not a string";
+    if (problem) fail(`${path}[${i}]`, `"${String(s).slice(0, 80)}" ${problem}`);
+  });
+  return [...subjects];
+}
+
+function checkLimit(path: string, value: number | undefined): number {
+  if (value === undefined) return -1;
+  if (!Number.isSafeInteger(value) || value < -1) fail(path, "must be an integer >= -1 (-1 is unlimited)");
+  return value;
+}
+
+function permission(path: string, p: SubjectPermission | undefined): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  const allow = checkSubjects(`${path}.allow`, p?.allow);
+  const deny = checkSubjects(`${path}.deny`, p?.deny);
+  if (allow?.length) out.allow = allow;
+  if (deny?.length) out.deny = deny;
+  return out;
+}
+
+function templateClaims(path: string, t: PermissionTemplate): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    pub: permission(`${path}.pub`, t.pub),
+    sub: permission(`${path}.sub`, t.sub),
+    subs: checkLimit(`${path}.subscriptions`, t.subscriptions),
+    data: checkLimit(`${path}.data`, t.data),
+    payload: checkLimit(`${path}.payload`, t.payload),
+  };
+  if (t.responses) {
+    if (!Number.isSafeInteger(t.responses.max) || t.responses.max < 1) fail(`${path}.responses.max`, "must be >= 1");
+    if (!Number.isSafeInteger(t.responses.ttlMs) || t.responses.ttlMs < 0) fail(`${path}.responses.ttlMs`, "must be >= 0");
+    out.resp = { max: t.responses.max, ttl: t.responses.ttlMs * 1_000_000 };
+  }
+  if (t.bearerToken) out.bearer_token = true;
+  if (t.allowedConnectionTypes?.length) out.allowed_connection_types = [...t.allowedConnectionTypes];
+  return out;
+}
+
+function limitsClaims(l: AccountLimits | undefined): Record<string, unknown> {
+  const js = l?.jetstream;
+  const out: Record<string, unknown> = {
+    subs: checkLimit("limits.subscriptions", l?.subscriptions),
+    data: checkLimit("limits.data", l?.data),
+    payload: checkLimit("limits.payload", l?.payload),
+    imports: checkLimit("limits.imports", l?.imports),
+    exports: checkLimit("limits.exports", l?.exports),
+    wildcards: l?.wildcardExports ?? true,
+    conn: checkLimit("limits.connections", l?.connections),
+    leaf: checkLimit("limits.leafNodeConnections", l?.leafNodeConnections),
+    mem_storage: js ? checkLimit("limits.jetstream.memoryStorage", js.memoryStorage) : 0,
+    disk_storage: js ? checkLimit("limits.jetstream.diskStorage", js.diskStorage) : 0,
+  };
+  if (js) {
+    if (js.memoryStorage === 0 && js.diskStorage === 0) {
+      fail("limits.jetstream", "enables JetStream with no storage: set memoryStorage or diskStorage (-1 unlimited)");
+    }
+    out.streams = checkLimit("limits.jetstream.streams", js.streams);
+    out.consumer = checkLimit("limits.jetstream.consumers", js.consumers);
+    if (js.maxAckPending !== undefined) out.max_ack_pending = checkLimit("limits.jetstream.maxAckPending", js.maxAckPending);
+    if (js.memoryMaxStreamBytes !== undefined) {
+      out.mem_max_stream_bytes = checkLimit("limits.jetstream.memoryMaxStreamBytes", js.memoryMaxStreamBytes);
+    }
+    if (js.diskMaxStreamBytes !== undefined) {
+      out.disk_max_stream_bytes = checkLimit("limits.jetstream.diskMaxStreamBytes", js.diskMaxStreamBytes);
+    }
+    if (js.maxBytesRequired) out.max_bytes_required = true;
+  }
+  return out;
+}
+
+function tagsClaims(tags: string[] | undefined): string[] | undefined {
+  if (!tags?.length) return undefined;
+  if (tags.length > MAX_TAGS) fail("tags", `has more than ${MAX_TAGS} entries`);
+  const out = tags.map((t, i) => {
+    if (typeof t !== "string" || t.length === 0 || t.length > MAX_NAME || /\s/u.test(t)) {
+      fail(`tags[${i}]`, "must be a non-empty string without whitespace");
+    }
+    // nats-server's jwt lower-cases tags; doing it here keeps hashes stable across a round trip.
+    return t.toLowerCase();
+  });
+  return [...new Set(out)];
+}
+
+/**
+ * Account claims for `desired`, issued by `issuer` (an operator signing public key). Pure: throws a
+ * ClaimsError naming the offending field for invalid input.
+ */
+export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaims {
+  checkKey("publicKey", desired.publicKey, "account");
+  checkKey("issuer", issuer, "operator");
+  checkName("name", desired.name);
+  const roles = new Set<string>();
+  const keys = new Set<string>();
+  const signingKeys = desired.signingKeys.map((sk, i) => {
+    const key = typeof sk === "string" ? sk : sk.key;
+    checkKey(`signingKeys[${i}].key`, key, "account");
+    if (keys.has(key)) fail(`signingKeys[${i}].key`, "is listed twice");
+    if (key === desired.publicKey) fail(`signingKeys[${i}].key`, "must differ from the account identity key");
+    keys.add(key);
+    if (typeof sk === "string") return key;
+    checkName(`signingKeys[${i}].role`, sk.role);
+    if (roles.has(sk.role)) fail(`signingKeys[${i}].role`, `"${sk.role}" is used by two signing keys`);
+    roles.add(sk.role);
+    const scoped: Record<string, unknown> = {
+      kind: "user_scope",
+      key,
+      role: sk.role,
+      template: templateClaims(`signingKeys[${i}].template`, sk.template),
+    };
+    if (sk.description) scoped.description = sk.description;
+    return scoped;
+  });
+
+  const nats: JwtClaims["nats"] = {
+    limits: limitsClaims(desired.limits),
+    signing_keys: signingKeys,
+    default_permissions: { pub: {}, sub: {} },
+    authorization: {},
+    type: "account",
+    version: 2,
+  };
+  if (desired.description) {
+    if (desired.description.length > 4096) fail("description", "is longer than 4096 characters");
+    nats.description = desired.description;
+  }
+  const tags = tagsClaims(desired.tags);
+  if (tags) nats.tags = tags;
+  if (desired.exports?.length) {
+    nats.exports = desired.exports.map((e, i) => {
+      checkName(`exports[${i}].name`, e.name);
+      checkSubjects(`exports[${i}].subject`, [e.subject]);
+      const out: Record<string, unknown> = { name: e.name, subject: e.subject, type: e.type };
+      if (e.tokenRequired) out.token_req = true;
+      if (e.description) out.description = e.description;
+      return out;
+    });
+  }
+  if (desired.imports?.length) {
+    nats.imports = desired.imports.map((imp, i) => {
+      checkName(`imports[${i}].name`, imp.name);
+      checkKey(`imports[${i}].account`, imp.account, "account");
+      checkSubjects(`imports[${i}].subject`, [imp.subject]);
+      const out: Record<string, unknown> = { name: imp.name, subject: imp.subject, account: imp.account, type: imp.type };
+      if (imp.localSubject) out.local_subject = checkSubjects(`imports[${i}].localSubject`, [imp.localSubject])![0];
+      return out;
+    });
+  }
+  const claims: JwtClaims = { iss: issuer, sub: desired.publicKey, name: desired.name, nats };
+  if (desired.expiresAt !== undefined) claims.exp = desired.expiresAt;
+  return claims;
+}
+
+export interface DesiredOperator {
+  publicKey: string;
+  name: string;
+  signingKeys: string[];
+  systemAccount: string;
+  accountServerUrl?: string;
+  serviceUrls?: string[];
+  /** Refuse accounts signed by the identity key: only signing keys may issue accounts. */
+  strictSigningKeyUsage?: boolean;
+}
+
+/** Operator claims, self-signed by the operator identity key (iss == sub). */
+export function operatorClaims(desired: DesiredOperator): JwtClaims {
+  checkKey("publicKey", desired.publicKey, "operator");
+  checkName("name", desired.name);
+  desired.signingKeys.forEach((k, i) => checkKey(`signingKeys[${i}]`, k, "operator"));
+  checkKey("systemAccount", desired.systemAccount, "account");
+  const nats: JwtClaims["nats"] = {
+    signing_keys: [...desired.signingKeys],
+    system_account: desired.systemAccount,
+    type: "operator",
+    version: 2,
+  };
+  if (desired.accountServerUrl) nats.account_server_url = desired.accountServerUrl;
+  if (desired.serviceUrls?.length) nats.operator_service_urls = [...desired.serviceUrls];
+  if (desired.strictSigningKeyUsage) nats.strict_signing_key_usage = true;
+  return { iss: desired.publicKey, sub: desired.publicKey, name: desired.name, nats };
+}
+
+export interface DesiredUser {
+  publicKey: string;
+  name: string;
+  /** The account the user belongs to. */
+  account: string;
+  /** Public key of the signer: the account identity key or one of its signing keys. */
+  issuer: string;
+  /** Signed by a scoped signing key: the user carries no permissions or limits of its own. */
+  scoped: boolean;
+  tags?: string[];
+  permissions?: PermissionTemplate;
+  expiresAt?: number;
+}
+
+export function userClaims(desired: DesiredUser): JwtClaims {
+  checkKey("publicKey", desired.publicKey, "user");
+  checkKey("account", desired.account, "account");
+  checkKey("issuer", desired.issuer, "account");
+  checkName("name", desired.name);
+  let nats: JwtClaims["nats"];
+  if (desired.scoped) {
+    if (desired.permissions) fail("permissions", "must be empty for a user of a scoped signing key");
+    nats = { type: "user", version: 2 };
+  } else {
+    nats = { ...templateClaims("permissions", desired.permissions ?? {}), type: "user", version: 2 };
+  }
+  const tags = tagsClaims(desired.tags);
+  if (tags) nats.tags = tags;
+  if (desired.issuer !== desired.account) nats.issuer_account = desired.account;
+  const claims: JwtClaims = { iss: desired.issuer, sub: desired.publicKey, name: desired.name, nats };
+  if (desired.expiresAt !== undefined) claims.exp = desired.expiresAt;
+  return claims;
+}
+
+/** The generic claim nats-server's full resolver accepts on $SYS.REQ.CLAIMS.DELETE. */
+export function deleteAccountsClaims(accounts: string[], operatorSigningKey: string): JwtClaims {
+  checkKey("operatorSigningKey", operatorSigningKey, "operator");
+  if (accounts.length === 0) fail("accounts", "is empty");
+  accounts.forEach((a, i) => checkKey(`accounts[${i}]`, a, "account"));
+  return {
+    iss: operatorSigningKey,
+    sub: operatorSigningKey,
+    name: "delete",
+    aud: "NATS",
+    nats: { accounts: [...accounts], type: "generic", version: 2 },
+  };
+}
+
+const HEADER = base64UrlEncode(JSON.stringify({ typ: "JWT", alg: "ed25519-nkey" }));
+
+/**
+ * Signs claims with `signer`, whose public key must be `claims.iss`. `issuedAt` is unix seconds
+ * from the caller's clock. jti is the base32 SHA-256 of the claims, as nats-io/jwt computes it.
+ */
+export function signJwt(claims: JwtClaims, signer: KeyPair, issuedAt: number): string {
+  if (signer.getPublicKey() !== claims.iss) {
+    throw new ClaimsError(`signer ${signer.getPublicKey()} is not the claims issuer ${claims.iss}`);
+  }
+  const body: JwtClaims = { ...claims, jti: "", iat: issuedAt };
+  body.jti = base32Encode(createHash("sha256").update(JSON.stringify(body)).digest());
+  const signingInput = `${HEADER}.${base64UrlEncode(JSON.stringify(body))}`;
+  const signature = signer.sign(Buffer.from(signingInput));
+  return `${signingInput}.${base64UrlEncode(signature)}`;
+}
+
+/** Decodes a NATS JWT and verifies its signature against its issuer. Does NOT check exp. */
+export function decodeJwt(jwt: string, what = "JWT"): JwtClaims {
+  if (typeof jwt !== "string" || jwt.length === 0) throw new ClaimsError(`${what} is empty`);
+  if (jwt.length > MAX_JWT_BYTES) throw new ClaimsError(`${what} is larger than ${MAX_JWT_BYTES} bytes`);
+  const parts = jwt.trim().split(".");
+  if (parts.length !== 3) throw new ClaimsError(`${what} is not a JWT (expected 3 dot-separated parts)`);
+  let header: { alg?: unknown; typ?: unknown };
+  let claims: JwtClaims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0]!, "base64url").toString("utf8"));
+    claims = JSON.parse(Buffer.from(parts[1]!, "base64url").toString("utf8"));
+  } catch (cause) {
+    throw new ClaimsError(`${what} has a header or body that is not base64url JSON`, { cause });
+  }
+  if (header.alg !== "ed25519-nkey") throw new ClaimsError(`${what} uses algorithm ${String(header.alg)}, not ed25519-nkey`);
+  if (typeof claims !== "object" || claims === null || typeof claims.iss !== "string" || typeof claims.nats !== "object") {
+    throw new ClaimsError(`${what} is not a NATS JWT (missing iss or nats)`);
+  }
+  let verified = false;
+  try {
+    parsePublicKey(claims.iss, undefined, `${what} issuer`);
+    verified = verifyWithPublicKey(claims.iss, Buffer.from(`${parts[0]}.${parts[1]}`), Buffer.from(parts[2]!, "base64url"));
+  } catch (cause) {
+    throw new ClaimsError(`${what} has an invalid issuer key`, { cause });
+  }
+  if (!verified) throw new ClaimsError(`${what} signature does not verify against its issuer ${claims.iss}`);
+  return claims;
+}
+
+/** Who may issue account JWTs: the operator identity key and its signing keys. */
+export interface TrustedOperator {
+  publicKey: string;
+  signingKeys: readonly string[];
+}
+
+/** Throws unless the account JWT was issued by `operator` (identity or signing key). */
+export function assertIssuedBy(claims: JwtClaims, operator: TrustedOperator, what = "account JWT"): void {
+  if (claims.iss !== operator.publicKey && !operator.signingKeys.includes(claims.iss)) {
+    throw new ClaimsError(`${what} for ${claims.sub} is signed by ${claims.iss}, which is not a key of operator ${operator.publicKey}`);
+  }
+}
+
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/**
+ * Hash of what the claims say, ignoring when and how often they were signed (iat, jti): equal
+ * hashes mean a push would change nothing. Key order does not matter.
+ */
+export function claimsHash(claims: JwtClaims): string {
+  const { iat: _iat, jti: _jti, ...rest } = claims;
+  return createHash("sha256").update(canonical(rest)).digest("hex");
+}
+
+/** The claims hash of an encoded JWT, without verifying it. */
+export function jwtClaimsHash(jwt: string): string {
+  const body = jwt.split(".")[1] ?? "";
+  return claimsHash(JSON.parse(Buffer.from(body, "base64url").toString("utf8")) as JwtClaims);
+}

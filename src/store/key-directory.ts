@@ -1,0 +1,69 @@
+/**
+ * Local-mode key store: one seed file per key, named by its public key (`<PUBKEY>.nk`, mode 0600),
+ * in a directory of mode 0700. Writes are atomic, so a crash leaves either the old or the new file.
+ */
+import { mkdir, readFile, readdir } from "node:fs/promises";
+import { join } from "node:path";
+import { NatsbindError } from "../errors.ts";
+import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
+import { writeFileAtomic } from "./files.ts";
+
+export class KeyStoreError extends NatsbindError {}
+
+const MAX_SEED_FILE_BYTES = 1024;
+
+export class KeyDirectory {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+  }
+
+  #path(publicKey: string): string {
+    parsePublicKey(publicKey, undefined, "key store: public key");
+    return join(this.dir, `${publicKey}.nk`);
+  }
+
+  /** Persists the seed; durable when the promise resolves. */
+  async save(key: NKeyPair): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(this.#path(key.publicKey), `${new TextDecoder().decode(key.getSeed())}\n`, 0o600);
+  }
+
+  /** The key pair for `publicKey`, or undefined when the store has no seed for it. */
+  async load(publicKey: string, kind?: KeyKind): Promise<NKeyPair | undefined> {
+    const path = this.#path(publicKey);
+    let text: string;
+    try {
+      text = await readFile(path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, { cause: err });
+    }
+    if (text.length > MAX_SEED_FILE_BYTES) throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+    const key = NKeyPair.fromSeed(text, kind, path);
+    if (key.publicKey !== publicKey) throw new KeyStoreError(`key store: ${path} holds the seed of ${key.publicKey}, not ${publicKey}`);
+    return key;
+  }
+
+  /** Public keys of all stored seeds. */
+  async list(): Promise<string[]> {
+    const names = await readdir(this.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return [] as string[];
+      throw err;
+    });
+    return names.filter((n) => n.endsWith(".nk")).map((n) => n.slice(0, -3)).sort();
+  }
+}
+
+/** Reads one seed file (e.g. the operator signing key) with a size bound and a kind check. */
+export async function readSeedFile(path: string, kind: KeyKind): Promise<NKeyPair> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (cause) {
+    throw new KeyStoreError(`cannot read key file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+  }
+  if (text.length > MAX_SEED_FILE_BYTES) throw new KeyStoreError(`key file ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+  return NKeyPair.fromSeed(text, kind, `key file ${path}`);
+}
