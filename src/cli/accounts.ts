@@ -3,13 +3,19 @@ import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { loadConfig, type Config } from "../config/config.ts";
 import { NatsbindError } from "../errors.ts";
-import { accountClaims, claimsHash, decodeJwt, jwtClaimsHash, signJwt, type DesiredAccount } from "../nats/claims.ts";
+import {
+  accountClaims,
+  claimsHash,
+  decodeJwt,
+  jwtClaimsHash,
+  signJwt,
+  trustedOperatorFromJwt,
+  type DesiredAccount,
+} from "../nats/claims.ts";
 import { NKeyPair } from "../nats/keys.ts";
 import { NatsResolver, type ResolverOutcome } from "../nats/resolver.ts";
 import { UsageError } from "./usage.ts";
 import { KeyDirectory, readSeedFile } from "../store/key-directory.ts";
-
-
 
 async function openResolver(config: Config): Promise<NatsResolver> {
   const creds = await readFile(config.nats.systemCreds);
@@ -18,12 +24,17 @@ async function openResolver(config: Config): Promise<NatsResolver> {
     creds,
     timeoutMs: config.nats.timeoutMs,
     operatorSigningKey: await readSeedFile(config.nats.operatorSigningKey, "operator"),
+    trustedOperator: trustedOperatorFromJwt(
+      await readFile(config.nats.operatorJwt, "utf8"),
+      config.nats.operatorJwt,
+    ),
     ...(config.nats.expectedServers ? { expectedServers: config.nats.expectedServers } : {}),
   });
 }
 
 function printOutcome(verb: string, outcome: ResolverOutcome): void {
-  for (const r of outcome.replies) console.log(`  ${verb} ${outcome.accounts.join(",")} on ${r.server}: ${r.code} ${r.message}`);
+  for (const r of outcome.replies)
+    console.log(`  ${verb} ${outcome.accounts.join(",")} on ${r.server}: ${r.code} ${r.message}`);
 }
 
 /**
@@ -84,7 +95,8 @@ export async function accountsCommand(args: string[]): Promise<void> {
   const config = await loadConfig(values.config);
   switch (verb) {
     case "push-sample":
-      if (!values.name || !values["project-id"]) throw new UsageError("push-sample needs --name and --project-id");
+      if (!values.name || !values["project-id"])
+        throw new UsageError("push-sample needs --name and --project-id");
       return pushSample(config, values.name, values["project-id"]);
     case "list": {
       const resolver = await openResolver(config);

@@ -61,7 +61,9 @@ async function checkTarget(dir: string, force: boolean): Promise<void> {
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     } catch (cause) {
-      throw new InitError(`init: cannot create ${dir}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+      throw new InitError(`init: cannot create ${dir}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, {
+        cause,
+      });
     }
   }
   try {
@@ -158,7 +160,10 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
     iat,
   );
   const systemJwt = signJwt(
-    accountClaims({ publicKey: system.publicKey, name: "SYS", signingKeys: [systemSigning.publicKey] }, signing.publicKey),
+    accountClaims(
+      { publicKey: system.publicKey, name: "SYS", signingKeys: [systemSigning.publicKey] },
+      signing.publicKey,
+    ),
     signing,
     iat,
   );

@@ -23,8 +23,6 @@ commands:
   help                                 this text
 `;
 
-
-
 async function init(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -40,7 +38,8 @@ async function init(args: string[]): Promise<void> {
   const port = (flag: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > 65535) throw new UsageError(`init: ${flag} must be a port number (1-65535)`);
+    if (!Number.isInteger(n) || n < 1 || n > 65535)
+      throw new UsageError(`init: ${flag} must be a port number (1-65535)`);
     return n;
   };
   const result = await initOperator({

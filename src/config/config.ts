@@ -68,9 +68,12 @@ export async function loadConfig(path: string): Promise<Config> {
   try {
     text = await readFile(path, "utf8");
   } catch (cause) {
-    throw new ConfigError(`cannot read config ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+    throw new ConfigError(`cannot read config ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, {
+      cause,
+    });
   }
-  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES) throw new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`);
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES)
+    throw new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`);
   let document: unknown;
   try {
     document = parseYaml(text, { maxAliasCount: 100 });

@@ -10,7 +10,7 @@ import type { KeyPair } from "@nats-io/nkeys";
 import { TerminalError } from "../errors.ts";
 import { base32Encode, base64UrlEncode } from "./encoding.ts";
 import { isPublicKey, parsePublicKey, verifyWithPublicKey, type KeyKind } from "./keys.ts";
-import { subjectProblem } from "./subjects.ts";
+import { hasControlCharacter, subjectProblem } from "./subjects.ts";
 
 /** Invalid desired state or an undecodable / unverifiable JWT. */
 export class ClaimsError extends TerminalError {}
@@ -122,11 +122,12 @@ function fail(path: string, problem: string): never {
 function checkName(path: string, value: string): void {
   if (typeof value !== "string" || value.trim().length === 0) fail(path, "is empty");
   if (value.length > MAX_NAME) fail(path, `is longer than ${MAX_NAME} characters`);
-  if (/[\u0000-\u001f\u007f]/u.test(value)) fail(path, "contains a control character");
+  if (hasControlCharacter(value)) fail(path, "contains a control character");
 }
 
 function checkKey(path: string, value: string, kind: KeyKind): void {
-  if (!isPublicKey(value, kind)) fail(path, `is not ${kind === "account" ? "an account" : `an ${kind}`} public key`);
+  if (!isPublicKey(value, kind))
+    fail(path, `is not ${kind === "account" ? "an account" : `an ${kind}`} public key`);
 }
 
 function checkSubjects(path: string, subjects: string[] | undefined): string[] | undefined {
@@ -162,8 +163,10 @@ function templateClaims(path: string, t: PermissionTemplate): Record<string, unk
     payload: checkLimit(`${path}.payload`, t.payload),
   };
   if (t.responses) {
-    if (!Number.isSafeInteger(t.responses.max) || t.responses.max < 1) fail(`${path}.responses.max`, "must be >= 1");
-    if (!Number.isSafeInteger(t.responses.ttlMs) || t.responses.ttlMs < 0) fail(`${path}.responses.ttlMs`, "must be >= 0");
+    if (!Number.isSafeInteger(t.responses.max) || t.responses.max < 1)
+      fail(`${path}.responses.max`, "must be >= 1");
+    if (!Number.isSafeInteger(t.responses.ttlMs) || t.responses.ttlMs < 0)
+      fail(`${path}.responses.ttlMs`, "must be >= 0");
     out.resp = { max: t.responses.max, ttl: t.responses.ttlMs * 1_000_000 };
   }
   if (t.bearerToken) out.bearer_token = true;
@@ -187,11 +190,15 @@ function limitsClaims(l: AccountLimits | undefined): Record<string, unknown> {
   };
   if (js) {
     if (js.memoryStorage === 0 && js.diskStorage === 0) {
-      fail("limits.jetstream", "enables JetStream with no storage: set memoryStorage or diskStorage (-1 unlimited)");
+      fail(
+        "limits.jetstream",
+        "enables JetStream with no storage: set memoryStorage or diskStorage (-1 unlimited)",
+      );
     }
     out.streams = checkLimit("limits.jetstream.streams", js.streams);
     out.consumer = checkLimit("limits.jetstream.consumers", js.consumers);
-    if (js.maxAckPending !== undefined) out.max_ack_pending = checkLimit("limits.jetstream.maxAckPending", js.maxAckPending);
+    if (js.maxAckPending !== undefined)
+      out.max_ack_pending = checkLimit("limits.jetstream.maxAckPending", js.maxAckPending);
     if (js.memoryMaxStreamBytes !== undefined) {
       out.mem_max_stream_bytes = checkLimit("limits.jetstream.memoryMaxStreamBytes", js.memoryMaxStreamBytes);
     }
@@ -275,8 +282,14 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
       checkName(`imports[${i}].name`, imp.name);
       checkKey(`imports[${i}].account`, imp.account, "account");
       checkSubjects(`imports[${i}].subject`, [imp.subject]);
-      const out: Record<string, unknown> = { name: imp.name, subject: imp.subject, account: imp.account, type: imp.type };
-      if (imp.localSubject) out.local_subject = checkSubjects(`imports[${i}].localSubject`, [imp.localSubject])![0];
+      const out: Record<string, unknown> = {
+        name: imp.name,
+        subject: imp.subject,
+        account: imp.account,
+        type: imp.type,
+      };
+      if (imp.localSubject)
+        out.local_subject = checkSubjects(`imports[${i}].localSubject`, [imp.localSubject])![0];
       return out;
     });
   }
@@ -366,7 +379,8 @@ const HEADER = base64UrlEncode(JSON.stringify({ typ: "JWT", alg: "ed25519-nkey" 
 
 /**
  * Signs claims with `signer`, whose public key must be `claims.iss`. `issuedAt` is unix seconds
- * from the caller's clock. jti is the base32 SHA-256 of the claims, as nats-io/jwt computes it.
+ * from the caller's clock. jti is a base32 SHA-256 of the claims: unique per signing, checked by
+ * no server (nats-io/jwt hashes differently; only uniqueness matters).
  */
 export function signJwt(claims: JwtClaims, signer: KeyPair, issuedAt: number): string {
   if (signer.getPublicKey() !== claims.iss) {
@@ -393,14 +407,24 @@ export function decodeJwt(jwt: string, what = "JWT"): JwtClaims {
   } catch (cause) {
     throw new ClaimsError(`${what} has a header or body that is not base64url JSON`, { cause });
   }
-  if (header.alg !== "ed25519-nkey") throw new ClaimsError(`${what} uses algorithm ${String(header.alg)}, not ed25519-nkey`);
-  if (typeof claims !== "object" || claims === null || typeof claims.iss !== "string" || typeof claims.nats !== "object") {
+  if (header.alg !== "ed25519-nkey")
+    throw new ClaimsError(`${what} uses algorithm ${String(header.alg)}, not ed25519-nkey`);
+  if (
+    typeof claims !== "object" ||
+    claims === null ||
+    typeof claims.iss !== "string" ||
+    typeof claims.nats !== "object"
+  ) {
     throw new ClaimsError(`${what} is not a NATS JWT (missing iss or nats)`);
   }
-  let verified = false;
+  let verified: boolean;
   try {
     parsePublicKey(claims.iss, undefined, `${what} issuer`);
-    verified = verifyWithPublicKey(claims.iss, Buffer.from(`${parts[0]}.${parts[1]}`), Buffer.from(parts[2]!, "base64url"));
+    verified = verifyWithPublicKey(
+      claims.iss,
+      Buffer.from(`${parts[0]}.${parts[1]}`),
+      Buffer.from(parts[2]!, "base64url"),
+    );
   } catch (cause) {
     throw new ClaimsError(`${what} has an invalid issuer key`, { cause });
   }
@@ -414,10 +438,24 @@ export interface TrustedOperator {
   signingKeys: readonly string[];
 }
 
+/** Reads who an operator JWT trusts; the JWT must be a self-signed operator JWT. */
+export function trustedOperatorFromJwt(jwt: string, what = "operator JWT"): TrustedOperator {
+  const claims = decodeJwt(jwt, what);
+  if (claims.nats.type !== "operator")
+    throw new ClaimsError(`${what} is a ${claims.nats.type} JWT, not an operator JWT`);
+  if (claims.iss !== claims.sub)
+    throw new ClaimsError(`${what} is not self-signed by its operator ${claims.sub}`);
+  const keys = claims.nats.signing_keys;
+  const signingKeys = Array.isArray(keys) ? keys.filter((k): k is string => typeof k === "string") : [];
+  return { publicKey: claims.sub, signingKeys };
+}
+
 /** Throws unless the account JWT was issued by `operator` (identity or signing key). */
 export function assertIssuedBy(claims: JwtClaims, operator: TrustedOperator, what = "account JWT"): void {
   if (claims.iss !== operator.publicKey && !operator.signingKeys.includes(claims.iss)) {
-    throw new ClaimsError(`${what} for ${claims.sub} is signed by ${claims.iss}, which is not a key of operator ${operator.publicKey}`);
+    throw new ClaimsError(
+      `${what} for ${claims.sub} is signed by ${claims.iss}, which is not a key of operator ${operator.publicKey}`,
+    );
   }
 }
 

@@ -10,7 +10,8 @@ export class CredsError extends TerminalError {}
 export const MAX_CREDS_BYTES = 64 * 1024;
 
 export function formatCreds(userJwt: string, user: NKeyPair): string {
-  if (user.kind !== "user") throw new CredsError(`creds need a user key, got ${user.kind} key ${user.publicKey}`);
+  if (user.kind !== "user")
+    throw new CredsError(`creds need a user key, got ${user.kind} key ${user.publicKey}`);
   const seed = new TextDecoder().decode(user.getSeed());
   return `-----BEGIN NATS USER JWT-----
 ${userJwt}
@@ -35,6 +36,7 @@ export function parseCreds(text: string, what = "creds"): { jwt: string; user: N
     new RegExp(`-{3,}BEGIN ${label}-{3,}\\s*\\n\\s*(\\S+)\\s*\\n\\s*-{3,}END ${label}-{3,}`).exec(text)?.[1];
   const jwt = block("NATS USER JWT");
   const seed = block("USER NKEY SEED");
-  if (!jwt || !seed) throw new CredsError(`${what} is not a NATS creds file (missing user JWT or seed block)`);
+  if (!jwt || !seed)
+    throw new CredsError(`${what} is not a NATS creds file (missing user JWT or seed block)`);
   return { jwt, user: NKeyPair.fromSeed(seed, "user", `${what} seed`) };
 }

@@ -29,7 +29,11 @@ function kindOfPrefix(prefix: number): KeyKind | undefined {
   return KEY_KINDS.find((k) => PREFIX[k] === prefix);
 }
 
-const WITH_ARTICLE: Record<KeyKind, string> = { operator: "an operator", account: "an account", user: "a user" };
+const WITH_ARTICLE: Record<KeyKind, string> = {
+  operator: "an operator",
+  account: "an account",
+  user: "a user",
+};
 
 function describeKinds(kinds: readonly KeyKind[]): string {
   return kinds.length === 1 ? WITH_ARTICLE[kinds[0]!] : `one of ${kinds.join(", ")}`;
@@ -38,7 +42,8 @@ function describeKinds(kinds: readonly KeyKind[]): string {
 function expectKind(kind: KeyKind, expected: KeyKind | readonly KeyKind[] | undefined, what: string): void {
   if (expected === undefined) return;
   const list = typeof expected === "string" ? [expected] : expected;
-  if (!list.includes(kind)) throw new KeyError(`${what}: expected ${describeKinds(list)} key, got ${describeKinds([kind])} key`);
+  if (!list.includes(kind))
+    throw new KeyError(`${what}: expected ${describeKinds(list)} key, got ${describeKinds([kind])} key`);
 }
 
 function rawPublicKey(privateKey: KeyObject): Uint8Array {
@@ -58,7 +63,11 @@ export interface PublicKeyInfo {
   raw: Uint8Array;
 }
 
-export function parsePublicKey(text: string, expected?: KeyKind | readonly KeyKind[], what = "public key"): PublicKeyInfo {
+export function parsePublicKey(
+  text: string,
+  expected?: KeyKind | readonly KeyKind[],
+  what = "public key",
+): PublicKeyInfo {
   const bytes = typeof text === "string" && text.length === 56 ? decodeWithChecksum(text) : undefined;
   const kind = bytes?.length === 33 ? kindOfPrefix(bytes[0]!) : undefined;
   if (!bytes || !kind) throw new KeyError(`${what} is not a valid operator, account or user public nkey`);
@@ -98,7 +107,11 @@ export class NKeyPair implements KeyPair {
   private constructor(kind: KeyKind, seed: Uint8Array) {
     this.kind = kind;
     this.#seed = seed;
-    this.#signingKey = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, seed]), format: "der", type: "pkcs8" });
+    this.#signingKey = createPrivateKey({
+      key: Buffer.concat([PKCS8_ED25519, seed]),
+      format: "der",
+      type: "pkcs8",
+    });
     this.publicKey = encodePublic(kind, rawPublicKey(this.#signingKey));
   }
 
@@ -110,7 +123,11 @@ export class NKeyPair implements KeyPair {
    * Parses an encoded seed ("SO…", "SA…", "SU…"); surrounding whitespace is ignored. `what` names
    * the input in errors (e.g. a file path), since the seed itself never may.
    */
-  static fromSeed(seed: string | Uint8Array, expected?: KeyKind | readonly KeyKind[], what = "seed"): NKeyPair {
+  static fromSeed(
+    seed: string | Uint8Array,
+    expected?: KeyKind | readonly KeyKind[],
+    what = "seed",
+  ): NKeyPair {
     const text = (typeof seed === "string" ? seed : Buffer.from(seed).toString("utf8")).trim();
     const bytes = text.length === 58 ? decodeWithChecksum(text) : undefined;
     if (!bytes || bytes.length !== 34 || (bytes[0]! & 0xf8) !== SEED_PREFIX) {

@@ -8,7 +8,14 @@
 import { connect, credsAuthenticator, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import type { KeyPair } from "@nats-io/nkeys";
 import { NatsbindError, describeError } from "../errors.ts";
-import { MAX_JWT_BYTES, decodeJwt, deleteAccountsClaims, signJwt } from "./claims.ts";
+import {
+  MAX_JWT_BYTES,
+  assertIssuedBy,
+  decodeJwt,
+  deleteAccountsClaims,
+  signJwt,
+  type TrustedOperator,
+} from "./claims.ts";
 import { parsePublicKey } from "./keys.ts";
 
 /** What a resolver can do for the controller: the narrow port the reconciler depends on. */
@@ -59,6 +66,11 @@ export interface ResolverOptions {
   timeoutMs?: number;
   /** How long a discovered server count is trusted, ms. */
   discoveryTtlMs?: number;
+  /**
+   * The operator whose account JWTs push() accepts. nats-server's full resolver stores (and
+   * answers 200 for) an account JWT of any operator, so the check has to happen here.
+   */
+  trustedOperator?: TrustedOperator;
   /** Operator signing key for deletes (delete claims must be operator-signed). */
   operatorSigningKey?: KeyPair;
   /** Wall clock in ms, injected for tests; used for the iat of delete claims. */
@@ -88,7 +100,12 @@ function parseReply(msg: Msg): ServerReply & { account?: string; data?: unknown 
   const server = body.server?.name || body.server?.id || "unknown";
   const base = { server, ...(body.server?.cluster ? { cluster: body.server.cluster } : {}) };
   if (body.error) {
-    return { ...base, code: body.error.code ?? 500, message: body.error.description ?? "error", account: body.error.account };
+    return {
+      ...base,
+      code: body.error.code ?? 500,
+      message: body.error.description ?? "error",
+      account: body.error.account,
+    };
   }
   const data = body.data as { account?: string; code?: number; message?: string } | undefined;
   if (data && typeof data === "object" && !Array.isArray(data)) {
@@ -122,9 +139,12 @@ export class NatsResolver implements AccountResolver {
         maxReconnectAttempts: -1,
       });
     } catch (cause) {
-      throw new ResolverUnavailableError(`cannot connect to NATS at ${serverList(opts.servers)}: ${describeError(cause)}`, {
-        cause,
-      });
+      throw new ResolverUnavailableError(
+        `cannot connect to NATS at ${serverList(opts.servers)}: ${describeError(cause)}`,
+        {
+          cause,
+        },
+      );
     }
     return new NatsResolver(nc, opts);
   }
@@ -172,14 +192,20 @@ export class NatsResolver implements AccountResolver {
     } catch (cause) {
       if (cause instanceof ResolverError) throw cause;
       const text = describeError(cause);
-      if (/no responders/i.test(text)) throw new ResolverUnavailableError(`no resolver answers ${subject}`, { cause });
+      if (/no responders/i.test(text))
+        throw new ResolverUnavailableError(`no resolver answers ${subject}`, { cause });
       throw new ResolverError(`request ${subject} failed: ${text}`, { cause });
     }
     return out;
   }
 
   /** Sends to every resolver and checks that each expected server answered 200. */
-  async #broadcast(subject: string, payload: string, accounts: string[], what: string): Promise<ResolverOutcome> {
+  async #broadcast(
+    subject: string,
+    payload: string,
+    accounts: string[],
+    what: string,
+  ): Promise<ResolverOutcome> {
     const expected = await this.#expectedServers();
     const msgs = await this.#collect(subject, payload, { strategy: "count", maxMessages: expected });
     const replies = msgs.map(parseReply).map(({ server, cluster, code, message }) => ({
@@ -209,7 +235,9 @@ export class NatsResolver implements AccountResolver {
   /** Pushes an account JWT to every resolver server. */
   async push(jwt: string): Promise<ResolverOutcome> {
     const claims = decodeJwt(jwt, "account JWT");
-    if (claims.nats.type !== "account") throw new ResolverError(`push: JWT for ${claims.sub} is a ${claims.nats.type} JWT, not an account JWT`);
+    if (claims.nats.type !== "account")
+      throw new ResolverError(`push: JWT for ${claims.sub} is a ${claims.nats.type} JWT, not an account JWT`);
+    if (this.#opts.trustedOperator) assertIssuedBy(claims, this.#opts.trustedOperator);
     return this.#broadcast("$SYS.REQ.CLAIMS.UPDATE", jwt, [claims.sub], "push");
   }
 
@@ -222,26 +250,36 @@ export class NatsResolver implements AccountResolver {
       msg = await this.#nc.request(subject, undefined, { timeout: this.#timeoutMs });
     } catch (cause) {
       const text = describeError(cause);
-      if (/no responders/i.test(text)) throw new ResolverUnavailableError(`no resolver answers ${subject}`, { cause });
+      if (/no responders/i.test(text))
+        throw new ResolverUnavailableError(`no resolver answers ${subject}`, { cause });
       if (/timeout/i.test(text)) {
-        throw new ResolverTimeoutError(`lookup account ${account}: no resolver answered within ${this.#timeoutMs} ms`, { cause });
+        throw new ResolverTimeoutError(
+          `lookup account ${account}: no resolver answered within ${this.#timeoutMs} ms`,
+          { cause },
+        );
       }
       throw new ResolverError(`lookup account ${account}: ${text}`, { cause });
     }
     if (msg.data.length === 0) return undefined;
-    if (msg.data.length > MAX_JWT_BYTES) throw new ResolverError(`lookup account ${account}: reply larger than ${MAX_JWT_BYTES} bytes`);
+    if (msg.data.length > MAX_JWT_BYTES)
+      throw new ResolverError(`lookup account ${account}: reply larger than ${MAX_JWT_BYTES} bytes`);
     return msg.string();
   }
 
   /** Every account any resolver server holds (union over servers), sorted. */
   async list(): Promise<string[]> {
     const expected = await this.#expectedServers();
-    const msgs = await this.#collect("$SYS.REQ.CLAIMS.LIST", "", { strategy: "count", maxMessages: expected });
-    if (msgs.length === 0) throw new ResolverTimeoutError(`list accounts: no resolver answered within ${this.#timeoutMs} ms`);
+    const msgs = await this.#collect("$SYS.REQ.CLAIMS.LIST", "", {
+      strategy: "count",
+      maxMessages: expected,
+    });
+    if (msgs.length === 0)
+      throw new ResolverTimeoutError(`list accounts: no resolver answered within ${this.#timeoutMs} ms`);
     const accounts = new Set<string>();
     for (const msg of msgs) {
       const reply = parseReply(msg);
-      if (reply.code !== 200) throw new ResolverRejectedError(`list accounts rejected by ${summarize([reply])}`);
+      if (reply.code !== 200)
+        throw new ResolverRejectedError(`list accounts rejected by ${summarize([reply])}`);
       if (Array.isArray(reply.data)) for (const a of reply.data) if (typeof a === "string") accounts.add(a);
     }
     return [...accounts].sort();
@@ -254,7 +292,11 @@ export class NatsResolver implements AccountResolver {
   async delete(accounts: string[]): Promise<ResolverOutcome> {
     const signer = this.#opts.operatorSigningKey;
     if (!signer) throw new ResolverError("delete accounts: no operator signing key configured");
-    const jwt = signJwt(deleteAccountsClaims(accounts, signer.getPublicKey()), signer, Math.floor(this.#now() / 1000));
+    const jwt = signJwt(
+      deleteAccountsClaims(accounts, signer.getPublicKey()),
+      signer,
+      Math.floor(this.#now() / 1000),
+    );
     return this.#broadcast("$SYS.REQ.CLAIMS.DELETE", jwt, accounts, "delete");
   }
 

@@ -38,11 +38,15 @@ export class KeyDirectory {
       text = await readFile(path, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, { cause: err });
+      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
+        cause: err,
+      });
     }
-    if (text.length > MAX_SEED_FILE_BYTES) throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+    if (text.length > MAX_SEED_FILE_BYTES)
+      throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
     const key = NKeyPair.fromSeed(text, kind, path);
-    if (key.publicKey !== publicKey) throw new KeyStoreError(`key store: ${path} holds the seed of ${key.publicKey}, not ${publicKey}`);
+    if (key.publicKey !== publicKey)
+      throw new KeyStoreError(`key store: ${path} holds the seed of ${key.publicKey}, not ${publicKey}`);
     return key;
   }
 
@@ -52,7 +56,10 @@ export class KeyDirectory {
       if (err.code === "ENOENT") return [] as string[];
       throw err;
     });
-    return names.filter((n) => n.endsWith(".nk")).map((n) => n.slice(0, -3)).sort();
+    return names
+      .filter((n) => n.endsWith(".nk"))
+      .map((n) => n.slice(0, -3))
+      .sort();
   }
 }
 
@@ -62,8 +69,12 @@ export async function readSeedFile(path: string, kind: KeyKind): Promise<NKeyPai
   try {
     text = await readFile(path, "utf8");
   } catch (cause) {
-    throw new KeyStoreError(`cannot read key file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, { cause });
+    throw new KeyStoreError(
+      `cannot read key file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`,
+      { cause },
+    );
   }
-  if (text.length > MAX_SEED_FILE_BYTES) throw new KeyStoreError(`key file ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+  if (text.length > MAX_SEED_FILE_BYTES)
+    throw new KeyStoreError(`key file ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
   return NKeyPair.fromSeed(text, kind, `key file ${path}`);
 }

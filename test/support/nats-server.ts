@@ -1,0 +1,271 @@
+// Real nats-server instances in operator mode with a full account resolver, for integration tests.
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { freePort, httpGet, ManagedProcess, removeDir, tempDir, toolBinary, waitFor } from "./process.ts";
+
+/** What a config hook gets to know about the server it configures. */
+export interface NatsServerContext {
+  /** server_name of this server. */
+  name: string;
+  /** Index in the cluster (0 for a single server). */
+  index: number;
+  /** The server's temp dir (holds the config, op.jwt and the resolver's jwt/ dir). */
+  dir: string;
+  port: number;
+  httpPort: number;
+  /** Cluster port, for cluster members. */
+  clusterPort?: number;
+}
+
+export interface NatsServerOptions {
+  /** Operator JWT (written to <dir>/op.jwt and referenced by path). */
+  operatorJwt: string;
+  /** Public key of the system account. */
+  systemAccount: string;
+  /** JWT of the system account, put into resolver_preload. */
+  systemAccountJwt: string;
+  /** server_name (default: unique "natsbind-test-<n>"; cluster members get "<name>-<i>"). */
+  name?: string;
+  /** Extra config appended verbatim to every server's config. */
+  extraConfig?: string;
+  /** Config snippet computed per server, appended after extraConfig. */
+  configure?: (ctx: NatsServerContext) => string;
+  /** Readiness deadline (default 15_000 ms). */
+  readyTimeoutMs?: number;
+}
+
+export interface NatsServer {
+  name: string;
+  /** nats://127.0.0.1:<port> */
+  url: string;
+  port: number;
+  httpPort: number;
+  /** http://127.0.0.1:<httpPort> */
+  monitorUrl: string;
+  clusterPort?: number;
+  dir: string;
+  configFile: string;
+  /** The running process (replaced by restart()). */
+  process(): ManagedProcess;
+  /** Last output lines of the server. */
+  logs(): string;
+  /**
+   * Stops the server and starts it again on the same ports and dir (the resolver's stored JWTs
+   * survive). Pass operatorJwt to change the trusted operator, which needs a restart.
+   */
+  restart(opts?: { operatorJwt?: string }): Promise<void>;
+  /** Stops the server and removes its temp dir. */
+  stop(): Promise<void>;
+}
+
+export interface NatsCluster {
+  /** Cluster name. */
+  name: string;
+  servers: NatsServer[];
+  /** Client URLs of all servers. */
+  urls: string[];
+  /** Output of all servers, each block headed by its name. */
+  logs(): string;
+  /** Waits until every running server has a route to every other one. */
+  waitForRoutes(timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+let serverCounter = 0;
+
+function q(value: string): string {
+  return JSON.stringify(value);
+}
+
+interface ServerPlan extends NatsServerContext {
+  clusterName?: string;
+  routePorts: number[];
+}
+
+function renderConfig(plan: ServerPlan, opts: NatsServerOptions): string {
+  const lines = [
+    `server_name: ${q(plan.name)}`,
+    `listen: ${q(`127.0.0.1:${plan.port}`)}`,
+    `http: ${q(`127.0.0.1:${plan.httpPort}`)}`,
+    `operator: ${q(join(plan.dir, "op.jwt"))}`,
+    `system_account: ${q(opts.systemAccount)}`,
+    `resolver: {`,
+    `  type: full`,
+    `  dir: ${q(join(plan.dir, "jwt"))}`,
+    `  allow_delete: true`,
+    `  interval: "2m"`,
+    `  timeout: "1.9s"`,
+    `}`,
+    `resolver_preload: {`,
+    `  ${q(opts.systemAccount)}: ${q(opts.systemAccountJwt)}`,
+    `}`,
+  ];
+  if (plan.clusterPort !== undefined && plan.clusterName !== undefined) {
+    lines.push(
+      `cluster {`,
+      `  name: ${q(plan.clusterName)}`,
+      `  listen: ${q(`127.0.0.1:${plan.clusterPort}`)}`,
+      `  routes: [`,
+      ...plan.routePorts.map((p) => `    ${q(`nats-route://127.0.0.1:${p}`)}`),
+      `  ]`,
+      `}`,
+    );
+  }
+  if (opts.extraConfig) lines.push(opts.extraConfig);
+  if (opts.configure) lines.push(opts.configure(plan));
+  return lines.join("\n") + "\n";
+}
+
+async function spawnAndWaitHealthy(
+  plan: ServerPlan,
+  configFile: string,
+  timeoutMs: number,
+): Promise<ManagedProcess> {
+  const proc = new ManagedProcess(toolBinary("nats-server"), ["-c", configFile], { name: plan.name });
+  try {
+    await waitFor(
+      async () => {
+        const res = await httpGet(`http://127.0.0.1:${plan.httpPort}/healthz`);
+        if (res.status !== 200) throw new Error(`/healthz ${res.status}: ${res.body.trim()}`);
+        return true;
+      },
+      {
+        what: `nats-server ${plan.name} /healthz on port ${plan.httpPort}`,
+        timeoutMs,
+        intervalMs: 50,
+        failIf: () => proc.exitReason(),
+      },
+    );
+  } catch (err) {
+    await proc.stop({ timeoutMs: 2_000 });
+    throw proc.error(err instanceof Error ? err.message : String(err), err);
+  }
+  return proc;
+}
+
+async function launch(plan: ServerPlan, opts: NatsServerOptions): Promise<NatsServer> {
+  const configFile = join(plan.dir, "nats-server.conf");
+  const opFile = join(plan.dir, "op.jwt");
+  await writeFile(opFile, opts.operatorJwt.trim() + "\n");
+  await writeFile(configFile, renderConfig(plan, opts));
+  const timeoutMs = opts.readyTimeoutMs ?? 15_000;
+  let proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs);
+  let stopped = false;
+  return {
+    name: plan.name,
+    url: `nats://127.0.0.1:${plan.port}`,
+    port: plan.port,
+    httpPort: plan.httpPort,
+    monitorUrl: `http://127.0.0.1:${plan.httpPort}`,
+    ...(plan.clusterPort !== undefined ? { clusterPort: plan.clusterPort } : {}),
+    dir: plan.dir,
+    configFile,
+    process: () => proc,
+    logs: () => proc.logs(),
+    async restart(restartOpts = {}) {
+      if (stopped) throw new Error(`nats-server ${plan.name} was stopped; cannot restart`);
+      await proc.stop();
+      if (restartOpts.operatorJwt !== undefined) {
+        await writeFile(opFile, restartOpts.operatorJwt.trim() + "\n");
+      }
+      proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs);
+    },
+    async stop() {
+      stopped = true;
+      await proc.stop();
+      await removeDir(plan.dir);
+    },
+  };
+}
+
+/** Starts one nats-server in operator mode and waits until /healthz answers 200. */
+export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServer> {
+  const name = opts.name ?? `natsbind-test-${process.pid}-${++serverCounter}`;
+  const dir = await tempDir("nats");
+  try {
+    return await launch(
+      { name, index: 0, dir, port: await freePort(), httpPort: await freePort(), routePorts: [] },
+      opts,
+    );
+  } catch (err) {
+    await removeDir(dir);
+    throw err;
+  }
+}
+
+interface Routez {
+  num_routes?: number;
+  routes?: { remote_id?: string; remote_name?: string }[] | null;
+}
+
+/** Number of distinct peers a server has routes to (route pooling opens several per peer). */
+async function routedPeers(server: NatsServer): Promise<number> {
+  const res = await httpGet(`${server.monitorUrl}/routez`);
+  if (res.status !== 200) throw new Error(`/routez ${res.status}`);
+  const routez = JSON.parse(res.body) as Routez;
+  const peers = new Set((routez.routes ?? []).map((r) => r.remote_id ?? r.remote_name));
+  return peers.size;
+}
+
+/**
+ * Starts `n` routed nats-servers (cluster name opts.name or a unique one, each routing to all
+ * peers) and waits until all are healthy and fully meshed.
+ */
+export async function startNatsCluster(n: number, opts: NatsServerOptions): Promise<NatsCluster> {
+  if (n < 1) throw new Error(`startNatsCluster: n must be >= 1, got ${n}`);
+  const clusterName = opts.name ?? `natsbind-test-${process.pid}-${++serverCounter}`;
+  const plans: ServerPlan[] = [];
+  for (let i = 0; i < n; i++) {
+    plans.push({
+      name: `${clusterName}-${i}`,
+      index: i,
+      dir: await tempDir("nats"),
+      port: await freePort(),
+      httpPort: await freePort(),
+      clusterPort: await freePort(),
+      clusterName,
+      routePorts: [],
+    });
+  }
+  for (const plan of plans) {
+    plan.routePorts = plans.filter((p) => p !== plan).map((p) => p.clusterPort ?? 0);
+  }
+  const results = await Promise.allSettled(plans.map((plan) => launch(plan, opts)));
+  const servers = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+  const failed = results.flatMap((r) => (r.status === "rejected" ? [r.reason as unknown] : []));
+  if (failed.length > 0) {
+    await Promise.all(servers.map((s) => s.stop()));
+    await Promise.all(plans.map((p) => removeDir(p.dir)));
+    throw failed[0];
+  }
+
+  const cluster: NatsCluster = {
+    name: clusterName,
+    servers,
+    urls: servers.map((s) => s.url),
+    logs: () => servers.map((s) => `=== ${s.name} ===\n${s.logs()}`).join("\n"),
+    async waitForRoutes(timeoutMs = opts.readyTimeoutMs ?? 15_000) {
+      await Promise.all(
+        servers.map((s) =>
+          waitFor(async () => (await routedPeers(s)) >= n - 1, {
+            what: `nats-server ${s.name} to route to ${n - 1} peers`,
+            timeoutMs,
+            intervalMs: 50,
+            failIf: () => s.process().exitReason(),
+          }),
+        ),
+      );
+    },
+    async stop() {
+      await Promise.all(servers.map((s) => s.stop()));
+    },
+  };
+  try {
+    await cluster.waitForRoutes();
+  } catch (err) {
+    const message = `${err instanceof Error ? err.message : String(err)}\n${cluster.logs()}`;
+    await cluster.stop();
+    throw new Error(message, { cause: err });
+  }
+  return cluster;
+}

@@ -1,0 +1,103 @@
+// An operator made by our own `natsbind init`, loaded for tests: what servers and clients need.
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { INIT_LAYOUT, initOperator } from "../../src/cli/init.ts";
+import { accountClaims, signJwt, userClaims, type DesiredAccount } from "../../src/nats/claims.ts";
+import { formatCreds } from "../../src/nats/creds.ts";
+import { NKeyPair } from "../../src/nats/keys.ts";
+import { readSeedFile } from "../../src/store/key-directory.ts";
+import type { NatsServerOptions } from "./nats-server.ts";
+import { removeDir, tempDir } from "./process.ts";
+
+export interface TestOperator {
+  dir: string;
+  operator: string;
+  operatorJwt: string;
+  signingKey: NKeyPair;
+  systemAccount: string;
+  systemAccountJwt: string;
+  systemCreds: Uint8Array;
+  /** Options for startNatsServer / startNatsCluster trusting this operator. */
+  serverOptions: NatsServerOptions;
+  remove(): Promise<void>;
+}
+
+export async function createTestOperator(): Promise<TestOperator> {
+  const dir = await tempDir("operator");
+  const result = await initOperator({ outDir: dir });
+  const operatorJwt = (await readFile(join(dir, INIT_LAYOUT.operatorJwt), "utf8")).trim();
+  const systemAccountJwt = (await readFile(join(dir, INIT_LAYOUT.systemAccountJwt), "utf8")).trim();
+  return {
+    dir,
+    operator: result.operator,
+    operatorJwt,
+    signingKey: await readSeedFile(join(dir, INIT_LAYOUT.operatorSigningKey), "operator"),
+    systemAccount: result.systemAccount,
+    systemAccountJwt,
+    systemCreds: await readFile(join(dir, INIT_LAYOUT.systemCreds)),
+    serverOptions: { operatorJwt, systemAccount: result.systemAccount, systemAccountJwt },
+    remove: () => removeDir(dir),
+  };
+}
+
+/** A project-like account with one scoped "ci" role, and the keys to issue its users. */
+export interface TestAccount {
+  account: NKeyPair;
+  ciKey: NKeyPair;
+  jwt: string;
+  desired: DesiredAccount;
+}
+
+export function projectAccount(op: TestOperator, name: string, iat = 1_700_000_000): TestAccount {
+  const account = NKeyPair.generate("account");
+  const ciKey = NKeyPair.generate("account");
+  const desired: DesiredAccount = {
+    publicKey: account.publicKey,
+    name,
+    signingKeys: [
+      {
+        key: ciKey.publicKey,
+        role: "ci",
+        template: {
+          pub: { allow: ["build.{{tag(project)}}.>"] },
+          sub: { allow: ["build.{{tag(project)}}.>", "_INBOX.>"] },
+          responses: { max: 1, ttlMs: 5_000 },
+        },
+      },
+    ],
+  };
+  return {
+    account,
+    ciKey,
+    desired,
+    jwt: signJwt(accountClaims(desired, op.signingKey.publicKey), op.signingKey, iat),
+  };
+}
+
+/** Creds of a user signed by the account's scoped "ci" key, tagged with `tags`. */
+export function scopedUserCreds(acc: TestAccount, tags: string[]): Uint8Array {
+  const user = NKeyPair.generate("user");
+  const jwt = signJwt(
+    userClaims({
+      publicKey: user.publicKey,
+      name: "ci-job",
+      account: acc.account.publicKey,
+      issuer: acc.ciKey.publicKey,
+      scoped: true,
+      tags,
+    }),
+    acc.ciKey,
+    Math.floor(Date.now() / 1000),
+  );
+  return new TextEncoder().encode(formatCreds(jwt, user));
+}
+
+export function connectWithCreds(servers: string | string[], creds: Uint8Array): Promise<NatsConnection> {
+  return connect({
+    servers,
+    authenticator: credsAuthenticator(creds),
+    maxReconnectAttempts: 0,
+    timeout: 5_000,
+  });
+}

@@ -1,0 +1,216 @@
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { chmod, mkdtemp, readFile, rm, stat, writeFile, mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { decode as stockDecode } from "@nats-io/jwt";
+import { INIT_LAYOUT, InitError, initOperator } from "../../src/cli/init.ts";
+import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.ts";
+import { decodeJwt } from "../../src/nats/claims.ts";
+import { parseCreds } from "../../src/nats/creds.ts";
+import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
+import { KeyDirectory, readSeedFile } from "../../src/store/key-directory.ts";
+
+let root: string;
+before(async () => {
+  root = await mkdtemp(join(tmpdir(), "natsbind-unit-"));
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe("natsbind init", () => {
+  it("writes an operator with strict signing keys, a system account and user, and configs", async () => {
+    const out = join(root, "fresh");
+    const result = await initOperator({ outDir: out, now: () => 1_700_000_000_000, natsPort: 14222 });
+    for (const secret of [
+      INIT_LAYOUT.operatorKey,
+      INIT_LAYOUT.operatorSigningKey,
+      INIT_LAYOUT.systemAccountKey,
+      INIT_LAYOUT.systemAccountSigningKey,
+      INIT_LAYOUT.systemCreds,
+    ]) {
+      assert.equal((await stat(join(out, secret))).mode & 0o777, 0o600, `${secret} mode`);
+    }
+    assert.equal((await stat(join(out, "keys"))).mode & 0o777, 0o700);
+
+    const operator = decodeJwt(await readFile(join(out, INIT_LAYOUT.operatorJwt), "utf8"));
+    assert.equal(operator.sub, result.operator);
+    assert.equal(operator.iss, result.operator);
+    assert.equal(operator.iat, 1_700_000_000);
+    assert.deepEqual(operator.nats.signing_keys, [result.operatorSigningKey]);
+    assert.equal(operator.nats.system_account, result.systemAccount);
+    assert.equal(operator.nats.strict_signing_key_usage, true);
+
+    const sys = stockDecode(await readFile(join(out, INIT_LAYOUT.systemAccountJwt), "utf8"));
+    assert.equal(sys.iss, result.operatorSigningKey);
+    assert.equal(sys.sub, result.systemAccount);
+
+    const creds = parseCreds(await readFile(join(out, INIT_LAYOUT.systemCreds), "utf8"));
+    const user = decodeJwt(creds.jwt);
+    assert.equal(user.sub, creds.user.publicKey);
+    assert.equal(user.nats.issuer_account, result.systemAccount);
+    const sysSigning = await readSeedFile(join(out, INIT_LAYOUT.systemAccountSigningKey), "account");
+    assert.equal(user.iss, sysSigning.publicKey);
+
+    const signing = await readSeedFile(join(out, INIT_LAYOUT.operatorSigningKey), "operator");
+    assert.equal(signing.publicKey, result.operatorSigningKey);
+
+    const serverConf = await readFile(join(out, INIT_LAYOUT.natsServerConfig), "utf8");
+    assert.match(serverConf, /type: full/);
+    assert.match(serverConf, /allow_delete: true/);
+    assert.match(serverConf, new RegExp(`system_account: ${result.systemAccount}`));
+    assert.match(serverConf, /port: 14222/);
+
+    const config = await loadConfig(join(out, INIT_LAYOUT.config));
+    assert.deepEqual(config.nats.servers, ["nats://127.0.0.1:14222"]);
+    assert.equal(config.nats.operatorSigningKey, join(out, INIT_LAYOUT.operatorSigningKey));
+    assert.equal(config.local.keyDir, join(out, INIT_LAYOUT.accountKeyDir));
+    assert.equal(config.mode, "local");
+  });
+
+  it("never prints secrets into the files meant to be shared", async () => {
+    const out = join(root, "shared");
+    await initOperator({ outDir: out });
+    const seeds = await Promise.all(
+      [INIT_LAYOUT.operatorKey, INIT_LAYOUT.operatorSigningKey, INIT_LAYOUT.systemAccountKey].map(async (p) =>
+        (await readFile(join(out, p), "utf8")).trim(),
+      ),
+    );
+    for (const shared of [
+      INIT_LAYOUT.operatorJwt,
+      INIT_LAYOUT.natsServerConfig,
+      INIT_LAYOUT.config,
+      INIT_LAYOUT.systemAccountJwt,
+    ]) {
+      const text = await readFile(join(out, shared), "utf8");
+      for (const seed of seeds) assert.ok(!text.includes(seed), `${shared} contains a seed`);
+      assert.ok(!/\bS[OAU][A-Z2-7]{56}\b/.test(text), `${shared} contains something seed-shaped`);
+    }
+  });
+
+  it("refuses to overwrite existing keys without --force, and replaces them with it", async () => {
+    const out = join(root, "twice");
+    const first = await initOperator({ outDir: out });
+    await assert.rejects(initOperator({ outDir: out }), (err: Error) => {
+      assert.ok(err instanceof InitError);
+      assert.match(err.message, /already holds keys; refusing to overwrite them\. Pass --force/);
+      return true;
+    });
+    assert.equal(
+      (await readSeedFile(join(out, INIT_LAYOUT.operatorKey), "operator")).publicKey,
+      first.operator,
+    );
+    const second = await initOperator({ outDir: out, force: true });
+    assert.notEqual(second.operator, first.operator);
+    assert.equal(
+      (await readSeedFile(join(out, INIT_LAYOUT.operatorKey), "operator")).publicKey,
+      second.operator,
+    );
+  });
+
+  it("refuses a non-empty directory and a file in place of the directory", async () => {
+    const out = join(root, "busy");
+    await mkdir(out);
+    await writeFile(join(out, "notes.txt"), "hello");
+    await assert.rejects(
+      initOperator({ outDir: out }),
+      /is not empty \(notes\.txt\); choose an empty directory or pass --force/,
+    );
+    await assert.rejects(initOperator({ outDir: join(out, "notes.txt") }), /exists and is not a directory/);
+  });
+
+  it(
+    "reports an unwritable directory clearly",
+    { skip: process.getuid?.() === 0 ? "root can write anywhere" : false },
+    async () => {
+      const out = join(root, "readonly");
+      await mkdir(out);
+      await chmod(out, 0o500);
+      await assert.rejects(initOperator({ outDir: out }), /is not writable/);
+    },
+  );
+
+  it("reports a directory it cannot create", async () => {
+    const blocker = join(root, "blocker");
+    await writeFile(blocker, "");
+    await assert.rejects(
+      initOperator({ outDir: join(blocker, "sub") }),
+      /init: cannot create .*blocker\/sub: ENOTDIR/,
+    );
+  });
+});
+
+describe("config", () => {
+  const valid = {
+    nats: {
+      servers: ["nats://127.0.0.1:4222"],
+      systemCreds: "s.creds",
+      operatorSigningKey: "k.nk",
+      operatorJwt: "o.jwt",
+    },
+  };
+
+  it("fills defaults and resolves paths against the file's directory", () => {
+    const config = parseConfig(valid, "natsbind.yaml", "/etc/natsbind");
+    assert.equal(config.mode, "local");
+    assert.equal(config.nats.timeoutMs, 5000);
+    assert.equal(config.nats.systemCreds, "/etc/natsbind/s.creds");
+    assert.equal(config.local.keyDir, "/etc/natsbind/keys/accounts");
+  });
+
+  const bad: Array<[string, unknown, RegExp]> = [
+    ["a missing nats section", {}, /natsbind\.yaml: nats: /],
+    [
+      "an http URL",
+      { nats: { ...valid.nats, servers: ["http://x"] } },
+      /nats\.servers\.0: must be a nats:\/\//,
+    ],
+    ["an unknown field", { ...valid, colour: "blue" }, /\(top level\): Unrecognized key: "colour"/],
+    ["a tiny timeout", { nats: { ...valid.nats, timeoutMs: 5 } }, /nats\.timeoutMs: /],
+    ["an unknown mode", { ...valid, mode: "cloud" }, /mode: /],
+  ];
+  for (const [what, doc, message] of bad) {
+    it(`rejects ${what} with the field path`, () => {
+      assert.throws(
+        () => parseConfig(doc, "natsbind.yaml", "/"),
+        (err: Error) => err instanceof ConfigError && message.test(err.message),
+      );
+    });
+  }
+
+  it("rejects unreadable, oversized and non-YAML files", async () => {
+    await assert.rejects(
+      loadConfig(join(root, "missing.yaml")),
+      /cannot read config .*missing\.yaml: ENOENT/,
+    );
+    const big = join(root, "big.yaml");
+    await writeFile(big, `# ${"x".repeat(300 * 1024)}\n`);
+    await assert.rejects(loadConfig(big), /larger than 262144 bytes/);
+    const broken = join(root, "broken.yaml");
+    await writeFile(broken, "nats: [unclosed\n");
+    await assert.rejects(loadConfig(broken), /broken\.yaml: not valid YAML/);
+  });
+});
+
+describe("key directory", () => {
+  it("stores seeds 0600 by public key and loads them back", async () => {
+    const store = new KeyDirectory(join(root, "keys"));
+    const key = NKeyPair.generate("account");
+    await store.save(key);
+    assert.equal((await stat(join(root, "keys", `${key.publicKey}.nk`))).mode & 0o777, 0o600);
+    assert.equal((await store.load(key.publicKey, "account"))?.publicKey, key.publicKey);
+    assert.deepEqual(await store.list(), [key.publicKey]);
+    assert.equal(await store.load(NKeyPair.generate("account").publicKey), undefined);
+  });
+
+  it("refuses a seed file holding another key, or the wrong kind", async () => {
+    const store = new KeyDirectory(join(root, "swapped"));
+    const a = NKeyPair.generate("account");
+    const b = NKeyPair.generate("account");
+    await store.save(a);
+    await writeFile(join(root, "swapped", `${b.publicKey}.nk`), new TextDecoder().decode(a.getSeed()));
+    await assert.rejects(store.load(b.publicKey), /holds the seed of A[A-Z0-9]+, not A/);
+    await assert.rejects(store.load(a.publicKey, "user"), KeyError);
+  });
+});
