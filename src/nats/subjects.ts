@@ -17,7 +17,8 @@ export function hasControlCharacter(text: string): boolean {
 export function subjectProblem(subject: string, allowWildcards = true): string | undefined {
   if (subject.length === 0) return "is empty";
   if (subject.length > MAX_SUBJECT_LENGTH) return `is longer than ${MAX_SUBJECT_LENGTH} characters`;
-  if (/\s/u.test(subject) || hasControlCharacter(subject)) return "contains whitespace or a control character";
+  if (/\s/u.test(subject) || hasControlCharacter(subject))
+    return "contains whitespace or a control character";
   const tokens = subject.split(".");
   for (let i = 0; i < tokens.length; i++) {
     const token = tokens[i]!;
