@@ -2,7 +2,7 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type Server, type Socket } from "node:net";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect } from "@nats-io/transport-node";
 import { ClaimsError, accountClaims, signJwt, trustedOperatorFromJwt } from "../../src/nats/claims.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import {
@@ -28,10 +28,6 @@ import {
 import { freePort, waitFor } from "../support/process.ts";
 
 const TIMEOUT = { timeout: 120_000 };
-
-function closedPromise(nc: NatsConnection): Promise<void | Error> {
-  return nc.closed();
-}
 
 describe("resolver on one server", TIMEOUT, () => {
   let op: TestOperator;
@@ -140,7 +136,11 @@ describe("resolver on one server", TIMEOUT, () => {
     const acc = projectAccount(op, "group/doomed");
     await resolver.push(acc.jwt);
     const nc = await connectWithCreds(server.url, scopedUserCreds(acc, ["project:7"]));
-    const closed = closedPromise(nc);
+    const events: string[] = [];
+    (async () => {
+      for await (const s of nc.status())
+        events.push(s.type === "error" ? `error: ${s.error.message}` : s.type);
+    })();
     const outcome = await resolver.delete([acc.account.publicKey]);
     assert.deepEqual(
       outcome.replies.map((r) => [r.server, r.code]),
@@ -149,8 +149,14 @@ describe("resolver on one server", TIMEOUT, () => {
     assert.match(outcome.replies[0]!.message, /deleted 1 accounts?/);
     assert.equal(await resolver.lookup(acc.account.publicKey), undefined);
     assert.ok(!(await resolver.list()).includes(acc.account.publicKey));
-    await closed;
-    assert.ok(nc.isClosed(), "the deleted account's client was disconnected");
+    // The server cuts the account's clients off at once.
+    await waitFor(async () => events.includes("disconnect"), {
+      what: "the client's disconnect",
+      timeoutMs: 5_000,
+      intervalMs: 10,
+    });
+    assert.ok(events.includes("error: Account Authentication Expired"), events.join(", "));
+    await nc.close();
     await assert.rejects(
       connectWithCreds(server.url, scopedUserCreds(acc, ["project:7"])),
       /Authorization Violation/,
