@@ -393,8 +393,11 @@ export function signJwt(claims: JwtClaims, signer: KeyPair, issuedAt: number): s
   return `${signingInput}.${base64UrlEncode(signature)}`;
 }
 
-/** Decodes a NATS JWT and verifies its signature against its issuer. Does NOT check exp. */
-export function decodeJwt(jwt: string, what = "JWT"): JwtClaims {
+/**
+ * Parses a NATS JWT's header and claims WITHOUT verifying the signature: for JWTs this process
+ * just signed, or that a server will verify anyway. Checks size, shape and algorithm.
+ */
+export function readJwt(jwt: string, what = "JWT"): { claims: JwtClaims; parts: [string, string, string] } {
   if (typeof jwt !== "string" || jwt.length === 0) throw new ClaimsError(`${what} is empty`);
   if (jwt.length > MAX_JWT_BYTES) throw new ClaimsError(`${what} is larger than ${MAX_JWT_BYTES} bytes`);
   const parts = jwt.trim().split(".");
@@ -407,23 +410,32 @@ export function decodeJwt(jwt: string, what = "JWT"): JwtClaims {
   } catch (cause) {
     throw new ClaimsError(`${what} has a header or body that is not base64url JSON`, { cause });
   }
-  if (header.alg !== "ed25519-nkey")
-    throw new ClaimsError(`${what} uses algorithm ${String(header.alg)}, not ed25519-nkey`);
+  if (header?.alg !== "ed25519-nkey") {
+    throw new ClaimsError(`${what} uses algorithm ${String(header?.alg)}, not ed25519-nkey`);
+  }
   if (
     typeof claims !== "object" ||
     claims === null ||
     typeof claims.iss !== "string" ||
-    typeof claims.nats !== "object"
+    typeof claims.sub !== "string" ||
+    typeof claims.nats !== "object" ||
+    claims.nats === null
   ) {
-    throw new ClaimsError(`${what} is not a NATS JWT (missing iss or nats)`);
+    throw new ClaimsError(`${what} is not a NATS JWT (missing iss, sub or nats)`);
   }
+  return { claims, parts: parts as [string, string, string] };
+}
+
+/** Decodes a NATS JWT and verifies its signature against its issuer. Does NOT check exp. */
+export function decodeJwt(jwt: string, what = "JWT"): JwtClaims {
+  const { claims, parts } = readJwt(jwt, what);
   let verified: boolean;
   try {
     parsePublicKey(claims.iss, undefined, `${what} issuer`);
     verified = verifyWithPublicKey(
       claims.iss,
       Buffer.from(`${parts[0]}.${parts[1]}`),
-      Buffer.from(parts[2]!, "base64url"),
+      Buffer.from(parts[2], "base64url"),
     );
   } catch (cause) {
     throw new ClaimsError(`${what} has an invalid issuer key`, { cause });

@@ -11,8 +11,8 @@ import { NatsbindError, describeError } from "../errors.ts";
 import {
   MAX_JWT_BYTES,
   assertIssuedBy,
-  decodeJwt,
   deleteAccountsClaims,
+  readJwt,
   signJwt,
   type TrustedOperator,
 } from "./claims.ts";
@@ -135,6 +135,8 @@ export class NatsResolver implements AccountResolver {
         servers: opts.servers,
         authenticator: credsAuthenticator(opts.creds),
         name: "natsbind-resolver",
+        // No per-request stack capture: the resolver's errors carry their own context.
+        noAsyncTraces: true,
         timeout: opts.connectTimeoutMs ?? 5_000,
         maxReconnectAttempts: -1,
       });
@@ -232,9 +234,12 @@ export class NatsResolver implements AccountResolver {
     return { accounts, replies };
   }
 
-  /** Pushes an account JWT to every resolver server. */
+  /**
+   * Pushes an account JWT to every resolver server. The signature is left to the servers, which
+   * verify it anyway (verifying here too cost more than signing: see bench/run.ts).
+   */
   async push(jwt: string): Promise<ResolverOutcome> {
-    const claims = decodeJwt(jwt, "account JWT");
+    const { claims } = readJwt(jwt, "account JWT");
     if (claims.nats.type !== "account")
       throw new ResolverError(`push: JWT for ${claims.sub} is a ${claims.nats.type} JWT, not an account JWT`);
     if (this.#opts.trustedOperator) assertIssuedBy(claims, this.#opts.trustedOperator);
