@@ -24,6 +24,7 @@ import {
   projectAccount,
   scopedUserCreds,
   type TestOperator,
+  watchStatus,
 } from "../support/operator.ts";
 import { freePort, waitFor } from "../support/process.ts";
 
@@ -79,10 +80,7 @@ describe("resolver on one server", TIMEOUT, () => {
     const acc = projectAccount(op, "group/project-42");
     await resolver.push(acc.jwt);
     const nc = await connectWithCreds(server.url, scopedUserCreds(acc, ["project:42"]));
-    const errors: Error[] = [];
-    (async () => {
-      for await (const s of nc.status()) if (s.type === "error") errors.push(s.error);
-    })();
+    const events = watchStatus(nc);
     try {
       const sub = nc.subscribe("build.42.>", { max: 1 });
       const received = (async () => {
@@ -94,12 +92,8 @@ describe("resolver on one server", TIMEOUT, () => {
       // Publishing outside the template: the server answers with a permissions violation.
       nc.publish("build.43.status", "nope");
       await nc.flush();
-      await waitFor(async () => errors.length > 0, {
-        what: "a permissions violation",
-        timeoutMs: 5_000,
-        intervalMs: 20,
-      });
-      assert.match(errors[0]!.message, /Permissions Violation for Publish to "?build\.43\.status"?/);
+      await events.next("a permissions violation", (e) => e.startsWith("error: "));
+      assert.match(events.errors()[0]!, /Permissions Violation for Publish to "?build\.43\.status"?/);
 
       // Subscribing outside the template is refused too.
       const denied = nc.subscribe("build.43.>");
@@ -117,18 +111,11 @@ describe("resolver on one server", TIMEOUT, () => {
     await resolver.push(acc.jwt);
     // No project tag: the template's allow entries drop out, so the user may not publish anything.
     const nc = await connectWithCreds(server.url, scopedUserCreds(acc, ["other:1"]));
-    const errors: Error[] = [];
-    (async () => {
-      for await (const s of nc.status()) if (s.type === "error") errors.push(s.error);
-    })();
+    const events = watchStatus(nc);
     nc.publish("build.42.status", "x");
     await nc.flush();
-    await waitFor(async () => errors.length > 0, {
-      what: "a permissions violation",
-      timeoutMs: 5_000,
-      intervalMs: 20,
-    });
-    assert.match(errors[0]!.message, /Permissions Violation for Publish/);
+    await events.next("a permissions violation", (e) => e.startsWith("error: "));
+    assert.match(events.errors()[0]!, /Permissions Violation for Publish/);
     await nc.close();
   });
 
@@ -136,11 +123,7 @@ describe("resolver on one server", TIMEOUT, () => {
     const acc = projectAccount(op, "group/doomed");
     await resolver.push(acc.jwt);
     const nc = await connectWithCreds(server.url, scopedUserCreds(acc, ["project:7"]));
-    const events: string[] = [];
-    (async () => {
-      for await (const s of nc.status())
-        events.push(s.type === "error" ? `error: ${s.error.message}` : s.type);
-    })();
+    const events = watchStatus(nc);
     const outcome = await resolver.delete([acc.account.publicKey]);
     assert.deepEqual(
       outcome.replies.map((r) => [r.server, r.code]),
@@ -150,12 +133,12 @@ describe("resolver on one server", TIMEOUT, () => {
     assert.equal(await resolver.lookup(acc.account.publicKey), undefined);
     assert.ok(!(await resolver.list()).includes(acc.account.publicKey));
     // The server cuts the account's clients off at once.
-    await waitFor(async () => events.includes("disconnect"), {
+    await waitFor(async () => events.all.includes("disconnect"), {
       what: "the client's disconnect",
       timeoutMs: 5_000,
       intervalMs: 10,
     });
-    assert.ok(events.includes("error: Account Authentication Expired"), events.join(", "));
+    assert.ok(events.all.includes("error: Account Authentication Expired"), events.all.join(", "));
     await nc.close();
     await assert.rejects(
       connectWithCreds(server.url, scopedUserCreds(acc, ["project:7"])),

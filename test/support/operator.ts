@@ -8,7 +8,7 @@ import { formatCreds } from "../../src/nats/creds.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import { readSeedFile } from "../../src/store/key-directory.ts";
 import type { NatsServerOptions } from "./nats-server.ts";
-import { removeDir, tempDir } from "./process.ts";
+import { removeDir, tempDir, waitFor } from "./process.ts";
 
 export interface TestOperator {
   dir: string;
@@ -100,4 +100,21 @@ export function connectWithCreds(servers: string | string[], creds: Uint8Array):
     maxReconnectAttempts: 0,
     timeout: 5_000,
   });
+}
+
+/** Records a connection's status events ("disconnect", "error: <message>", ...) as they come. */
+export function watchStatus(nc: NatsConnection): {
+  all: string[];
+  errors(): string[];
+  next(what: string, match: (event: string) => boolean): Promise<void>;
+} {
+  const all: string[] = [];
+  void (async () => {
+    for await (const s of nc.status()) all.push(s.type === "error" ? `error: ${s.error.message}` : s.type);
+  })();
+  return {
+    all,
+    errors: () => all.filter((e) => e.startsWith("error: ")).map((e) => e.slice("error: ".length)),
+    next: (what, match) => waitFor(async () => all.some(match), { what, timeoutMs: 5_000, intervalMs: 10 }),
+  };
 }
