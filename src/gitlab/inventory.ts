@@ -1,0 +1,168 @@
+/**
+ * Which projects exist in a binding's scope, keyed by immutable project id.
+ *
+ * A snapshot is replaced only by a complete, successful listing: a failed or partial listing
+ * throws and leaves the last snapshot as it was, so an outage never reads as "projects deleted".
+ * A project counts as deleted when GitLab says so: a 404 on GET /projects/:id, or its absence
+ * from a complete listing (destroyed, or transferred out of the scope).
+ */
+import type { GitLabGroup, GitLabPort, GitLabProject } from "./port.ts";
+
+export type Snapshot = ReadonlyMap<number, GitLabProject>;
+
+export interface ProjectChange {
+  before: GitLabProject;
+  after: GitLabProject;
+}
+
+export interface InventoryDiff {
+  created: GitLabProject[];
+  deleted: GitLabProject[];
+  /** Same namespace, new path or name. */
+  renamed: ProjectChange[];
+  /** New namespace (the path may have changed too). */
+  transferred: ProjectChange[];
+  /** Same place, other attributes changed (visibility, archived). */
+  updated: ProjectChange[];
+}
+
+export function emptyDiff(): InventoryDiff {
+  return { created: [], deleted: [], renamed: [], transferred: [], updated: [] };
+}
+
+export function isEmptyDiff(d: InventoryDiff): boolean {
+  return (
+    !d.created.length && !d.deleted.length && !d.renamed.length && !d.transferred.length && !d.updated.length
+  );
+}
+
+/** Ids of every project the diff touches, sorted. */
+export function changedProjectIds(d: InventoryDiff): number[] {
+  const ids = new Set<number>([
+    ...d.created.map((p) => p.id),
+    ...d.deleted.map((p) => p.id),
+    ...[...d.renamed, ...d.transferred, ...d.updated].map((c) => c.after.id),
+  ]);
+  return [...ids].sort((a, b) => a - b);
+}
+
+/** Pure: what changed from `before` to `after`. Entries are ordered by project id. */
+export function diffSnapshots(before: Snapshot, after: Snapshot): InventoryDiff {
+  const diff = emptyDiff();
+  for (const [id, next] of after) {
+    const prev = before.get(id);
+    if (!prev) diff.created.push(next);
+    else if (prev.namespaceId !== next.namespaceId) diff.transferred.push({ before: prev, after: next });
+    else if (
+      prev.path !== next.path ||
+      prev.name !== next.name ||
+      prev.pathWithNamespace !== next.pathWithNamespace
+    ) {
+      diff.renamed.push({ before: prev, after: next });
+    } else if (
+      prev.visibility !== next.visibility ||
+      prev.archived !== next.archived ||
+      prev.namespaceFullPath !== next.namespaceFullPath
+    ) {
+      diff.updated.push({ before: prev, after: next });
+    }
+  }
+  for (const [id, prev] of before) if (!after.has(id)) diff.deleted.push(prev);
+  const byId = (a: { id: number }, b: { id: number }): number => a.id - b.id;
+  const byAfterId = (a: ProjectChange, b: ProjectChange): number => a.after.id - b.after.id;
+  diff.created.sort(byId);
+  diff.deleted.sort(byId);
+  diff.renamed.sort(byAfterId);
+  diff.transferred.sort(byAfterId);
+  diff.updated.sort(byAfterId);
+  return diff;
+}
+
+export function snapshotOf(projects: Iterable<GitLabProject>): Snapshot {
+  return new Map([...projects].map((p) => [p.id, p]));
+}
+
+/** What a binding selects: groups (with all subgroups) and single projects, by id or full path. */
+export interface InventoryScope {
+  groups: Array<number | string>;
+  projects: Array<number | string>;
+}
+
+function within(fullPath: string, group: GitLabGroup): boolean {
+  return fullPath === group.fullPath || fullPath.startsWith(`${group.fullPath}/`);
+}
+
+export class ProjectInventory {
+  readonly #gitlab: GitLabPort;
+  readonly #scope: InventoryScope;
+  #snapshot: Snapshot = new Map();
+  #roots: GitLabGroup[] = [];
+  #directIds = new Set<number>();
+  #synced = false;
+  // Operations run one at a time so a refresh never interleaves with a resync.
+  #tail: Promise<unknown> = Promise.resolve();
+
+  constructor(gitlab: GitLabPort, scope: InventoryScope) {
+    this.#gitlab = gitlab;
+    this.#scope = scope;
+  }
+
+  snapshot(): Snapshot {
+    return this.#snapshot;
+  }
+
+  /** True once a full listing has succeeded. */
+  get synced(): boolean {
+    return this.#synced;
+  }
+
+  #serial<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(op, op);
+    this.#tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Full listing of the scope; replaces the snapshot only when every request succeeded. */
+  resync(): Promise<InventoryDiff> {
+    return this.#serial(async () => {
+      const roots = await Promise.all(this.#scope.groups.map((g) => this.#gitlab.group(g)));
+      const listed = await Promise.all(roots.map((g) => this.#gitlab.groupProjects(g.id)));
+      const direct = await Promise.all(this.#scope.projects.map((p) => this.#gitlab.project(p)));
+      const next = new Map<number, GitLabProject>();
+      for (const list of listed) for (const p of list) next.set(p.id, p);
+      const directIds = new Set<number>();
+      for (const p of direct) {
+        if (!p) continue; // a configured project GitLab says is gone: absent, hence deleted if known
+        next.set(p.id, p);
+        directIds.add(p.id);
+      }
+      const diff = diffSnapshots(this.#snapshot, next);
+      this.#snapshot = next;
+      this.#roots = roots;
+      this.#directIds = directIds;
+      this.#synced = true;
+      return diff;
+    });
+  }
+
+  /**
+   * Targeted fetch of one project, e.g. after a webhook. A 404 confirms a deletion; a project
+   * now outside the scope leaves the snapshot. Before the first resync there is no scope to
+   * judge by, so this resyncs instead.
+   */
+  refreshProject(projectId: number): Promise<InventoryDiff> {
+    if (!this.#synced) return this.resync();
+    return this.#serial(async () => {
+      const project = await this.#gitlab.project(projectId);
+      const next = new Map(this.#snapshot);
+      const inScope =
+        project !== undefined &&
+        (this.#directIds.has(project.id) || this.#roots.some((g) => within(project.pathWithNamespace, g)));
+      if (project && inScope) next.set(project.id, project);
+      else next.delete(projectId);
+      const diff = diffSnapshots(this.#snapshot, next);
+      this.#snapshot = next;
+      return diff;
+    });
+  }
+}
