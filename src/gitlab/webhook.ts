@@ -1,0 +1,349 @@
+/**
+ * Receiver for GitLab system hooks and group webhooks (POST /webhooks/gitlab). It authenticates,
+ * bounds and validates a delivery, answers at once, and only then hands a signal to `onSignal`,
+ * which must just enqueue: GitLab retries slow or failing deliveries and disables hooks that keep
+ * failing. Retries are recognised by Idempotency-Key (or X-Gitlab-Event-UUID) and answered 200.
+ * The token and the body are never logged.
+ */
+import { createHash, timingSafeEqual } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { TerminalError, describeError } from "../errors.ts";
+import { parseWebhook } from "./signals.ts";
+import type { GitLabSignal } from "./signals.ts";
+
+export const WEBHOOK_PATH = "/webhooks/gitlab";
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
+export const DEFAULT_DEDUPE_ENTRIES = 10_000;
+export const DEFAULT_DEDUPE_TTL_MS = 24 * 60 * 60 * 1000;
+/** Longest Idempotency-Key / X-Gitlab-Event-UUID kept for dedupe; GitLab sends UUIDs. */
+export const MAX_DELIVERY_KEY_LENGTH = 256;
+/**
+ * After an early answer (401, 413, ...) up to this many more request bytes are read and dropped
+ * before the connection is cut: closing a socket with unread input makes the kernel send a reset,
+ * and the client would see "connection reset" instead of the answer. (Go's net/http does the same.)
+ */
+export const MAX_DISCARD_BYTES = 64 * 1024;
+
+export type WebhookLogger = {
+  info(obj: Record<string, unknown>, msg: string): void;
+  warn(obj: Record<string, unknown>, msg: string): void;
+};
+
+export type WebhookHandlerOptions = {
+  /** Shared secret GitLab sends in X-Gitlab-Token. */
+  secretToken: string;
+  maxBodyBytes?: number;
+  dedupe?: { maxEntries?: number; ttlMs?: number };
+  /** Clock for dedupe expiry, ms. */
+  now?: () => number;
+  /** Called after the response is sent; must only enqueue. A throw is logged and counted. */
+  onSignal: (signal: GitLabSignal) => void;
+  log?: WebhookLogger;
+};
+
+export type WebhookRejectReason =
+  | "method-not-allowed"
+  | "unauthorized"
+  | "unsupported-media-type"
+  | "too-large"
+  | "malformed-json"
+  | "invalid-payload"
+  /** The client went away before the body was complete. */
+  | "aborted";
+
+export type WebhookCounters = {
+  /** Every request that reached the handler. */
+  received: number;
+  /** Deliveries turned into a signal. */
+  accepted: number;
+  /** Retries of an accepted delivery, answered 200 and not emitted again. */
+  duplicates: number;
+  /** Well-formed deliveries of events natsbind does not use (202). */
+  ignored: number;
+  rejected: Record<WebhookRejectReason, number>;
+  /** Times onSignal threw. */
+  sinkErrors: number;
+};
+
+export type WebhookHandler = ((req: IncomingMessage, res: ServerResponse) => void) & {
+  /** Live counters, for metrics. */
+  readonly counters: Readonly<Omit<WebhookCounters, "rejected">> & {
+    readonly rejected: Readonly<Record<WebhookRejectReason, number>>;
+  };
+};
+
+/**
+ * Remembers delivery keys for `ttlMs`, at most `maxEntries` of them (least recently seen dropped
+ * first). Time comes from the caller, so tests drive expiry with a fake clock.
+ */
+export class DeliveryDedupe {
+  readonly #maxEntries: number;
+  readonly #ttlMs: number;
+  /** key -> first-seen time; Map order is least recently seen first. */
+  readonly #seen = new Map<string, number>();
+
+  constructor(maxEntries: number, ttlMs: number) {
+    this.#maxEntries = maxEntries;
+    this.#ttlMs = ttlMs;
+  }
+
+  get size(): number {
+    return this.#seen.size;
+  }
+
+  /** True if `key` was recorded within the TTL; refreshes its recency but not its expiry. */
+  has(key: string, now: number): boolean {
+    const seenAt = this.#seen.get(key);
+    if (seenAt === undefined) return false;
+    this.#seen.delete(key);
+    if (now - seenAt >= this.#ttlMs) return false;
+    this.#seen.set(key, seenAt);
+    return true;
+  }
+
+  add(key: string, now: number): void {
+    this.#seen.delete(key);
+    this.#seen.set(key, now);
+    // Oldest-first order is close to expiry order, so expired entries gather at the front.
+    for (const [k, seenAt] of this.#seen) {
+      if (this.#seen.size <= this.#maxEntries && now - seenAt < this.#ttlMs) break;
+      this.#seen.delete(k);
+    }
+  }
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value.join(", ") : value;
+}
+
+function isJsonContentType(value: string | undefined): boolean {
+  if (value === undefined) return false;
+  const mediaType = (value.split(";")[0] ?? "").trim().toLowerCase();
+  return mediaType === "application/json" || /^[a-z0-9.+-]+\/[a-z0-9.+-]+\+json$/.test(mediaType);
+}
+
+function positiveInt(value: number | undefined, fallback: number, name: string): number {
+  const n = value ?? fallback;
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new TerminalError(`webhook ${name}: must be a positive integer`);
+  return n;
+}
+
+function send(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json; charset=utf-8",
+    "content-length": String(Buffer.byteLength(text)),
+    "cache-control": "no-store",
+    ...headers,
+  });
+  res.end(text);
+}
+
+export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandler {
+  if (opts.secretToken.length === 0) throw new TerminalError("webhook secretToken: must not be empty");
+  const maxBodyBytes = positiveInt(opts.maxBodyBytes, DEFAULT_MAX_BODY_BYTES, "maxBodyBytes");
+  const dedupe = new DeliveryDedupe(
+    positiveInt(opts.dedupe?.maxEntries, DEFAULT_DEDUPE_ENTRIES, "dedupe.maxEntries"),
+    positiveInt(opts.dedupe?.ttlMs, DEFAULT_DEDUPE_TTL_MS, "dedupe.ttlMs"),
+  );
+  const now = opts.now ?? Date.now;
+  const log = opts.log;
+  // Comparing fixed-size digests keeps the comparison constant-time whatever the lengths are.
+  const secretDigest = createHash("sha256").update(opts.secretToken, "utf8").digest();
+  const tokenMatches = (token: string | undefined): boolean =>
+    token !== undefined && timingSafeEqual(createHash("sha256").update(token, "utf8").digest(), secretDigest);
+
+  const counters: WebhookCounters = {
+    received: 0,
+    accepted: 0,
+    duplicates: 0,
+    ignored: 0,
+    rejected: {
+      "method-not-allowed": 0,
+      unauthorized: 0,
+      "unsupported-media-type": 0,
+      "too-large": 0,
+      "malformed-json": 0,
+      "invalid-payload": 0,
+      aborted: 0,
+    },
+    sinkErrors: 0,
+  };
+
+  const reject = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    reason: WebhookRejectReason,
+    status: number,
+    message: string,
+    headers: Record<string, string> = {},
+  ): void => {
+    counters.rejected[reason] += 1;
+    log?.warn(
+      { reason, status, remoteAddress: req.socket.remoteAddress, message },
+      "gitlab webhook rejected",
+    );
+    send(res, status, { error: message }, headers);
+  };
+
+  /** Answers before the body was read: drop what is left of it, up to a bound, then cut. */
+  const rejectUnread = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    reason: WebhookRejectReason,
+    status: number,
+    message: string,
+    headers: Record<string, string> = {},
+  ): void => {
+    const declared = Number(header(req, "content-length") ?? "0");
+    const tooMuchToDrain = !(declared <= MAX_DISCARD_BYTES);
+    reject(req, res, reason, status, message, tooMuchToDrain ? { ...headers, connection: "close" } : headers);
+    if (tooMuchToDrain) return; // Connection: close; node closes the socket after the answer.
+    discardRest(req, 0);
+  };
+
+  const discardRest = (req: IncomingMessage, alreadyDiscarded: number): void => {
+    if (req.complete) return;
+    let discarded = alreadyDiscarded;
+    req.on("data", (chunk: Buffer) => {
+      discarded += chunk.length;
+      if (discarded > MAX_DISCARD_BYTES) req.socket.destroy();
+    });
+    req.resume();
+  };
+
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    counters.received += 1;
+    // A client that goes away mid-body must not become an unhandled 'error' event.
+    req.on("error", () => {});
+    if (req.method !== "POST") {
+      rejectUnread(req, res, "method-not-allowed", 405, "only POST is allowed", { allow: "POST" });
+      return;
+    }
+    if (!tokenMatches(header(req, "x-gitlab-token"))) {
+      rejectUnread(req, res, "unauthorized", 401, "missing or wrong X-Gitlab-Token");
+      return;
+    }
+    if (!isJsonContentType(header(req, "content-type"))) {
+      rejectUnread(req, res, "unsupported-media-type", 415, "Content-Type must be application/json");
+      return;
+    }
+    const declaredLength = header(req, "content-length");
+    if (declaredLength !== undefined && Number(declaredLength) > maxBodyBytes) {
+      rejectUnread(req, res, "too-large", 413, `body larger than ${maxBodyBytes} bytes`);
+      return;
+    }
+    const idempotencyKey = header(req, "idempotency-key");
+    const eventUuid = header(req, "x-gitlab-event-uuid");
+    const deliveryKey =
+      idempotencyKey !== undefined
+        ? `idempotency-key:${idempotencyKey}`
+        : eventUuid !== undefined
+          ? `event-uuid:${eventUuid}`
+          : undefined;
+    if (
+      (idempotencyKey?.length ?? 0) > MAX_DELIVERY_KEY_LENGTH ||
+      (eventUuid?.length ?? 0) > MAX_DELIVERY_KEY_LENGTH
+    ) {
+      rejectUnread(
+        req,
+        res,
+        "invalid-payload",
+        400,
+        `Idempotency-Key and X-Gitlab-Event-UUID must be at most ${MAX_DELIVERY_KEY_LENGTH} characters`,
+      );
+      return;
+    }
+
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let done = false;
+    const onData = (chunk: Buffer): void => {
+      received += chunk.length;
+      if (received > maxBodyBytes) {
+        done = true;
+        req.off("data", onData);
+        req.off("end", onEnd);
+        chunks.length = 0;
+        reject(req, res, "too-large", 413, `body larger than ${maxBodyBytes} bytes`);
+        discardRest(req, 0);
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      done = true;
+      finish(req, res, header(req, "x-gitlab-event"), Buffer.concat(chunks, received), deliveryKey);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+    req.on("close", () => {
+      if (done) return;
+      done = true;
+      counters.rejected.aborted += 1;
+      log?.warn({ remoteAddress: req.socket.remoteAddress }, "gitlab webhook aborted by the client");
+    });
+  };
+
+  const finish = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    eventHeader: string | undefined,
+    body: Buffer,
+    deliveryKey: string | undefined,
+  ): void => {
+    let document: unknown;
+    try {
+      document = JSON.parse(body.toString("utf8"));
+    } catch {
+      reject(req, res, "malformed-json", 400, "body is not valid JSON");
+      return;
+    }
+    const parsed = parseWebhook(eventHeader, document);
+    if (!parsed.ok) {
+      if (parsed.reason === "invalid") {
+        reject(req, res, "invalid-payload", 400, parsed.message);
+        return;
+      }
+      counters.ignored += 1;
+      log?.info({ message: parsed.message }, "gitlab webhook ignored");
+      send(res, 202, { status: "ignored" });
+      return;
+    }
+    const at = now();
+    if (deliveryKey !== undefined && dedupe.has(deliveryKey, at)) {
+      counters.duplicates += 1;
+      log?.info({ deliveryKey }, "gitlab webhook retry ignored");
+      send(res, 200, { status: "duplicate" });
+      return;
+    }
+    if (deliveryKey !== undefined) dedupe.add(deliveryKey, at);
+    counters.accepted += 1;
+    const { signal } = parsed;
+    log?.info(
+      {
+        event: signal.event,
+        ...(signal.kind === "project" ? { projectId: signal.projectId } : { groupId: signal.groupId }),
+        deliveryKey,
+      },
+      "gitlab webhook accepted",
+    );
+    send(res, 202, { status: "accepted" });
+    // After the answer: a slow or throwing sink must not hold up GitLab or break the listener.
+    try {
+      opts.onSignal(signal);
+    } catch (err) {
+      counters.sinkErrors += 1;
+      log?.warn({ event: signal.event, err: describeError(err) }, "gitlab webhook signal sink threw");
+    }
+  };
+
+  return Object.assign(handler, { counters });
+}
