@@ -231,7 +231,8 @@ export class GitbeakerGitLab implements GitLabPort {
       } catch (cause) {
         if (signal?.aborted)
           throw new GitLabError(`${request.method} ${request.path} was aborted`, request, { cause });
-        const code = (cause as { cause?: { code?: string } }).cause?.code;
+        const inner = (cause as { cause?: { code?: string; message?: string } }).cause;
+        const code = inner?.code ?? inner?.message;
         failure =
           (cause as Error).name === "TimeoutError"
             ? `no response within ${timeoutMs} ms`
@@ -309,6 +310,9 @@ export class GitbeakerGitLab implements GitLabPort {
       includeSubgroups: true,
       perPage: PER_PAGE,
       pagination: "offset",
+      // GitLab's default order is created_at desc, which shifts pages while projects are created.
+      orderBy: "id",
+      sort: "asc",
     });
     const projects = parseAll(projectSchema, body, this.#info(`/groups/${groupId}/projects`)).map(toProject);
     // Offset pages can repeat an item when projects are created during the listing.
