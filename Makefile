@@ -76,6 +76,7 @@ test: deps tools lint typecheck
 
 bench: deps tools
 	node bench/run.ts
+	node bench/inventory.ts
 
 demo: deps tools
 	bash scripts/demo.sh
