@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { NatsbindError } from "../errors.ts";
 import { initOperator } from "./init.ts";
 import { accountsCommand } from "./accounts.ts";
+import { gitlabCommand } from "./gitlab.ts";
 import { UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
@@ -20,6 +21,9 @@ commands:
   accounts list --config FILE          accounts the resolver holds
   accounts lookup --config FILE ID     an account's claims as the resolver holds them
   accounts delete --config FILE ID...  delete accounts from the resolver
+  gitlab projects --config FILE [--group G]... [--project P]...
+        list the projects a scope selects (ids or full paths; groups include subgroups):
+        id, namespace id, visibility, path
   help                                 this text
 `;
 
@@ -66,6 +70,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "accounts":
         await accountsCommand(rest);
+        return 0;
+      case "gitlab":
+        await gitlabCommand(rest);
         return 0;
       case undefined:
       case "help":

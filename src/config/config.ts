@@ -29,6 +29,18 @@ const ConfigSchema = z.strictObject({
     /** Number of resolver servers; omit to discover them with $SYS.REQ.SERVER.PING. */
     expectedServers: z.number().int().min(1).max(1_000).optional(),
   }),
+  gitlab: z
+    .strictObject({
+      url: z.string().regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL"),
+      /** File holding an access token with read_api; read at start, never logged. */
+      tokenFile: z.string().min(1),
+      /** File holding the webhook secret GitLab sends in X-Gitlab-Token. */
+      webhookSecretFile: z.string().min(1).optional(),
+      /** Full resync of every scope: the safety net for missed webhooks. */
+      resyncIntervalSeconds: z.number().int().min(30).max(86_400).default(600),
+      requestTimeoutMs: z.number().int().min(100).max(300_000).default(30_000),
+    })
+    .optional(),
   local: z
     .strictObject({
       keyDir: z.string().min(1).default("keys/accounts"),
@@ -60,7 +72,45 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
       operatorJwt: at(config.nats.operatorJwt),
     },
     local: { keyDir: at(config.local.keyDir), bindingsDir: at(config.local.bindingsDir) },
+    ...(config.gitlab
+      ? {
+          gitlab: {
+            ...config.gitlab,
+            tokenFile: at(config.gitlab.tokenFile),
+            ...(config.gitlab.webhookSecretFile
+              ? { webhookSecretFile: at(config.gitlab.webhookSecretFile) }
+              : {}),
+          },
+        }
+      : {}),
   };
+}
+
+export const MAX_SECRET_FILE_BYTES = 4096;
+
+/**
+ * Reads a secret (token, webhook secret) from a file: bounded, trimmed, non-empty. Errors name
+ * the file, never the content.
+ */
+export async function readSecretFile(path: string, what: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (cause) {
+    throw new ConfigError(
+      `cannot read ${what} file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`,
+      {
+        cause,
+      },
+    );
+  }
+  if (Buffer.byteLength(text) > MAX_SECRET_FILE_BYTES) {
+    throw new ConfigError(`${what} file ${path} is larger than ${MAX_SECRET_FILE_BYTES} bytes`);
+  }
+  const secret = text.trim();
+  if (secret.length === 0) throw new ConfigError(`${what} file ${path} is empty`);
+  if (/\s/.test(secret)) throw new ConfigError(`${what} file ${path} holds more than one word`);
+  return secret;
 }
 
 export async function loadConfig(path: string): Promise<Config> {

@@ -5,6 +5,7 @@ import { execFile } from "node:child_process";
 import { readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import { REPO_ROOT, removeDir, tempDir } from "../support/process.ts";
 
@@ -122,5 +123,69 @@ describe("natsbind CLI", { timeout: 120_000 }, () => {
       badKey.stderr,
       /KeyError: lookup: account is not a valid operator, account or user public nkey/,
     );
+  });
+});
+
+describe("natsbind gitlab projects", { timeout: 60_000 }, () => {
+  let dir: string;
+  let sim: GitLabSimulator;
+
+  before(async () => {
+    dir = await tempDir("cli-gitlab");
+    sim = await GitLabSimulator.start();
+    await writeFile(join(dir, "token"), `${sim.token}\n`, { mode: 0o600 });
+    const nats = `nats:\n  servers: ["nats://127.0.0.1:4222"]\n  systemCreds: s\n  operatorSigningKey: k\n  operatorJwt: o\n`;
+    await writeFile(join(dir, "natsbind.yaml"), `${nats}gitlab:\n  url: ${sim.url}\n  tokenFile: token\n`);
+    await writeFile(join(dir, "wrong.yaml"), `${nats}gitlab:\n  url: ${sim.url}\n  tokenFile: wrong-token\n`);
+    await writeFile(join(dir, "wrong-token"), "glpat-not-valid\n");
+  });
+  after(async () => {
+    await sim?.stop();
+    if (dir) await removeDir(dir);
+  });
+
+  it("lists what a scope selects, by path or id", async () => {
+    const top = sim.createGroup({ name: "Top", path: "top" });
+    const sub = sim.createGroup({ name: "Sub", path: "sub", parentId: top.id });
+    const a = sim.createProject({ name: "a", groupId: top.id });
+    const b = sim.createProject({ name: "b", groupId: sub.id, visibility: "internal" });
+    const solo = sim.createGroup({ name: "Solo", path: "solo" });
+    const c = sim.createProject({ name: "c", groupId: solo.id });
+    const r = await natsbind(
+      "gitlab",
+      "projects",
+      "--config",
+      join(dir, "natsbind.yaml"),
+      "--group",
+      "top",
+      "--project",
+      String(c.id),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split("\n"), [
+      `${a.id}\t${top.id}\tprivate\ttop/a`,
+      `${b.id}\t${sub.id}\tinternal\ttop/sub/b`,
+      `${c.id}\t${solo.id}\tprivate\tsolo/c`,
+    ]);
+    assert.match(r.stderr, /^3 projects$/m);
+  });
+
+  it("explains a bad token and a missing group without printing the token", async () => {
+    const bad = await natsbind("gitlab", "projects", "--config", join(dir, "wrong.yaml"), "--group", "top");
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /GitLabAuthError: GitLab at http:\/\/127\.0\.0\.1:\d+ rejected the token \(401/);
+    assert.ok(!bad.stderr.includes("glpat-not-valid"));
+    const missing = await natsbind(
+      "gitlab",
+      "projects",
+      "--config",
+      join(dir, "natsbind.yaml"),
+      "--group",
+      "nope",
+    );
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /GitLabNotFoundError: GET \/groups\/nope: 404 Group Not Found/);
+    const none = await natsbind("gitlab", "projects", "--config", join(dir, "natsbind.yaml"));
+    assert.equal(none.code, 2);
   });
 });

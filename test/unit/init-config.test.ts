@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decode as stockDecode } from "@nats-io/jwt";
 import { INIT_LAYOUT, InitError, initOperator } from "../../src/cli/init.ts";
-import { ConfigError, loadConfig, parseConfig } from "../../src/config/config.ts";
+import { ConfigError, loadConfig, parseConfig, readSecretFile } from "../../src/config/config.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
 import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
@@ -178,6 +178,52 @@ describe("config", () => {
       );
     });
   }
+
+  it("validates the gitlab section and resolves its files", () => {
+    const config = parseConfig(
+      { ...valid, gitlab: { url: "https://gitlab.example.com", tokenFile: "secrets/token" } },
+      "natsbind.yaml",
+      "/etc/natsbind",
+    );
+    assert.deepEqual(config.gitlab, {
+      url: "https://gitlab.example.com",
+      tokenFile: "/etc/natsbind/secrets/token",
+      resyncIntervalSeconds: 600,
+      requestTimeoutMs: 30_000,
+    });
+    assert.throws(
+      () => parseConfig({ ...valid, gitlab: { url: "gitlab", tokenFile: "t" } }, "natsbind.yaml", "/"),
+      /gitlab\.url: must be an http:\/\/ or https:\/\/ URL/,
+    );
+    assert.throws(
+      () =>
+        parseConfig(
+          { ...valid, gitlab: { url: "https://g", tokenFile: "t", resyncIntervalSeconds: 1 } },
+          "c",
+          "/",
+        ),
+      /gitlab\.resyncIntervalSeconds: /,
+    );
+  });
+
+  it("reads secret files bounded and trimmed, naming the file and never the content", async () => {
+    const file = join(root, "token");
+    await writeFile(file, "glpat-secret-value\n");
+    assert.equal(await readSecretFile(file, "GitLab token"), "glpat-secret-value");
+    await writeFile(file, "  \n");
+    await assert.rejects(readSecretFile(file, "GitLab token"), /GitLab token file .*token is empty/);
+    await writeFile(file, "two words");
+    await assert.rejects(
+      readSecretFile(file, "GitLab token"),
+      (err: Error) => /holds more than one word/.test(err.message) && !err.message.includes("two"),
+    );
+    await writeFile(file, "x".repeat(5000));
+    await assert.rejects(readSecretFile(file, "GitLab token"), /larger than 4096 bytes/);
+    await assert.rejects(
+      readSecretFile(join(root, "absent"), "GitLab token"),
+      /cannot read GitLab token file .*absent: ENOENT/,
+    );
+  });
 
   it("rejects unreadable, oversized and non-YAML files", async () => {
     await assert.rejects(
