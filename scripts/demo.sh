@@ -45,4 +45,4 @@ say "what nats-server stored in its full resolver directory ($DEMO/jwt)"
 ls -l "$DEMO/jwt" | sed -n '2,$p'
 grep -h "$ACCOUNT" "$DEMO/nats-server.log" || true
 
-say "done: files in $DEMO (keys are 0600; keys/operator.nk belongs offline)"
+say "done: files in $DEMO (keys are 0600; operator/operator.nk belongs offline)"

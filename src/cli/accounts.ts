@@ -19,15 +19,16 @@ import { KeyDirectory, readSeedFile } from "../store/key-directory.ts";
 
 async function openResolver(config: Config): Promise<NatsResolver> {
   const creds = await readFile(config.nats.systemCreds);
+  const signer = await readSeedFile(config.nats.operatorSigningKey, "operator");
   return NatsResolver.connect({
     servers: config.nats.servers,
     creds,
     timeoutMs: config.nats.timeoutMs,
-    operatorSigningKey: await readSeedFile(config.nats.operatorSigningKey, "operator"),
-    trustedOperator: trustedOperatorFromJwt(
-      await readFile(config.nats.operatorJwt, "utf8"),
-      config.nats.operatorJwt,
-    ),
+    operatorSigningKey: signer,
+    // Without the operator JWT, trust only the key natsbind signs with.
+    trustedOperator: config.nats.operatorJwt
+      ? trustedOperatorFromJwt(await readFile(config.nats.operatorJwt, "utf8"), config.nats.operatorJwt)
+      : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] },
     ...(config.nats.expectedServers ? { expectedServers: config.nats.expectedServers } : {}),
   });
 }
@@ -43,7 +44,7 @@ function printOutcome(verb: string, outcome: ResolverOutcome): void {
  */
 async function pushSample(config: Config, name: string, projectId: string): Promise<void> {
   if (!/^[1-9][0-9]{0,18}$/.test(projectId)) throw new UsageError("--project-id must be a positive integer");
-  const keys = new KeyDirectory(config.local.keyDir);
+  const keys = new KeyDirectory(config.keys.directory);
   const signer = await readSeedFile(config.nats.operatorSigningKey, "operator");
   const account = NKeyPair.generate("account");
   const ciKey = NKeyPair.generate("account");

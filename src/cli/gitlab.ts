@@ -28,7 +28,7 @@ export async function gitlabCommand(args: string[]): Promise<void> {
   const gitlab = new GitbeakerGitLab({
     url: config.gitlab.url,
     token: await readSecretFile(config.gitlab.tokenFile, "GitLab token"),
-    timeoutMs: config.gitlab.requestTimeoutMs,
+    timeoutMs: config.gitlab.requestTimeout,
   });
   const inventory = new ProjectInventory(gitlab, {
     groups: values.group.map(scopeEntry),

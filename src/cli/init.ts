@@ -29,17 +29,17 @@ export interface InitOptions {
 
 /** Paths below outDir, shared by init, the config it writes and the docs. */
 export const INIT_LAYOUT = {
-  operatorKey: "keys/operator.nk",
-  operatorSigningKey: "keys/operator-signing.nk",
-  systemAccountKey: "keys/system-account.nk",
-  systemAccountSigningKey: "keys/system-account-signing.nk",
+  operatorKey: "operator/operator.nk",
+  operatorSigningKey: "operator/operator-signing.nk",
+  systemAccountKey: "operator/system-account.nk",
+  systemAccountSigningKey: "operator/system-account-signing.nk",
   operatorJwt: "operator.jwt",
   systemAccountJwt: "system-account.jwt",
   systemCreds: "system.creds",
   natsServerConfig: "nats-server.conf",
   config: "natsbind.yaml",
   resolverDir: "jwt",
-  accountKeyDir: "keys/accounts",
+  accountKeyDir: "keys",
   bindingsDir: "bindings",
 } as const;
 
@@ -73,7 +73,7 @@ async function checkTarget(dir: string, force: boolean): Promise<void> {
   }
   const entries = await readdir(dir);
   if (entries.length > 0 && !force) {
-    const keys = (await readdir(join(dir, "keys")).catch(() => [])).length > 0;
+    const keys = (await readdir(join(dir, "operator")).catch(() => [])).length > 0;
     throw new InitError(
       keys
         ? `init: ${dir} already holds keys; refusing to overwrite them. Pass --force to replace the operator ` +
@@ -127,9 +127,18 @@ nats:
   operatorSigningKey: ${INIT_LAYOUT.operatorSigningKey}
   operatorJwt: ${INIT_LAYOUT.operatorJwt}
   timeoutMs: 5000
-local:
-  keyDir: ${INIT_LAYOUT.accountKeyDir}
-  bindingsDir: ${INIT_LAYOUT.bindingsDir}
+# gitlab:
+#   url: https://gitlab.example.com
+#   tokenFile: gitlab-token
+#   webhookSecretFile: webhook-secret
+#   resyncInterval: 10m
+bindings:
+  directory: ${INIT_LAYOUT.bindingsDir}
+keys:
+  # Account identity and signing keys, one 0600 file each, written before any JWT names them.
+  directory: ${INIT_LAYOUT.accountKeyDir}
+http:
+  listen: "127.0.0.1:8080"
 `;
 }
 
@@ -180,7 +189,7 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
   );
 
   const at = (p: string): string => join(outDir, p);
-  await mkdir(at("keys"), { recursive: true, mode: 0o700 });
+  await mkdir(at("operator"), { recursive: true, mode: 0o700 });
   await mkdir(at(INIT_LAYOUT.accountKeyDir), { recursive: true, mode: 0o700 });
   await mkdir(at(INIT_LAYOUT.bindingsDir), { recursive: true });
   await mkdir(at(INIT_LAYOUT.resolverDir), { recursive: true, mode: 0o700 });

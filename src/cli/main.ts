@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { NatsbindError } from "../errors.ts";
-import { initOperator } from "./init.ts";
+import { INIT_LAYOUT, initOperator } from "./init.ts";
 import { accountsCommand } from "./accounts.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { UsageError } from "./usage.ts";
@@ -58,7 +58,9 @@ async function init(args: string[]): Promise<void> {
   console.log(`system account     ${result.systemAccount}`);
   console.log(`wrote ${result.files.length} files to ${result.outDir}:`);
   for (const f of result.files) console.log(`  ${f}`);
-  console.log("keep keys/operator.nk offline: natsbind needs only keys/operator-signing.nk");
+  console.log(
+    `keep ${INIT_LAYOUT.operatorKey} offline: natsbind needs only ${INIT_LAYOUT.operatorSigningKey}`,
+  );
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -16,6 +16,38 @@ const natsUrl = z
   .string()
   .regex(/^(nats|tls|ws|wss):\/\/[^\s]+$/, "must be a nats://, tls://, ws:// or wss:// URL");
 
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** "90s", "10m", "1h30m", "500ms" -> milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  if (!/^(\d+(ms|s|m|h))+$/.test(text)) return undefined;
+  let total = 0;
+  for (const [, n, unit] of text.matchAll(/(\d+)(ms|s|m|h)/g)) total += Number(n) * DURATION_UNITS[unit!]!;
+  return total;
+}
+
+const duration = (min: number, max: number) =>
+  z
+    .string()
+    .max(32)
+    .transform((text, ctx) => {
+      const ms = parseDuration(text);
+      if (ms === undefined) {
+        ctx.addIssue({ code: "custom", message: `"${text}" is not a duration like 90s, 10m or 1h` });
+        return z.NEVER;
+      }
+      if (ms < min || ms > max) {
+        ctx.addIssue({ code: "custom", message: `must be between ${min / 1000}s and ${max / 1000}s` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const listenAddress = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be "host:port", e.g. "127.0.0.1:8080"')
+  .refine((v) => Number(v.slice(v.lastIndexOf(":") + 1)) <= 65535, "port must be <= 65535");
+
 const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
@@ -24,7 +56,8 @@ const ConfigSchema = z.strictObject({
     systemCreds: z.string().min(1),
     /** Operator signing key seed file: signs account JWTs. The identity key is never needed. */
     operatorSigningKey: z.string().min(1),
-    operatorJwt: z.string().min(1),
+    /** The operator JWT: its signing keys are the issuers push() accepts. Default: only ours. */
+    operatorJwt: z.string().min(1).optional(),
     timeoutMs: z.number().int().min(100).max(120_000).default(5_000),
     /** Number of resolver servers; omit to discover them with $SYS.REQ.SERVER.PING. */
     expectedServers: z.number().int().min(1).max(1_000).optional(),
@@ -37,19 +70,16 @@ const ConfigSchema = z.strictObject({
       /** File holding the webhook secret GitLab sends in X-Gitlab-Token. */
       webhookSecretFile: z.string().min(1).optional(),
       /** Full resync of every scope: the safety net for missed webhooks. */
-      resyncIntervalSeconds: z.number().int().min(30).max(86_400).default(600),
-      requestTimeoutMs: z.number().int().min(100).max(300_000).default(30_000),
+      resyncInterval: duration(30_000, 86_400_000).default(600_000),
+      requestTimeout: duration(100, 300_000).default(30_000),
     })
     .optional(),
-  local: z
-    .strictObject({
-      keyDir: z.string().min(1).default("keys/accounts"),
-      bindingsDir: z.string().min(1).default("bindings"),
-    })
-    .prefault({}),
+  bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
+  keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
+  http: z.strictObject({ listen: listenAddress.default("127.0.0.1:8080") }).prefault({}),
 });
 
-export type Config = z.infer<typeof ConfigSchema>;
+export type Config = z.output<typeof ConfigSchema>;
 
 function formatIssues(error: z.ZodError): string {
   return error.issues
@@ -69,9 +99,10 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
       ...config.nats,
       systemCreds: at(config.nats.systemCreds),
       operatorSigningKey: at(config.nats.operatorSigningKey),
-      operatorJwt: at(config.nats.operatorJwt),
+      ...(config.nats.operatorJwt ? { operatorJwt: at(config.nats.operatorJwt) } : {}),
     },
-    local: { keyDir: at(config.local.keyDir), bindingsDir: at(config.local.bindingsDir) },
+    bindings: { directory: at(config.bindings.directory) },
+    keys: { directory: at(config.keys.directory) },
     ...(config.gitlab
       ? {
           gitlab: {

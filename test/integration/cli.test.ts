@@ -67,7 +67,7 @@ describe("natsbind CLI", { timeout: 120_000 }, () => {
     assert.match(push.stdout, new RegExp(`push ${account} on ${server.name}: 200 jwt updated`));
     assert.match(push.stdout, /claims hash matches/);
     // Keys were saved before the push, one 0600 seed file per key.
-    assert.ok((await readdir(join(dir, "op", "keys", "accounts"))).includes(`${account}.nk`));
+    assert.ok((await readdir(join(dir, "op", "keys"))).includes(`${account}.nk`));
 
     assert.ok((await natsbind("accounts", "list", "--config", config)).stdout.split("\n").includes(account));
     const lookup = await natsbind("accounts", "lookup", "--config", config, account);
@@ -84,7 +84,7 @@ describe("natsbind CLI", { timeout: 120_000 }, () => {
   it("prints no seeds, whatever it is asked", async () => {
     const seeds =
       (await readFile(join(dir, "op", "system.creds"), "utf8")).match(/S[OAU][A-Z2-7]{56}/g) ?? [];
-    const signing = (await readFile(join(dir, "op", "keys", "operator-signing.nk"), "utf8")).trim();
+    const signing = (await readFile(join(dir, "op", "operator", "operator-signing.nk"), "utf8")).trim();
     const outputs = await Promise.all([
       natsbind("accounts", "push-sample", "--config", config, "--name", "x", "--project-id", "1"),
       natsbind("accounts", "lookup", "--config", config, "not-a-key"),

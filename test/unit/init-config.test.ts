@@ -5,7 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decode as stockDecode } from "@nats-io/jwt";
 import { INIT_LAYOUT, InitError, initOperator } from "../../src/cli/init.ts";
-import { ConfigError, loadConfig, parseConfig, readSecretFile } from "../../src/config/config.ts";
+import {
+  ConfigError,
+  loadConfig,
+  parseConfig,
+  parseDuration,
+  readSecretFile,
+} from "../../src/config/config.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
 import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
@@ -32,7 +38,8 @@ describe("natsbind init", () => {
     ]) {
       assert.equal((await stat(join(out, secret))).mode & 0o777, 0o600, `${secret} mode`);
     }
-    assert.equal((await stat(join(out, "keys"))).mode & 0o777, 0o700);
+    assert.equal((await stat(join(out, "operator"))).mode & 0o777, 0o700);
+    assert.equal((await stat(join(out, INIT_LAYOUT.accountKeyDir))).mode & 0o777, 0o700);
 
     const operator = decodeJwt(await readFile(join(out, INIT_LAYOUT.operatorJwt), "utf8"));
     assert.equal(operator.sub, result.operator);
@@ -65,7 +72,9 @@ describe("natsbind init", () => {
     const config = await loadConfig(join(out, INIT_LAYOUT.config));
     assert.deepEqual(config.nats.servers, ["nats://127.0.0.1:14222"]);
     assert.equal(config.nats.operatorSigningKey, join(out, INIT_LAYOUT.operatorSigningKey));
-    assert.equal(config.local.keyDir, join(out, INIT_LAYOUT.accountKeyDir));
+    assert.equal(config.keys.directory, join(out, INIT_LAYOUT.accountKeyDir));
+    assert.equal(config.bindings.directory, join(out, INIT_LAYOUT.bindingsDir));
+    assert.equal(config.http.listen, "127.0.0.1:8080");
     assert.equal(config.mode, "local");
   });
 
@@ -156,7 +165,11 @@ describe("config", () => {
     assert.equal(config.mode, "local");
     assert.equal(config.nats.timeoutMs, 5000);
     assert.equal(config.nats.systemCreds, "/etc/natsbind/s.creds");
-    assert.equal(config.local.keyDir, "/etc/natsbind/keys/accounts");
+    assert.equal(config.keys.directory, "/etc/natsbind/keys");
+    assert.equal(config.bindings.directory, "/etc/natsbind/bindings");
+    assert.equal(config.nats.operatorJwt, "/etc/natsbind/o.jwt");
+    const { operatorJwt: _omitted, ...withoutJwt } = valid.nats;
+    assert.equal(parseConfig({ nats: withoutJwt }, "c", "/").nats.operatorJwt, undefined);
   });
 
   const bad: Array<[string, unknown, RegExp]> = [
@@ -188,8 +201,8 @@ describe("config", () => {
     assert.deepEqual(config.gitlab, {
       url: "https://gitlab.example.com",
       tokenFile: "/etc/natsbind/secrets/token",
-      resyncIntervalSeconds: 600,
-      requestTimeoutMs: 30_000,
+      resyncInterval: 600_000,
+      requestTimeout: 30_000,
     });
     assert.throws(
       () => parseConfig({ ...valid, gitlab: { url: "gitlab", tokenFile: "t" } }, "natsbind.yaml", "/"),
@@ -198,11 +211,39 @@ describe("config", () => {
     assert.throws(
       () =>
         parseConfig(
-          { ...valid, gitlab: { url: "https://g", tokenFile: "t", resyncIntervalSeconds: 1 } },
+          { ...valid, gitlab: { url: "https://g", tokenFile: "t", resyncInterval: "1s" } },
           "c",
           "/",
         ),
-      /gitlab\.resyncIntervalSeconds: /,
+      /gitlab\.resyncInterval: must be between 30s and 86400s/,
+    );
+  });
+
+  it("parses durations and listen addresses", () => {
+    assert.equal(parseDuration("10m"), 600_000);
+    assert.equal(parseDuration("1h30m"), 5_400_000);
+    assert.equal(parseDuration("250ms"), 250);
+    assert.equal(parseDuration("10 minutes"), undefined);
+    const withGitLab = (resyncInterval: string) => ({
+      ...valid,
+      gitlab: { url: "https://g", tokenFile: "t", resyncInterval },
+    });
+    assert.equal(parseConfig(withGitLab("90s"), "c", "/").gitlab?.resyncInterval, 90_000);
+    assert.throws(
+      () => parseConfig(withGitLab("soon"), "c", "/"),
+      /gitlab\.resyncInterval: "soon" is not a duration/,
+    );
+    assert.equal(
+      parseConfig({ ...valid, http: { listen: "[::1]:9000" } }, "c", "/").http.listen,
+      "[::1]:9000",
+    );
+    assert.throws(
+      () => parseConfig({ ...valid, http: { listen: "8080" } }, "c", "/"),
+      /http\.listen: must be "host:port"/,
+    );
+    assert.throws(
+      () => parseConfig({ ...valid, http: { listen: "x:70000" } }, "c", "/"),
+      /http\.listen: port must be <= 65535/,
     );
   });
 
