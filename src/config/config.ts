@@ -7,6 +7,7 @@ import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TerminalError } from "../errors.ts";
+import { parseDuration } from "../units.ts";
 
 export class ConfigError extends TerminalError {}
 
@@ -16,32 +17,19 @@ const natsUrl = z
   .string()
   .regex(/^(nats|tls|ws|wss):\/\/[^\s]+$/, "must be a nats://, tls://, ws:// or wss:// URL");
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
-
-/** "90s", "10m", "1h30m", "500ms" -> milliseconds. */
-export function parseDuration(text: string): number | undefined {
-  if (!/^(\d+(ms|s|m|h))+$/.test(text)) return undefined;
-  let total = 0;
-  for (const [, n, unit] of text.matchAll(/(\d+)(ms|s|m|h)/g)) total += Number(n) * DURATION_UNITS[unit!]!;
-  return total;
-}
-
-const duration = (min: number, max: number) =>
-  z
-    .string()
-    .max(32)
-    .transform((text, ctx) => {
-      const ms = parseDuration(text);
-      if (ms === undefined) {
-        ctx.addIssue({ code: "custom", message: `"${text}" is not a duration like 90s, 10m or 1h` });
-        return z.NEVER;
-      }
-      if (ms < min || ms > max) {
-        ctx.addIssue({ code: "custom", message: `must be between ${min / 1000}s and ${max / 1000}s` });
-        return z.NEVER;
-      }
-      return ms;
-    });
+const duration = (minMs: number, maxMs: number) =>
+  z.string().transform((text, ctx) => {
+    const parsed = parseDuration(text, maxMs);
+    if ("problem" in parsed) {
+      ctx.addIssue({ code: "custom", message: parsed.problem });
+      return z.NEVER;
+    }
+    if (parsed.value < minMs) {
+      ctx.addIssue({ code: "custom", message: `must be at least ${minMs} ms` });
+      return z.NEVER;
+    }
+    return parsed.value;
+  });
 
 const listenAddress = z
   .string()

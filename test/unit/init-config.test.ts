@@ -5,13 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decode as stockDecode } from "@nats-io/jwt";
 import { INIT_LAYOUT, InitError, initOperator } from "../../src/cli/init.ts";
-import {
-  ConfigError,
-  loadConfig,
-  parseConfig,
-  parseDuration,
-  readSecretFile,
-} from "../../src/config/config.ts";
+import { ConfigError, loadConfig, parseConfig, readSecretFile } from "../../src/config/config.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
 import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
@@ -215,15 +209,11 @@ describe("config", () => {
           "c",
           "/",
         ),
-      /gitlab\.resyncInterval: must be between 30s and 86400s/,
+      /gitlab\.resyncInterval: must be at least 30000 ms/,
     );
   });
 
   it("parses durations and listen addresses", () => {
-    assert.equal(parseDuration("10m"), 600_000);
-    assert.equal(parseDuration("1h30m"), 5_400_000);
-    assert.equal(parseDuration("250ms"), 250);
-    assert.equal(parseDuration("10 minutes"), undefined);
     const withGitLab = (resyncInterval: string) => ({
       ...valid,
       gitlab: { url: "https://g", tokenFile: "t", resyncInterval },
