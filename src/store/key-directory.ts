@@ -2,7 +2,7 @@
  * Local-mode key store: one seed file per key, named by its public key (`<PUBKEY>.nk`, mode 0600),
  * in a directory of mode 0700. Writes are atomic, so a crash leaves either the old or the new file.
  */
-import { mkdir, readFile, readdir } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { NatsbindError } from "../errors.ts";
 import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
@@ -48,6 +48,11 @@ export class KeyDirectory {
     if (key.publicKey !== publicKey)
       throw new KeyStoreError(`key store: ${path} holds the seed of ${key.publicKey}, not ${publicKey}`);
     return key;
+  }
+
+  /** Deletes the seed of `publicKey`; idempotent. */
+  async remove(publicKey: string): Promise<void> {
+    await rm(this.#path(publicKey), { force: true });
   }
 
   /** Public keys of all stored seeds. */

@@ -1,0 +1,187 @@
+/**
+ * KeyStore over a directory (local mode).
+ *
+ *   <dir>/<PUBKEY>.nk                          one seed per key, 0600 (KeyDirectory)
+ *   <dir>/accounts/<binding>/<slot>.json       the slot's public keys (no secrets), 0600
+ *
+ * Order on ensure(): new seeds are written (atomically, fsynced) BEFORE the slot file that names
+ * them, and the slot file before anything is pushed. A crash in between leaves at worst seed files
+ * no slot names; the next ensure() generates fresh ones and pushes only those. Seeds named by a
+ * slot are never regenerated: a slot whose seed is missing is an error, not a new key, because a
+ * JWT may already name it.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readFile, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+import { NatsbindError } from "../errors.ts";
+import { NKeyPair } from "../nats/keys.ts";
+import { KeyDirectory } from "../store/key-directory.ts";
+import { writeFileAtomic } from "../store/files.ts";
+import type { AccountKeys, AccountRef, KeyStore, StoredAccount } from "./port.ts";
+
+export class KeyStoreError extends NatsbindError {}
+
+const MAX_SLOT_FILE_BYTES = 64 * 1024;
+const publicKey = z.string().regex(/^[A-Z2-7]{56}$/);
+const slotSchema = z.strictObject({
+  ref: z.strictObject({
+    binding: z.string().min(1).max(253),
+    projectId: z.number().int().positive(),
+    environment: z.string().min(1).max(255).optional(),
+  }),
+  account: publicKey,
+  roles: z.record(z.string().min(1).max(63), publicKey),
+});
+
+/** A file-name-safe, collision-free name for a binding or slot (hash suffix keeps it unique). */
+function fileName(value: string): string {
+  const readable = value.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 80);
+  return `${readable}-${createHash("sha256").update(value).digest("hex").slice(0, 12)}`;
+}
+
+function sameRef(a: AccountRef, b: AccountRef): boolean {
+  return a.binding === b.binding && a.projectId === b.projectId && a.environment === b.environment;
+}
+
+export class DirectoryKeyStore implements KeyStore {
+  readonly #seeds: KeyDirectory;
+  readonly #accounts: string;
+  // ensure() of one slot runs one at a time, so two reconciles never generate two account keys.
+  readonly #locks = new Map<string, Promise<unknown>>();
+
+  constructor(dir: string) {
+    this.#seeds = new KeyDirectory(dir);
+    this.#accounts = join(dir, "accounts");
+  }
+
+  #bindingDir(binding: string): string {
+    return join(this.#accounts, fileName(binding));
+  }
+
+  #slotPath(ref: AccountRef): string {
+    const slot = `${ref.projectId}${ref.environment !== undefined ? `@${ref.environment}` : ""}`;
+    return join(this.#bindingDir(ref.binding), `${fileName(slot)}.json`);
+  }
+
+  async #readSlot(path: string): Promise<StoredAccount | undefined> {
+    let text: string;
+    try {
+      text = await readFile(path, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
+        cause: err,
+      });
+    }
+    if (text.length > MAX_SLOT_FILE_BYTES)
+      throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SLOT_FILE_BYTES} bytes`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (cause) {
+      throw new KeyStoreError(`key store: ${path} is not JSON`, { cause });
+    }
+    const result = slotSchema.safeParse(parsed);
+    if (!result.success) {
+      const issue = result.error.issues[0];
+      throw new KeyStoreError(
+        `key store: ${path}: ${issue?.path.join(".") || "(top level)"}: ${issue?.message}`,
+      );
+    }
+    return result.data as StoredAccount;
+  }
+
+  async list(binding: string): Promise<StoredAccount[]> {
+    const dir = this.#bindingDir(binding);
+    const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return [] as string[];
+      throw err;
+    });
+    const slots: StoredAccount[] = [];
+    for (const name of names.filter((n) => n.endsWith(".json")).sort()) {
+      const slot = await this.#readSlot(join(dir, name));
+      if (slot && slot.ref.binding === binding) slots.push(slot);
+    }
+    return slots.sort(
+      (a, b) =>
+        a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
+    );
+  }
+
+  async #load(slot: StoredAccount, path: string): Promise<AccountKeys> {
+    const missing = (key: string): never => {
+      throw new KeyStoreError(
+        `key store: ${path} names ${key}, whose seed is missing: restore it from backup (a JWT may name it)`,
+      );
+    };
+    const accountKey = (await this.#seeds.load(slot.account, "account")) ?? missing(slot.account);
+    const roleKeys = new Map<string, NKeyPair>();
+    for (const [role, pub] of Object.entries(slot.roles))
+      roleKeys.set(role, (await this.#seeds.load(pub, "account")) ?? missing(pub));
+    return { ...slot, accountKey, roleKeys };
+  }
+
+  async get(ref: AccountRef): Promise<AccountKeys | undefined> {
+    const path = this.#slotPath(ref);
+    const slot = await this.#readSlot(path);
+    if (!slot) return undefined;
+    if (!sameRef(slot.ref, ref)) throw new KeyStoreError(`key store: ${path} belongs to another slot`);
+    return this.#load(slot, path);
+  }
+
+  ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys> {
+    const path = this.#slotPath(ref);
+    const previous = this.#locks.get(path) ?? Promise.resolve();
+    const run = previous.then(
+      () => this.#ensure(ref, roles, path),
+      () => this.#ensure(ref, roles, path),
+    );
+    const settled = run.catch(() => undefined);
+    this.#locks.set(path, settled);
+    void settled.then(() => {
+      if (this.#locks.get(path) === settled) this.#locks.delete(path);
+    });
+    return run;
+  }
+
+  async #ensure(ref: AccountRef, roles: readonly string[], path: string): Promise<AccountKeys> {
+    const existing = await this.#readSlot(path);
+    if (existing && !sameRef(existing.ref, ref))
+      throw new KeyStoreError(`key store: ${path} belongs to another slot`);
+    const current = existing ? await this.#load(existing, path) : undefined;
+    const accountKey = current?.accountKey ?? NKeyPair.generate("account");
+    const roleKeys = new Map(current?.roleKeys ?? []);
+    const fresh: NKeyPair[] = current ? [] : [accountKey];
+    for (const role of roles) {
+      if (!roleKeys.has(role)) {
+        const key = NKeyPair.generate("account");
+        roleKeys.set(role, key);
+        fresh.push(key);
+      }
+    }
+    const result: AccountKeys = {
+      ref: { ...ref },
+      account: accountKey.publicKey,
+      roles: Object.fromEntries([...roleKeys].map(([role, key]) => [role, key.publicKey])),
+      accountKey,
+      roleKeys,
+    };
+    if (fresh.length === 0) return result;
+    // Seeds first, then the slot file that names them.
+    for (const key of fresh) await this.#seeds.save(key);
+    await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });
+    const slot: StoredAccount = { ref: result.ref, account: result.account, roles: result.roles };
+    await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
+    return result;
+  }
+
+  async remove(ref: AccountRef): Promise<void> {
+    const path = this.#slotPath(ref);
+    const slot = await this.#readSlot(path);
+    if (!slot) return;
+    // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
+    await rm(path, { force: true });
+    for (const pub of [slot.account, ...Object.values(slot.roles)]) await this.#seeds.remove(pub);
+  }
+}

@@ -1,0 +1,49 @@
+/**
+ * Where account keys live. One account slot per (binding, project[, environment]); each slot has
+ * an account identity key and one signing key per role. Keys are generated once and kept for the
+ * account's life: renames and transfers never change them.
+ *
+ * Contract: ensure() returns only after every key it hands out is durable, so a JWT naming a key
+ * is never pushed before the key is saved. Adapters: directory (local mode); Kubernetes Secrets
+ * (planned).
+ */
+import type { NKeyPair } from "../nats/keys.ts";
+
+/** Identifies an account slot. `binding` is "namespace/name" (or just "name" in local mode). */
+export interface AccountRef {
+  binding: string;
+  projectId: number;
+  /** Set when the binding makes one account per environment. */
+  environment?: string;
+}
+
+/** What may be shown and stored anywhere: public keys only. */
+export interface StoredAccount {
+  ref: AccountRef;
+  account: string;
+  /** role name -> public signing key */
+  roles: Record<string, string>;
+}
+
+export interface AccountKeys extends StoredAccount {
+  accountKey: NKeyPair;
+  roleKeys: ReadonlyMap<string, NKeyPair>;
+}
+
+export interface KeyStore {
+  /** Every slot of a binding, public view. */
+  list(binding: string): Promise<StoredAccount[]>;
+  /** The slot's keys, or undefined when there is no slot. */
+  get(ref: AccountRef): Promise<AccountKeys | undefined>;
+  /**
+   * The slot's keys, generating (and persisting first) the account key and any missing role key.
+   * Existing keys are never replaced. Keys of roles not listed stay stored (rotation decides).
+   */
+  ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys>;
+  /** Deletes the slot and its seeds. Idempotent. */
+  remove(ref: AccountRef): Promise<void>;
+}
+
+export function refKey(ref: AccountRef): string {
+  return `${ref.binding}#${ref.projectId}${ref.environment !== undefined ? `#${ref.environment}` : ""}`;
+}
