@@ -11,16 +11,15 @@
  * JWT may already name it.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readFile, readdir, rm } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { NatsbindError } from "../errors.ts";
 import { NKeyPair } from "../nats/keys.ts";
-import { KeyDirectory } from "../store/key-directory.ts";
+import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
 import type { AccountKeys, AccountRef, KeyStore, StoredAccount } from "./port.ts";
 
-export class KeyStoreError extends NatsbindError {}
+export { KeyStoreError };
 
 const MAX_SLOT_FILE_BYTES = 64 * 1024;
 const publicKey = z.string().regex(/^[A-Z2-7]{56}$/);
@@ -65,17 +64,8 @@ export class DirectoryKeyStore implements KeyStore {
   }
 
   async #readSlot(path: string): Promise<StoredAccount | undefined> {
-    let text: string;
-    try {
-      text = await readFile(path, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
-        cause: err,
-      });
-    }
-    if (text.length > MAX_SLOT_FILE_BYTES)
-      throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SLOT_FILE_BYTES} bytes`);
+    const text = await readKeyStoreFile(path, MAX_SLOT_FILE_BYTES);
+    if (text === undefined) return undefined;
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);

@@ -10,6 +10,21 @@ import { writeFileAtomic } from "./files.ts";
 
 export class KeyStoreError extends NatsbindError {}
 
+/** A key store file's text, or undefined when it does not exist; bounded in size. */
+export async function readKeyStoreFile(path: string, maxBytes: number): Promise<string | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
+      cause: err,
+    });
+  }
+  if (text.length > maxBytes) throw new KeyStoreError(`key store: ${path} is larger than ${maxBytes} bytes`);
+  return text;
+}
+
 const MAX_SEED_FILE_BYTES = 1024;
 
 export class KeyDirectory {
@@ -33,17 +48,8 @@ export class KeyDirectory {
   /** The key pair for `publicKey`, or undefined when the store has no seed for it. */
   async load(publicKey: string, kind?: KeyKind): Promise<NKeyPair | undefined> {
     const path = this.#path(publicKey);
-    let text: string;
-    try {
-      text = await readFile(path, "utf8");
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
-        cause: err,
-      });
-    }
-    if (text.length > MAX_SEED_FILE_BYTES)
-      throw new KeyStoreError(`key store: ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+    const text = await readKeyStoreFile(path, MAX_SEED_FILE_BYTES);
+    if (text === undefined) return undefined;
     const key = NKeyPair.fromSeed(text, kind, path);
     if (key.publicKey !== publicKey)
       throw new KeyStoreError(`key store: ${path} holds the seed of ${key.publicKey}, not ${publicKey}`);
