@@ -137,6 +137,9 @@ bindings:
 keys:
   # Account identity and signing keys, one 0600 file each, written before any JWT names them.
   directory: ${INIT_LAYOUT.accountKeyDir}
+state:
+  # Status of each binding, written by natsbind run, read by natsbind status.
+  directory: state
 http:
   listen: "127.0.0.1:8080"
 `;

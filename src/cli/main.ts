@@ -8,6 +8,7 @@ import { NatsbindError } from "../errors.ts";
 import { INIT_LAYOUT, initOperator } from "./init.ts";
 import { accountsCommand } from "./accounts.ts";
 import { gitlabCommand } from "./gitlab.ts";
+import { runCommand, statusCommand } from "./run.ts";
 import { UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
@@ -24,6 +25,8 @@ commands:
   gitlab projects --config FILE [--group G]... [--project P]...
         list the projects a scope selects (ids or full paths; groups include subgroups):
         id, namespace id, visibility, path
+  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
+  status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
 `;
 
@@ -75,6 +78,12 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "gitlab":
         await gitlabCommand(rest);
+        return 0;
+      case "run":
+        await runCommand(rest);
+        return 0;
+      case "status":
+        await statusCommand(rest);
         return 0;
       case undefined:
       case "help":

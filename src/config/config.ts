@@ -64,6 +64,8 @@ const ConfigSchema = z.strictObject({
     .optional(),
   bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
+  /** Local mode: status files, one per binding (what `natsbind status` reads). */
+  state: z.strictObject({ directory: z.string().min(1).default("state") }).prefault({}),
   http: z.strictObject({ listen: listenAddress.default("127.0.0.1:8080") }).prefault({}),
 });
 
@@ -91,6 +93,7 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
     },
     bindings: { directory: at(config.bindings.directory) },
     keys: { directory: at(config.keys.directory) },
+    state: { directory: at(config.state.directory) },
     ...(config.gitlab
       ? {
           gitlab: {

@@ -86,10 +86,16 @@ export function snapshotOf(projects: Iterable<GitLabProject>): Snapshot {
 export interface InventoryScope {
   groups: Array<number | string>;
   projects: Array<number | string>;
+  /** Only projects directly in the groups, not in their subgroups. */
+  directOnly?: boolean;
 }
 
-function within(fullPath: string, group: GitLabGroup): boolean {
-  return fullPath === group.fullPath || fullPath.startsWith(`${group.fullPath}/`);
+/** Is a project (by its namespace) inside the group, or directly in it when `directOnly`? */
+function within(project: GitLabProject, group: GitLabGroup, directOnly: boolean): boolean {
+  if (directOnly) return project.namespaceId === group.id;
+  return (
+    project.namespaceFullPath === group.fullPath || project.namespaceFullPath.startsWith(`${group.fullPath}/`)
+  );
 }
 
 export class ProjectInventory {
@@ -129,7 +135,10 @@ export class ProjectInventory {
       const listed = await Promise.all(roots.map((g) => this.#gitlab.groupProjects(g.id)));
       const direct = await Promise.all(this.#scope.projects.map((p) => this.#gitlab.project(p)));
       const next = new Map<number, GitLabProject>();
-      for (const list of listed) for (const p of list) next.set(p.id, p);
+      const directOnly = this.#scope.directOnly ?? false;
+      listed.forEach((list, i) => {
+        for (const p of list) if (within(p, roots[i]!, directOnly)) next.set(p.id, p);
+      });
       const directIds = new Set<number>();
       for (const p of direct) {
         if (!p) continue; // a configured project GitLab says is gone: absent, hence deleted if known
@@ -157,7 +166,8 @@ export class ProjectInventory {
       const next = new Map(this.#snapshot);
       const inScope =
         project !== undefined &&
-        (this.#directIds.has(project.id) || this.#roots.some((g) => within(project.pathWithNamespace, g)));
+        (this.#directIds.has(project.id) ||
+          this.#roots.some((g) => within(project, g, this.#scope.directOnly ?? false)));
       if (project && inScope) next.set(project.id, project);
       else next.delete(projectId);
       const diff = diffSnapshots(this.#snapshot, next);

@@ -1,0 +1,74 @@
+/** `natsbind run` and `natsbind status` (local mode). */
+import { parseArgs } from "node:util";
+import { loadConfig } from "../config/config.ts";
+import { runController } from "../main.ts";
+import { StatusFiles } from "../store/status-files.ts";
+
+export async function runCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: "string", default: "natsbind.yaml" } } });
+  const config = await loadConfig(values.config);
+  const running = await runController(config);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off("SIGTERM", stop);
+      process.off("SIGINT", stop);
+      void running.stop().then(resolve, resolve);
+    };
+    process.on("SIGTERM", stop);
+    process.on("SIGINT", stop);
+  });
+}
+
+function pad(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
+}
+
+export async function statusCommand(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: "string", default: "natsbind.yaml" } } });
+  const config = await loadConfig(values.config);
+  const all = await new StatusFiles(config.state.directory).readAll();
+  if (all.length === 0) {
+    console.log(`no binding status in ${config.state.directory} (is natsbind run running?)`);
+    return;
+  }
+  const bindings = [["BINDING", "READY", "PROJECTS", "ACCOUNTS", "RETAINED", "PROBLEMS", "MESSAGE"]];
+  for (const { key, status } of all) {
+    const ready = status.conditions.find((c) => c.type === "Ready");
+    bindings.push([
+      key,
+      ready?.status ?? "Unknown",
+      String(status.counts.projects),
+      String(status.counts.accounts),
+      String(status.counts.retained),
+      String(status.counts.problems),
+      (ready?.message ?? "").slice(0, 80),
+    ]);
+  }
+  console.log(pad(bindings));
+  const accounts = [["BINDING", "PROJECT", "PATH", "ENVIRONMENT", "ACCOUNT", "STATE", "PUSHED"]];
+  for (const { key, status } of all) {
+    for (const a of status.accounts) {
+      accounts.push([
+        key,
+        String(a.projectId),
+        a.projectPath,
+        a.environment ?? "-",
+        a.account,
+        a.state,
+        a.pushedAt ?? "-",
+      ]);
+    }
+    if (status.accountsTruncated)
+      accounts.push([key, `(+${status.accountsTruncated} more)`, "", "", "", "", ""]);
+  }
+  console.log();
+  console.log(pad(accounts));
+}

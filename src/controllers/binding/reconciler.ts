@@ -1,0 +1,408 @@
+/**
+ * Reconcile one binding: gather (read everything) -> plan (pure) -> apply (keys first, then
+ * pushes, then removals, then status). Level-based: it gets only a key and re-reads the world.
+ *
+ * Outcomes (see src/runtime/controller.ts): an invalid binding writes its status and throws a
+ * TerminalError (no retry until it changes); a GitLab, key store or resolver failure writes status
+ * and throws (retried with backoff), having deleted nothing; success returns
+ * `{requeueAfterMs: driftCheckMs}` so accounts are re-checked against the resolver (drift repair).
+ */
+import type { NatsBinding } from "../../api/v1alpha1/types.ts";
+import { TerminalError, describeError } from "../../errors.ts";
+import type { GitLabProject } from "../../gitlab/port.ts";
+import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
+import { refKey } from "../../keystore/port.ts";
+import { KeyStoreError } from "../../store/key-directory.ts";
+import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
+import type { KeyPair } from "@nats-io/nkeys";
+import type { AccountResolver } from "../../nats/resolver.ts";
+import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
+import type { Clock } from "../../runtime/clock.ts";
+import { plan, type Plan } from "./plan.ts";
+import {
+  CONDITION,
+  MAX_ACCOUNT_SUMMARIES,
+  REASON,
+  setCondition,
+  type AccountSummary,
+  type BindingStatus,
+  type Condition,
+} from "./status.ts";
+
+export type BindingEntry =
+  | { kind: "valid"; binding: NatsBinding; generation: number }
+  | { kind: "invalid"; message: string; generation: number };
+
+/** Where bindings come from (files in local mode, the informer in Kubernetes mode). */
+export interface BindingLookup {
+  get(key: string): BindingEntry | undefined;
+  /** Keys of all valid bindings: used to decide which binding owns a project. */
+  validKeys(): string[];
+}
+
+/** The projects a binding selects, from a complete inventory listing (throws rather than guess). */
+export interface ProjectSource {
+  projects(key: string, spec: NatsBinding["spec"]): Promise<readonly GitLabProject[]>;
+  /** Last complete listing of another binding's scope, if known: for conflict detection. */
+  knownProjects(key: string): readonly GitLabProject[] | undefined;
+  environments(projectId: number): Promise<readonly string[]>;
+}
+
+export interface StatusWriter {
+  write(key: string, status: BindingStatus): Promise<void>;
+  remove(key: string): Promise<void>;
+}
+
+export interface ReconcilerEvents {
+  pushed?(key: string, account: string, ref: AccountRef): void;
+  deleted?(key: string, account: string, ref: AccountRef): void;
+}
+
+export interface BindingReconcilerOptions {
+  bindings: BindingLookup;
+  projects: ProjectSource;
+  keys: KeyStore;
+  resolver: AccountResolver;
+  statuses: StatusWriter;
+  /** Operator signing key: issues the account JWTs. */
+  signer: KeyPair;
+  clock: Clock;
+  /** How often each binding's accounts are compared with the resolver again. */
+  driftCheckMs: number;
+  /** Pushes in flight per reconcile. */
+  pushConcurrency?: number;
+  events?: ReconcilerEvents;
+}
+
+class StepError extends Error {
+  readonly reason: string;
+  readonly condition: "GitLabSynced" | "ResolverSynced";
+  constructor(reason: string, condition: "GitLabSynced" | "ResolverSynced", cause: unknown) {
+    super(describeError(cause), { cause });
+    this.reason = reason;
+    this.condition = condition;
+  }
+}
+
+async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+export class BindingReconciler implements Reconciler<string> {
+  readonly #o: BindingReconcilerOptions;
+  /** account -> claims hash the resolver was last seen or made to hold; cleared by drift checks. */
+  readonly #held = new Map<string, { hash: string; checkedAt: number }>();
+  readonly #pushedAt = new Map<string, string>();
+  /** Last valid spec per binding: what to apply when the binding disappears. */
+  readonly #lastSpec = new Map<string, NatsBinding["spec"]>();
+  readonly #statuses = new Map<string, BindingStatus>();
+
+  constructor(o: BindingReconcilerOptions) {
+    this.#o = o;
+  }
+
+  #nowIso(): string {
+    return new Date(this.#o.clock.now()).toISOString();
+  }
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const entry = this.#o.bindings.get(key);
+    if (!entry) return this.#bindingGone(key);
+    if (entry.kind === "invalid") {
+      await this.#writeStatus(key, entry.generation, [
+        { type: CONDITION.Ready, status: "False", reason: REASON.InvalidSpec, message: entry.message },
+      ]);
+      throw new TerminalError(entry.message);
+    }
+    const { binding, generation } = entry;
+    this.#lastSpec.set(key, binding.spec);
+
+    let projects: readonly GitLabProject[];
+    const environments = new Map<number, readonly string[]>();
+    try {
+      projects = await this.#o.projects.projects(key, binding.spec);
+      if (binding.spec.accountPer === "environment" && binding.spec.environments?.kind === "gitlab") {
+        for (const p of projects) environments.set(p.id, await this.#o.projects.environments(p.id));
+      }
+    } catch (err) {
+      return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
+    }
+
+    // First binding (by key) wins a project selected by several; the others report Conflict.
+    const conflicts = this.#conflicts(key, projects);
+    const owned = projects.filter((p) => !conflicts.has(p.id));
+
+    try {
+      let slots = await this.#o.keys.list(key);
+      let current = await this.#plan(key, binding, owned, environments, slots);
+      if (current.ensureKeys.length > 0) {
+        for (const { ref, roles } of current.ensureKeys) await this.#o.keys.ensure(ref, roles);
+        slots = await this.#o.keys.list(key);
+        current = await this.#plan(key, binding, owned, environments, slots);
+      }
+      await this.#apply(key, current);
+      const status = this.#status(key, generation, owned, projects.length, conflicts, current);
+      await this.#o.statuses.write(key, status);
+      return { requeueAfterMs: this.#o.driftCheckMs };
+    } catch (err) {
+      if (err instanceof StepError) return this.#fail(key, generation, err);
+      const reason = err instanceof KeyStoreError ? REASON.KeyStoreError : REASON.ResolverError;
+      return this.#fail(key, generation, new StepError(reason, CONDITION.ResolverSynced, err));
+    }
+  }
+
+  #conflicts(key: string, projects: readonly GitLabProject[]): Map<number, string> {
+    const conflicts = new Map<number, string>();
+    const ids = new Set(projects.map((p) => p.id));
+    for (const other of this.#o.bindings.validKeys().sort()) {
+      if (other >= key) break;
+      for (const p of this.#o.projects.knownProjects(other) ?? []) {
+        if (ids.has(p.id) && !conflicts.has(p.id)) conflicts.set(p.id, other);
+      }
+    }
+    return conflicts;
+  }
+
+  async #resolverHashes(slots: readonly StoredAccount[]): Promise<Map<string, string>> {
+    const now = this.#o.clock.now();
+    const hashes = new Map<string, string>();
+    const stale = slots.filter((s) => {
+      const held = this.#held.get(s.account);
+      if (held && now - held.checkedAt < this.#o.driftCheckMs) {
+        hashes.set(s.account, held.hash);
+        return false;
+      }
+      return true;
+    });
+    try {
+      await mapLimit(stale, 32, async (s) => {
+        const jwt = await this.#o.resolver.lookup(s.account);
+        if (jwt === undefined) {
+          this.#held.delete(s.account);
+          return;
+        }
+        const hash = jwtClaimsHash(jwt);
+        this.#held.set(s.account, { hash, checkedAt: now });
+        hashes.set(s.account, hash);
+      });
+    } catch (err) {
+      throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
+    }
+    return hashes;
+  }
+
+  async #plan(
+    key: string,
+    binding: NatsBinding,
+    projects: readonly GitLabProject[],
+    environments: ReadonlyMap<number, readonly string[]>,
+    slots: readonly StoredAccount[],
+  ): Promise<Plan> {
+    return plan({
+      bindingKey: key,
+      binding,
+      projects,
+      environments,
+      slots,
+      resolverHashes: await this.#resolverHashes(slots),
+      issuer: this.#o.signer.getPublicKey(),
+    });
+  }
+
+  async #apply(key: string, p: Plan): Promise<void> {
+    const iat = Math.floor(this.#o.clock.now() / 1000);
+    try {
+      await mapLimit(p.push, this.#o.pushConcurrency ?? 16, async (push) => {
+        await this.#o.resolver.push(signJwt(push.claims, this.#o.signer, iat));
+        this.#held.set(push.account, { hash: push.hash, checkedAt: this.#o.clock.now() });
+        this.#pushedAt.set(push.account, this.#nowIso());
+        this.#o.events?.pushed?.(key, push.account, push.ref);
+      });
+      for (const slot of p.remove) await this.#removeAccount(key, slot);
+    } catch (err) {
+      throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
+    }
+  }
+
+  async #removeAccount(key: string, slot: StoredAccount): Promise<void> {
+    // Resolver first: if that fails the keys stay, and the next reconcile tries again.
+    await this.#o.resolver.delete([slot.account]);
+    await this.#o.keys.remove(slot.ref);
+    this.#held.delete(slot.account);
+    this.#pushedAt.delete(slot.account);
+    this.#o.events?.deleted?.(key, slot.account, slot.ref);
+  }
+
+  /** The binding is gone: apply its last known deletionPolicy (Retain when unknown). */
+  async #bindingGone(key: string): Promise<ReconcileResult> {
+    const spec = this.#lastSpec.get(key);
+    this.#lastSpec.delete(key);
+    this.#statuses.delete(key);
+    if (spec?.deletionPolicy === "Delete") {
+      for (const slot of await this.#o.keys.list(key)) await this.#removeAccount(key, slot);
+    }
+    await this.#o.statuses.remove(key);
+  }
+
+  async #fail(key: string, generation: number, err: StepError): Promise<never> {
+    const conditions: Array<Omit<Condition, "lastTransitionTime" | "observedGeneration">> = [
+      { type: CONDITION.Ready, status: "False", reason: err.reason, message: err.message },
+      { type: err.condition, status: "False", reason: err.reason, message: err.message },
+    ];
+    await this.#writeStatus(key, generation, conditions).catch(() => undefined);
+    throw err.cause instanceof Error ? err.cause : err;
+  }
+
+  async #writeStatus(
+    key: string,
+    generation: number,
+    updates: Array<Omit<Condition, "lastTransitionTime" | "observedGeneration">>,
+  ): Promise<void> {
+    const previous = this.#statuses.get(key);
+    let conditions = previous?.conditions ?? [];
+    for (const u of updates)
+      conditions = setCondition(conditions, { ...u, observedGeneration: generation }, this.#nowIso());
+    const status: BindingStatus = {
+      observedGeneration: generation,
+      conditions,
+      counts: previous?.counts ?? {
+        projects: 0,
+        accounts: 0,
+        pushed: 0,
+        upToDate: 0,
+        retained: 0,
+        problems: 0,
+      },
+      accounts: previous?.accounts ?? [],
+    };
+    this.#statuses.set(key, status);
+    await this.#o.statuses.write(key, status);
+  }
+
+  #status(
+    key: string,
+    generation: number,
+    owned: readonly GitLabProject[],
+    selected: number,
+    conflicts: ReadonlyMap<number, string>,
+    p: Plan,
+  ): BindingStatus {
+    const byId = new Map(owned.map((x) => [x.id, x]));
+    const summary = (
+      ref: AccountRef,
+      account: string,
+      state: AccountSummary["state"],
+      extra: Partial<AccountSummary> = {},
+    ) => {
+      const pushedAt = this.#pushedAt.get(account);
+      return {
+        projectId: ref.projectId,
+        projectPath: byId.get(ref.projectId)?.pathWithNamespace ?? "(not in scope)",
+        ...(ref.environment !== undefined ? { environment: ref.environment } : {}),
+        account,
+        ...(this.#held.get(account) ? { claimsHash: this.#held.get(account)!.hash } : {}),
+        ...(pushedAt ? { pushedAt } : {}),
+        state,
+        ...extra,
+      } satisfies AccountSummary;
+    };
+    const accounts: AccountSummary[] = [
+      ...p.push.map((x) => summary(x.ref, x.account, "Ready")),
+      ...p.upToDate.map((x) => summary(x.ref, x.account, "Ready")),
+      ...p.retain.map((x) =>
+        summary(x.ref, x.account, "Retained", {
+          message: "no longer selected; kept (deletionPolicy Retain)",
+        }),
+      ),
+      ...p.problems.map((x) => ({ ...summary(x.ref, "", "Problem"), message: x.message })),
+    ].sort((a, b) => a.projectId - b.projectId || (a.environment ?? "").localeCompare(b.environment ?? ""));
+
+    const now = this.#nowIso();
+    const previous = this.#statuses.get(key)?.conditions ?? [];
+    const problems = p.problems.length;
+    const conflictMessage =
+      conflicts.size > 0
+        ? `${conflicts.size} selected project(s) belong to another binding: ${[...conflicts]
+            .slice(0, 5)
+            .map(([id, other]) => `${id} (${other})`)
+            .join(", ")}`
+        : "";
+    const ready = problems === 0 && conflicts.size === 0;
+    let conditions = setCondition(
+      previous,
+      {
+        type: CONDITION.GitLabSynced,
+        status: "True",
+        reason: REASON.Reconciled,
+        message: `${selected} project(s) selected`,
+        observedGeneration: generation,
+      },
+      now,
+    );
+    conditions = setCondition(
+      conditions,
+      {
+        type: CONDITION.ResolverSynced,
+        status: "True",
+        reason: REASON.Reconciled,
+        message: `${p.push.length} pushed, ${p.upToDate.length} up to date, ${p.remove.length} removed`,
+        observedGeneration: generation,
+      },
+      now,
+    );
+    conditions = setCondition(
+      conditions,
+      {
+        type: CONDITION.Ready,
+        status: ready ? "True" : "False",
+        reason: ready ? REASON.Reconciled : conflicts.size > 0 ? REASON.Conflict : REASON.AccountProblems,
+        message: ready
+          ? `${p.push.length + p.upToDate.length} account(s) ready`
+          : [
+              conflictMessage,
+              problems ? `${problems} account(s) cannot be built: ${p.problems[0]!.message}` : "",
+            ]
+              .filter(Boolean)
+              .join("; "),
+        observedGeneration: generation,
+      },
+      now,
+    );
+    const status: BindingStatus = {
+      observedGeneration: generation,
+      conditions,
+      counts: {
+        projects: selected,
+        accounts: p.push.length + p.upToDate.length + p.retain.length,
+        pushed: p.push.length,
+        upToDate: p.upToDate.length,
+        retained: p.retain.length,
+        problems,
+      },
+      accounts: accounts.slice(0, MAX_ACCOUNT_SUMMARIES),
+      ...(accounts.length > MAX_ACCOUNT_SUMMARIES
+        ? { accountsTruncated: accounts.length - MAX_ACCOUNT_SUMMARIES }
+        : {}),
+    };
+    this.#statuses.set(key, status);
+    return status;
+  }
+
+  /** Forget what the resolver holds, so the next reconcile looks every account up again. */
+  forgetResolverState(): void {
+    this.#held.clear();
+  }
+
+  /** For tests and `refKey` users: the slot key of a ref. */
+  static slotKey(ref: AccountRef): string {
+    return refKey(ref);
+  }
+}

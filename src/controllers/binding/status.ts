@@ -1,0 +1,77 @@
+/**
+ * A binding's status, as natsbind reports it (local status files, later the CRD's status
+ * subresource). Condition names and reasons are constants here, in one place. Public data only:
+ * account public keys and claims hashes, never seeds, creds or user JWTs.
+ */
+
+export const CONDITION = {
+  Ready: "Ready",
+  GitLabSynced: "GitLabSynced",
+  ResolverSynced: "ResolverSynced",
+} as const;
+export type ConditionType = (typeof CONDITION)[keyof typeof CONDITION];
+
+export const REASON = {
+  Reconciled: "Reconciled",
+  InvalidSpec: "InvalidSpec",
+  Conflict: "Conflict",
+  GitLabError: "GitLabError",
+  ResolverError: "ResolverError",
+  KeyStoreError: "KeyStoreError",
+  AccountProblems: "AccountProblems",
+  Progressing: "Progressing",
+} as const;
+
+export interface Condition {
+  type: ConditionType;
+  status: "True" | "False" | "Unknown";
+  reason: string;
+  message: string;
+  observedGeneration: number;
+  /** ISO 8601, set when status changes. */
+  lastTransitionTime: string;
+}
+
+export interface AccountSummary {
+  projectId: number;
+  projectPath: string;
+  environment?: string;
+  account: string;
+  claimsHash?: string;
+  /** ISO 8601 of the last push natsbind made, if any. */
+  pushedAt?: string;
+  state: "Ready" | "Pending" | "Retained" | "Problem";
+  message?: string;
+}
+
+export const MAX_ACCOUNT_SUMMARIES = 200;
+
+export interface BindingStatus {
+  observedGeneration: number;
+  conditions: Condition[];
+  counts: {
+    projects: number;
+    accounts: number;
+    pushed: number;
+    upToDate: number;
+    retained: number;
+    problems: number;
+  };
+  /** At most MAX_ACCOUNT_SUMMARIES entries; `accountsTruncated` says how many were left out. */
+  accounts: AccountSummary[];
+  accountsTruncated?: number;
+}
+
+/** Sets a condition, keeping lastTransitionTime when its status did not change. */
+export function setCondition(
+  conditions: readonly Condition[],
+  next: Omit<Condition, "lastTransitionTime">,
+  nowIso: string,
+): Condition[] {
+  const previous = conditions.find((c) => c.type === next.type);
+  const lastTransitionTime =
+    previous && previous.status === next.status ? previous.lastTransitionTime : nowIso;
+  return [...conditions.filter((c) => c.type !== next.type), { ...next, lastTransitionTime }].sort((a, b) =>
+    a.type.localeCompare(b.type),
+  );
+}

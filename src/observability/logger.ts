@@ -1,0 +1,422 @@
+/**
+ * Structured logs: one JSON object per line, `{"time","level","msg", ...base, ...bindings, ...obj}`.
+ * One child logger per reconcile carries controller/namespace/name; callers log public keys and
+ * hashes, never secrets.
+ *
+ * Redaction is defence in depth behind that rule: every string in a record (message, values and
+ * keys, at any depth up to MAX_DEPTH, arrays included) has nkey seeds and private keys, creds and
+ * PEM blocks, JWTs, GitLab tokens, bearer tokens and URL passwords replaced by [REDACTED], and any
+ * value under a key that names a secret (token, password, secret, seed, creds, authorization,
+ * private, ...) is replaced whatever it is. Errors render as {name, message} (plus the cause's
+ * name and message), never stack or attached fields: gitbeaker errors carry request headers.
+ *
+ * Logging never throws: a value that cannot be read renders as a placeholder, a record that cannot
+ * be rendered becomes a short fallback line, and a sink that throws is ignored.
+ */
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+export const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
+
+export interface Logger {
+  debug(obj: Record<string, unknown>, msg: string): void;
+  info(obj: Record<string, unknown>, msg: string): void;
+  warn(obj: Record<string, unknown>, msg: string): void;
+  error(obj: Record<string, unknown>, msg: string): void;
+  /** A logger whose records carry `bindings` (after the parent's, before each record's fields). */
+  child(bindings: Record<string, unknown>): Logger;
+}
+
+export interface LoggerOptions {
+  /** Records below this level are dropped; default "info". */
+  level?: LogLevel;
+  /** Receives each record as one JSON line ending in "\n"; default: process.stderr. */
+  write?: (line: string) => void;
+  /** Source of the `time` field (ms since the epoch); default Date.now. */
+  clock?: { now(): number };
+  /** Fields on every record (e.g. service, version). */
+  base?: Record<string, unknown>;
+}
+
+export const REDACTED = "[REDACTED]";
+/** Strings (values, keys and the message) longer than this are cut. */
+export const MAX_STRING_LENGTH = 4096;
+/** Containers nested deeper than this render as "[Object]" / "[Array]"; record fields are depth 1. */
+export const MAX_DEPTH = 6;
+/** Entries kept per object, array, Map or Set; the rest are summarised. */
+export const MAX_ENTRIES = 1000;
+
+const SEVERITY: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+/** Fields the logger writes itself; a field of the same name is kept as `_time`, `_level`, `_msg`. */
+const RESERVED = new Set(["time", "level", "msg"]);
+
+const SENSITIVE_KEY = /token|password|passwd|secret|seed|creds|authorization|cookie|private|api[-_]?key/i;
+
+/**
+ * Secret-shaped text, in the order applied; JWTs are handled by redactJwtsInToken. Whole blocks go first,
+ * so a creds file collapses to its boilerplate. Every pattern is written to run in linear time
+ * (no unbounded quantifier before a literal), and on at most MAX_STRING_LENGTH + WINDOW_MARGIN chars.
+ */
+const SECRET_PATTERNS: readonly [RegExp, string][] = [
+  // NATS creds / nsc export blocks and PEM private keys, to their END line or the end of the text.
+  [
+    /BEGIN (?:NATS [A-Z]+ JWT|[A-Z]+ NKEY SEED|(?:[A-Z]+ )?PRIVATE KEY)[\s\S]*?(?:END (?:NATS [A-Z]+ JWT|[A-Z]+ NKEY SEED|(?:[A-Z]+ )?PRIVATE KEY)-*|$)/g,
+    REDACTED,
+  ],
+  // nkeys private key ("P" + 107 base32 characters) and seeds (S + key type + 56).
+  [/P[A-Z2-7]{107}/g, REDACTED],
+  [/S[OAUNCPX][A-Z2-7]{56}/g, REDACTED],
+  // GitLab personal/project/group, deploy, runner, OAuth, trigger, feed, ... tokens.
+  [/gl(?:pat|oas|dt|rt|cbt|ptt|ft|imt|agent|soat|ffct|wt)-[0-9A-Za-z_-]{20,}/g, REDACTED],
+  [/\bBearer\s+[^\s"',;]+/gi, `Bearer ${REDACTED}`],
+  // user:password@ in URLs (scheme length bounded to keep the scan linear).
+  [/\b([a-z][a-z0-9+.-]{0,31}:\/\/)[^\s/@:]*:[^\s/@]*@/gi, `$1${REDACTED}@`],
+];
+
+/** Runs of base64url characters and dots: where JWTs live. Linear: one greedy class, no backtracking. */
+const JWT_TOKEN = /[A-Za-z0-9_.-]+/g;
+
+/**
+ * Within one token, replaces what /eyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]+/ would match, scanning the
+ * dot-separated segments once (the regex itself backtracks quadratically on "eyJeyJeyJ…").
+ * `dangling`: the token was cut off at the end of the text, so a JWT missing its end counts too.
+ */
+function redactJwtsInToken(token: string, dangling: boolean): string {
+  const segments = token.split(".");
+  const pieces: string[] = [];
+  let i = 0;
+  while (i < segments.length) {
+    const segment = segments[i]!;
+    const at = segment.indexOf("eyJ");
+    const claims = segments[i + 1];
+    const signature = segments[i + 2];
+    if (
+      at !== -1 &&
+      segment.length - at >= 13 &&
+      claims?.startsWith("eyJ") &&
+      claims.length >= 13 &&
+      signature
+    ) {
+      pieces.push(segment.slice(0, at) + REDACTED);
+      i += 3;
+    } else {
+      pieces.push(segment);
+      i += 1;
+    }
+  }
+  let out = pieces.join(".");
+  if (dangling) {
+    const last = out.lastIndexOf(REDACTED);
+    const at = out.indexOf("eyJ", last === -1 ? 0 : last + REDACTED.length);
+    if (at !== -1) out = out.slice(0, at) + REDACTED;
+  }
+  return out;
+}
+
+function redactAll(text: string, cutAtEnd: boolean): string {
+  let out = text;
+  for (const [pattern, replacement] of SECRET_PATTERNS) out = out.replace(pattern, replacement);
+  if (!out.includes("eyJ")) return out;
+  const source = out;
+  return source.replace(JWT_TOKEN, (token: string, offset: number) =>
+    token.includes("eyJ")
+      ? redactJwtsInToken(token, cutAtEnd && offset + token.length === source.length)
+      : token,
+  );
+}
+
+/**
+ * Text past the cut that is still scanned, so a secret straddling MAX_STRING_LENGTH is recognised
+ * whole (the longest fixed-size one, a private key, is 108 characters).
+ */
+const WINDOW_MARGIN = 1024;
+
+function isTokenChar(code: number): boolean {
+  return (
+    (code >= 0x30 && code <= 0x39) || // 0-9
+    (code >= 0x41 && code <= 0x5a) || // A-Z
+    (code >= 0x61 && code <= 0x7a) || // a-z
+    code === 0x5f || // _
+    code === 0x2d || // -
+    code === 0x2e // .
+  );
+}
+
+/**
+ * Replaces secret-shaped text with [REDACTED] and cuts the result at `maxLength`. The scan is
+ * bounded: text beyond `maxLength` + 1 KiB is dropped before patterns run.
+ */
+export function redactSecrets(text: string, maxLength = MAX_STRING_LENGTH): string {
+  if (text.length <= maxLength) return redactAll(text, false);
+  const window = text.slice(0, maxLength + WINDOW_MARGIN);
+  const windowCut = window.length < text.length;
+  let out = redactAll(window, windowCut);
+  if (out.length > maxLength) {
+    let end = maxLength;
+    const last = out.charCodeAt(end - 1);
+    if (last >= 0xd800 && last <= 0xdbff) end -= 1; // do not split a surrogate pair
+    out = out.slice(0, end);
+  } else if (windowCut) {
+    // Redaction shrank the window so its end shows; the token there was cut and may be part of a secret.
+    let end = out.length;
+    while (end > 0 && isTokenChar(out.charCodeAt(end - 1))) end -= 1;
+    out = out.slice(0, end);
+  }
+  return `${out}…[truncated, ${text.length} chars]`;
+}
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+/** Plain objects without a prototype: a "__proto__" key stays a key. */
+function newObject(): JsonObject {
+  return Object.create(null) as JsonObject;
+}
+
+function describeError(err: Error, withCause: boolean): JsonObject {
+  const out = newObject();
+  out.name = safeString(() => String(err.name));
+  out.message = safeString(() => String(err.message));
+  if (withCause) {
+    const cause = safeRead(() => err.cause);
+    if (cause instanceof Error) out.cause = describeError(cause, false);
+    else if (cause !== undefined) out.cause = { message: safeString(() => String(cause)) };
+  }
+  return out;
+}
+
+function safeRead(read: () => unknown): unknown {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
+}
+
+function safeString(read: () => string): string {
+  try {
+    return redactSecrets(read());
+  } catch {
+    return "[Unreadable]";
+  }
+}
+
+function isSensitiveKey(key: string): boolean {
+  return SENSITIVE_KEY.test(key);
+}
+
+/** Renders `value` as JSON-safe data; `undefined` means "leave the field out". */
+function sanitize(value: unknown, depth: number, ancestors: Set<object>): Json | undefined {
+  try {
+    switch (typeof value) {
+      case "undefined":
+        return undefined;
+      case "boolean":
+        return value;
+      case "number":
+        return Number.isFinite(value) ? value : String(value);
+      case "bigint":
+        return String(value);
+      case "string":
+        return redactSecrets(value);
+      case "symbol":
+        return redactSecrets(String(value));
+      case "function":
+        return "[Function]";
+    }
+    if (value === null) return null;
+    const obj = value as object;
+    if (ancestors.has(obj)) return "[Circular]";
+    if (obj instanceof Error) return describeError(obj, true);
+    if (obj instanceof Date) return Number.isNaN(obj.getTime()) ? "Invalid Date" : obj.toISOString();
+    // Bytes may be an encoded seed (NKeyPair.getSeed() is one): size only.
+    if (ArrayBuffer.isView(obj) || obj instanceof ArrayBuffer || obj instanceof SharedArrayBuffer) {
+      return `[${obj.constructor?.name ?? "Bytes"} ${obj.byteLength} bytes]`;
+    }
+    if (depth > MAX_DEPTH) return Array.isArray(obj) || obj instanceof Set ? "[Array]" : "[Object]";
+    ancestors.add(obj);
+    try {
+      if (Array.isArray(obj)) return sanitizeList(obj, obj.length, depth, ancestors);
+      if (obj instanceof Set) return sanitizeList(obj, obj.size, depth, ancestors);
+      if (obj instanceof Map) return sanitizeEntries(obj.entries(), obj.size, depth, ancestors);
+      const toJSON = (obj as { toJSON?: unknown }).toJSON;
+      if (typeof toJSON === "function") {
+        const json: unknown = toJSON.call(obj);
+        if (json !== obj) return sanitize(json, depth, ancestors);
+      }
+      const keys = Object.keys(obj);
+      const entries = (function* () {
+        for (const key of keys) yield [key, safeReadProperty(obj, key)] as [unknown, unknown];
+      })();
+      return sanitizeEntries(entries, keys.length, depth, ancestors);
+    } finally {
+      ancestors.delete(obj);
+    }
+  } catch {
+    return "[Unreadable]";
+  }
+}
+
+const UNREADABLE = Symbol("unreadable");
+
+function safeReadProperty(obj: object, key: string): unknown {
+  try {
+    return (obj as Record<string, unknown>)[key];
+  } catch {
+    return UNREADABLE;
+  }
+}
+
+function sanitizeList(items: Iterable<unknown>, size: number, depth: number, ancestors: Set<object>): Json[] {
+  const out: Json[] = [];
+  for (const item of items) {
+    if (out.length === MAX_ENTRIES) {
+      out.push(`[${size - MAX_ENTRIES} more]`);
+      break;
+    }
+    out.push(sanitize(item, depth + 1, ancestors) ?? null);
+  }
+  return out;
+}
+
+function sanitizeEntries(
+  entries: Iterable<[unknown, unknown]>,
+  size: number,
+  depth: number,
+  ancestors: Set<object>,
+): JsonObject {
+  const out = newObject();
+  let count = 0;
+  for (const [rawKey, value] of entries) {
+    if (count === MAX_ENTRIES) {
+      out["[more]"] = `${size - MAX_ENTRIES} more entries`;
+      break;
+    }
+    count += 1;
+    const key = typeof rawKey === "string" ? rawKey : safeString(() => String(rawKey));
+    const rendered =
+      value === UNREADABLE
+        ? "[Unreadable]"
+        : isSensitiveKey(key)
+          ? REDACTED
+          : sanitize(value, depth + 1, ancestors);
+    if (rendered !== undefined) out[redactSecrets(key)] = rendered;
+  }
+  return out;
+}
+
+/** Top-level fields of a record: an Error passed as the whole object is logged as `err`. */
+function sanitizeFields(obj: unknown): JsonObject {
+  if (obj instanceof Error) return Object.assign(newObject(), { err: describeError(obj, true) });
+  if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+    const value = sanitize(obj, 1, new Set());
+    return value === undefined ? newObject() : Object.assign(newObject(), { value });
+  }
+  const rendered = sanitize(obj, 0, new Set());
+  return typeof rendered === "object" && rendered !== null && !Array.isArray(rendered)
+    ? rendered
+    : newObject();
+}
+
+function isoTime(clock: { now(): number }): string {
+  let ms: number | undefined;
+  try {
+    ms = clock.now();
+    return new Date(ms).toISOString();
+  } catch {
+    return String(ms);
+  }
+}
+
+interface Sink {
+  threshold: number;
+  write: (line: string) => void;
+  clock: { now(): number };
+}
+
+function defaultWrite(line: string): void {
+  process.stderr.write(line);
+}
+
+class JsonLogger implements Logger {
+  readonly #sink: Sink;
+  readonly #bindings: JsonObject;
+
+  constructor(sink: Sink, bindings: JsonObject) {
+    this.#sink = sink;
+    this.#bindings = bindings;
+  }
+
+  debug(obj: Record<string, unknown>, msg: string): void {
+    this.#emit("debug", obj, msg);
+  }
+
+  info(obj: Record<string, unknown>, msg: string): void {
+    this.#emit("info", obj, msg);
+  }
+
+  warn(obj: Record<string, unknown>, msg: string): void {
+    this.#emit("warn", obj, msg);
+  }
+
+  error(obj: Record<string, unknown>, msg: string): void {
+    this.#emit("error", obj, msg);
+  }
+
+  child(bindings: Record<string, unknown>): Logger {
+    let merged: JsonObject;
+    try {
+      merged = Object.assign(newObject(), this.#bindings, sanitizeFields(bindings));
+    } catch {
+      merged = this.#bindings;
+    }
+    return new JsonLogger(this.#sink, merged);
+  }
+
+  #emit(level: LogLevel, obj: unknown, msg: unknown): void {
+    const sink = this.#sink;
+    if (SEVERITY[level] < sink.threshold) return;
+    const time = isoTime(sink.clock);
+    let line: string;
+    try {
+      const record = newObject();
+      record.time = time;
+      record.level = level;
+      record.msg = typeof msg === "string" ? redactSecrets(msg) : safeString(() => String(msg));
+      const fields = Object.assign(newObject(), this.#bindings, sanitizeFields(obj));
+      for (const key of Object.keys(fields)) record[RESERVED.has(key) ? `_${key}` : key] = fields[key]!;
+      line = `${JSON.stringify(record)}\n`;
+    } catch {
+      line = `${JSON.stringify({ time, level, msg: "log record could not be rendered" })}\n`;
+    }
+    try {
+      sink.write(line);
+    } catch {
+      // A broken sink (closed pipe, full disk) must not break the caller.
+    }
+  }
+}
+
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const level = options.level ?? "info";
+  if (!Object.hasOwn(SEVERITY, level)) {
+    throw new TypeError(`log level ${JSON.stringify(level)}: expected one of ${LOG_LEVELS.join(", ")}`);
+  }
+  const sink: Sink = {
+    threshold: SEVERITY[level],
+    write: options.write ?? defaultWrite,
+    clock: options.clock ?? { now: () => Date.now() },
+  };
+  return new JsonLogger(sink, options.base ? sanitizeFields(options.base) : newObject());
+}
+
+/** Discards everything; for tests and callers that take an optional logger. */
+export const nullLogger: Logger = {
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+  child() {
+    return nullLogger;
+  },
+};
