@@ -79,7 +79,7 @@ bench: deps tools
 	node bench/inventory.ts
 
 demo: deps tools
-	bash scripts/demo.sh
+	node scripts/demo.ts
 
 clean:
 	rm -rf dist node_modules .cache/bin .cache/demo

@@ -1,0 +1,229 @@
+/**
+ * make demo: natsbind on the embedded default (local mode), from nothing.
+ *  1. natsbind init (operator, system account, nats-server config, natsbind.yaml)
+ *  2. a real nats-server in operator mode with a full resolver
+ *  3. the GitLab simulator with a group of three projects
+ *  4. `natsbind run` (the real CLI, as a child process) with a binding for the group
+ *  5. a project created in GitLab -> webhook -> account live on the server: how many ms
+ *  6. a CI-like user signed by that account's role key: one allowed subject, one refused
+ * Everything it starts is stopped at the end, also on failure.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { connect, credsAuthenticator } from "@nats-io/transport-node";
+import { INIT_LAYOUT, initOperator } from "../src/cli/init.ts";
+import { loadConfig } from "../src/config/config.ts";
+import { DirectoryKeyStore } from "../src/keystore/directory.ts";
+import { decodeJwt, signJwt, userClaims } from "../src/nats/claims.ts";
+import { formatCreds } from "../src/nats/creds.ts";
+import { NKeyPair } from "../src/nats/keys.ts";
+import { NatsResolver } from "../src/nats/resolver.ts";
+import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
+
+const ROOT = join(import.meta.dirname, "..");
+const DEMO = join(ROOT, ".cache", "demo");
+const MAIN = join(ROOT, "src", "cli", "main.ts");
+const BINDING = "acme-ci";
+
+const say = (text: string): void => console.log(`\n== ${text}`);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+    s.on("error", reject);
+  });
+}
+
+async function until<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`demo: ${what} did not happen within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function natsbind(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.on("exit", (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`natsbind ${args[0]} exited ${code}`)),
+    );
+  });
+}
+
+const children: ChildProcess[] = [];
+async function stopAll(): Promise<void> {
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          c.once("exit", () => resolve());
+          c.kill("SIGTERM");
+          setTimeout(() => c.kill("SIGKILL"), 5_000).unref();
+        }),
+    ),
+  );
+}
+
+async function main(): Promise<void> {
+  const [natsPort, monitorPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  await rm(DEMO, { recursive: true, force: true });
+
+  say(`natsbind init --out ${DEMO}`);
+  const init = await initOperator({ outDir: DEMO, operatorName: "demo-operator", natsPort, monitorPort });
+  console.log(
+    `operator ${init.operator}, signing key ${init.operatorSigningKey}, system account ${init.systemAccount}`,
+  );
+
+  say("nats-server (operator mode, full resolver)");
+  const server = spawn("nats-server", ["-c", join(DEMO, INIT_LAYOUT.natsServerConfig)], { stdio: "ignore" });
+  children.push(server);
+  await until("nats-server ready", 15_000, async () =>
+    (await fetch(`http://127.0.0.1:${monitorPort}/healthz`)).ok ? true : undefined,
+  );
+  console.log(`listening on nats://127.0.0.1:${natsPort}`);
+
+  say("GitLab simulator: group acme with three projects");
+  const sim = await GitLabSimulator.start();
+  try {
+    const acme = sim.createGroup({ name: "Acme", path: "acme" });
+    const platform = sim.createGroup({ name: "Platform", path: "platform", parentId: acme.id });
+    for (const [name, groupId] of [
+      ["api", acme.id],
+      ["web", acme.id],
+      ["deployer", platform.id],
+    ] as const) {
+      sim.createProject({ name, groupId });
+    }
+    console.log(`${sim.url}: ${sim.projectCount} projects`);
+
+    // Point natsbind at the simulator and add a binding for the group.
+    await writeFile(join(DEMO, "gitlab-token"), `${sim.token}\n`, { mode: 0o600 });
+    await writeFile(join(DEMO, "webhook-secret"), "demo-webhook-secret\n", { mode: 0o600 });
+    const configPath = join(DEMO, INIT_LAYOUT.config);
+    const config = (await readFile(configPath, "utf8"))
+      .replace(/^# gitlab:[\s\S]*?# {3}resyncInterval: 10m\n/m, "")
+      .replace('listen: "127.0.0.1:8080"', `listen: "127.0.0.1:${httpPort}"`);
+    await writeFile(
+      configPath,
+      `${config}gitlab:\n  url: ${sim.url}\n  tokenFile: gitlab-token\n  webhookSecretFile: webhook-secret\n  resyncInterval: 10m\n`,
+    );
+    await writeFile(
+      join(DEMO, "bindings", `${BINDING}.yaml`),
+      `apiVersion: natsbind.io/v1alpha1
+kind: NatsBinding
+metadata: {name: ${BINDING}}
+spec:
+  gitlab: {group: acme, includeSubgroups: true}
+  accountPer: project
+  roles:
+    - name: ci
+      publish: {allow: ["build.status.{{project.slug}}.>"]}
+      subscribe: {allow: ["_INBOX.>", "build.status.{{project.slug}}.>"]}
+  limits: {connections: 50, payload: 1Mi}
+  deletionPolicy: Delete
+`,
+    );
+    console.log(`binding ${BINDING}: group acme, one account per project, role ci`);
+
+    say("natsbind run --config .cache/demo/natsbind.yaml");
+    const run = spawn(process.execPath, [MAIN, "run", "--config", configPath], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    children.push(run);
+    const logs: string[] = [];
+    run.stderr!.on("data", (d: Buffer) => logs.push(...d.toString().split("\n").filter(Boolean)));
+    await until("natsbind ready", 20_000, async () =>
+      (await fetch(`http://127.0.0.1:${httpPort}/readyz`)).ok ? true : undefined,
+    );
+    const loaded = await loadConfig(configPath);
+    const keys = new DirectoryKeyStore(loaded.keys.directory);
+    const resolver = await NatsResolver.connect({
+      servers: loaded.nats.servers,
+      creds: await readFile(loaded.nats.systemCreds),
+    });
+    try {
+      await until("three accounts", 20_000, async () =>
+        (await keys.list(BINDING)).length === 3 ? true : undefined,
+      );
+      for (const slot of await keys.list(BINDING)) {
+        await until(`account ${slot.account}`, 10_000, async () => resolver.lookup(slot.account));
+      }
+      console.log(await natsbind(["status", "--config", configPath]));
+
+      say("GitLab: create project acme/platform/worker (system hook -> natsbind)");
+      sim.addSystemHook(`http://127.0.0.1:${httpPort}/webhooks/gitlab`, "demo-webhook-secret");
+      const started = performance.now();
+      const worker = sim.createProject({ name: "worker", groupId: platform.id });
+      const [delivery] = await sim.deliverPending();
+      const account = await until("worker's account on the server", 10_000, async () => {
+        const slot = await keys.get({ binding: BINDING, projectId: worker.id });
+        return slot && (await resolver.lookup(slot.account)) ? slot.account : undefined;
+      });
+      const ms = performance.now() - started;
+      console.log(
+        `webhook ${delivery?.eventName} answered ${delivery?.status}; account ${account} live after ${ms.toFixed(0)} ms`,
+      );
+      const claims = decodeJwt((await resolver.lookup(account))!);
+      console.log(`name ${claims.name}, tags ${(claims.nats.tags as string[]).join(" ")}`);
+
+      say("a CI user signed by the ci role key of acme/platform/worker");
+      const slot = (await keys.get({ binding: BINDING, projectId: worker.id }))!;
+      const user = NKeyPair.generate("user");
+      const jwt = signJwt(
+        userClaims({
+          publicKey: user.publicKey,
+          name: "demo-job",
+          account: slot.account,
+          issuer: slot.roles.ci!,
+          scoped: true,
+          expiresAt: Math.floor(Date.now() / 1000) + 300,
+        }),
+        slot.roleKeys.get("ci")!,
+        Math.floor(Date.now() / 1000),
+      );
+      const nc = await connect({
+        servers: loaded.nats.servers,
+        authenticator: credsAuthenticator(new TextEncoder().encode(formatCreds(jwt, user))),
+      });
+      const refused: string[] = [];
+      void (async () => {
+        for await (const s of nc.status()) if (s.type === "error") refused.push(s.error.message);
+      })();
+      const sub = nc.subscribe("build.status.worker.>", { max: 1 });
+      const got = (async () => {
+        for await (const m of sub) return `${m.subject}: ${m.string()}`;
+      })();
+      nc.publish("build.status.worker.main", "passed");
+      console.log(`allowed: published and received ${await got}`);
+      nc.publish("build.status.api.main", "spoofed");
+      await nc.flush();
+      await until("the server's refusal", 5_000, async () => refused[0]);
+      console.log(`refused: ${refused[0]}`);
+      await nc.close();
+    } finally {
+      await resolver.close();
+    }
+    say("stopping natsbind, nats-server and the simulator");
+  } finally {
+    await stopAll();
+    await sim.stop();
+  }
+  console.log(`done; files are in ${DEMO}`);
+}
+
+main().catch(async (err: unknown) => {
+  console.error(`demo failed: ${(err as Error).message}`);
+  await stopAll();
+  process.exit(1);
+});
