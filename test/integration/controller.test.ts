@@ -175,7 +175,7 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
     assert.equal(s.counts.accounts, 2);
   });
 
-  it("follows webhooks: create, rename (same key), destroy with Delete", async () => {
+  it("follows webhooks: create, rename and transfer (same key), destroy with Delete", async () => {
     const acme = sim.findGroupByPath("acme")!;
     const started = performance.now();
     const fresh = sim.createProject({ name: "worker", groupId: acme.id });
@@ -191,6 +191,18 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
       intervalMs: 25,
     });
     assert.equal(await accountOf("acme", fresh.id), account, "a rename keeps the account key");
+
+    const team = sim.findGroupByPath("acme/team")!;
+    sim.transferProject(fresh.id, team.id);
+    await sim.deliverPending();
+    await waitFor(async () => decodeJwt((await resolver.lookup(account))!).name === "acme/team/worker-v2", {
+      what: "the transferred account",
+      timeoutMs: 10_000,
+      intervalMs: 25,
+    });
+    const tags = decodeJwt((await resolver.lookup(account))!).nats.tags as string[];
+    assert.ok(tags.includes(`gitlab-namespace-id:${team.id}`), tags.join(" "));
+    assert.equal(await accountOf("acme", fresh.id), account, "a transfer keeps the account key");
 
     sim.deleteProject(fresh.id);
     await sim.deliverPending();
