@@ -69,6 +69,12 @@ const projectSchema = z.object({
   path_with_namespace: nameSchema,
   visibility: z.enum(["private", "internal", "public"]).default("private"),
   archived: z.boolean().default(false),
+  web_url: z
+    .string()
+    .max(2048)
+    .regex(/^https?:\/\/\S+$/)
+    .optional()
+    .catch(undefined),
   namespace: z.object({ id: idSchema, full_path: nameSchema, kind: z.string().optional() }),
 });
 
@@ -94,6 +100,7 @@ function toProject(p: z.infer<typeof projectSchema>): GitLabProject {
     namespaceFullPath: p.namespace.full_path,
     visibility: p.visibility,
     archived: p.archived,
+    ...(p.web_url ? { webUrl: p.web_url } : {}),
   };
 }
 

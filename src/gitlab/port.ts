@@ -20,6 +20,8 @@ export interface GitLabProject {
   namespaceFullPath: string;
   visibility: "private" | "internal" | "public";
   archived: boolean;
+  /** The project's page, when GitLab sent one. */
+  webUrl?: string;
 }
 
 export interface GitLabEnvironment {

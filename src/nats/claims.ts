@@ -97,6 +97,8 @@ export interface DesiredAccount {
   imports?: AccountImport[];
   /** Unix seconds; absent: never expires. */
   expiresAt?: number;
+  /** Where to read more about the account (e.g. the GitLab project page). */
+  infoUrl?: string;
 }
 
 /** Claims as they appear in a JWT body (snake_case is nats-server's). */
@@ -267,6 +269,12 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
   }
   const tags = tagsClaims(desired.tags);
   if (tags) nats.tags = tags;
+  if (desired.infoUrl) {
+    if (!/^https?:\/\/\S+$/.test(desired.infoUrl) || desired.infoUrl.length > 2048) {
+      fail("infoUrl", "must be an http(s) URL of at most 2048 characters");
+    }
+    nats.info_url = desired.infoUrl;
+  }
   if (desired.exports?.length) {
     nats.exports = desired.exports.map((e, i) => {
       checkName(`exports[${i}].name`, e.name);

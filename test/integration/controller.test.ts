@@ -142,6 +142,7 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
 
     const claims = decodeJwt((await resolver.lookup(apiAccount))!);
     assert.equal(claims.name, "acme/api");
+    assert.equal(claims.nats.info_url, `${sim.url}/acme/api`, "points back to the project");
     assert.ok((claims.nats.tags as string[]).includes(`gitlab-project-id:${api.id}`));
 
     const nc = await connectWithCreds(server.url, await userCreds("acme", api.id));

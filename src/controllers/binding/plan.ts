@@ -102,6 +102,7 @@ export function desiredAccount(
     }, managed by natsbind binding ${input.bindingKey}`,
     tags,
     limits: accountLimits(input.binding),
+    ...(project.webUrl ? { infoUrl: project.webUrl } : {}),
     signingKeys: roles.map((r) => ({ key: slot.roles[r.role]!, role: r.role, template: r.template })),
   };
 }
