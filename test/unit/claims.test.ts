@@ -157,6 +157,7 @@ describe("accountClaims", () => {
       { tags: ["project: 42"] },
       /tags\[0\] must be a non-empty string without whitespace/,
     ],
+    ["a non-http info URL", { infoUrl: "javascript:alert(1)" }, /infoUrl must be an http\(s\) URL/],
   ];
   for (const [what, overrides, message] of invalid) {
     it(`rejects ${what}, naming the field`, () => {
