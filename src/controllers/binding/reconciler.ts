@@ -71,6 +71,8 @@ export interface BindingReconcilerOptions {
   driftCheckMs: number;
   /** Pushes in flight per reconcile. */
   pushConcurrency?: number;
+  /** Key slots created in parallel per reconcile. */
+  keyConcurrency?: number;
   events?: ReconcilerEvents;
 }
 
@@ -144,7 +146,10 @@ export class BindingReconciler implements Reconciler<string> {
       let slots = await this.#o.keys.list(key);
       let current = await this.#plan(key, binding, owned, environments, slots);
       if (current.ensureKeys.length > 0) {
-        for (const { ref, roles } of current.ensureKeys) await this.#o.keys.ensure(ref, roles);
+        // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
+        await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
+          await this.#o.keys.ensure(ref, roles);
+        });
         slots = await this.#o.keys.list(key);
         current = await this.#plan(key, binding, owned, environments, slots);
       }
