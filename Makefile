@@ -77,6 +77,7 @@ test: deps tools lint typecheck
 bench: deps tools
 	node bench/run.ts
 	node bench/inventory.ts
+	node bench/controller.ts
 
 demo: deps tools
 	node scripts/demo.ts

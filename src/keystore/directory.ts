@@ -48,6 +48,9 @@ export class DirectoryKeyStore implements KeyStore {
   readonly #accounts: string;
   // ensure() of one slot runs one at a time, so two reconciles never generate two account keys.
   readonly #locks = new Map<string, Promise<unknown>>();
+  // Slots per binding as this store last read or wrote them. One natsbind process owns a key
+  // directory, so after the first list() the files only change through this object.
+  readonly #cache = new Map<string, Map<string, StoredAccount>>();
 
   constructor(dir: string) {
     this.#seeds = new KeyDirectory(dir);
@@ -83,17 +86,28 @@ export class DirectoryKeyStore implements KeyStore {
   }
 
   async list(binding: string): Promise<StoredAccount[]> {
-    const dir = this.#bindingDir(binding);
-    const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT") return [] as string[];
-      throw err;
-    });
-    const slots: StoredAccount[] = [];
-    for (const name of names.filter((n) => n.endsWith(".json")).sort()) {
-      const slot = await this.#readSlot(join(dir, name));
-      if (slot && slot.ref.binding === binding) slots.push(slot);
+    let slots = this.#cache.get(binding);
+    if (!slots) {
+      const dir = this.#bindingDir(binding);
+      const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === "ENOENT") return [] as string[];
+        throw err;
+      });
+      const loaded = new Map<string, StoredAccount>();
+      const files = names.filter((n) => n.endsWith(".json"));
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < files.length) {
+          const path = join(dir, files[next++]!);
+          const slot = await this.#readSlot(path);
+          if (slot && slot.ref.binding === binding) loaded.set(path, slot);
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(32, files.length) }, worker));
+      slots = loaded;
+      this.#cache.set(binding, slots);
     }
-    return slots.sort(
+    return [...slots.values()].sort(
       (a, b) =>
         a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
     );
@@ -163,6 +177,7 @@ export class DirectoryKeyStore implements KeyStore {
     await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });
     const slot: StoredAccount = { ref: result.ref, account: result.account, roles: result.roles };
     await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
+    this.#cache.get(ref.binding)?.set(path, slot);
     return result;
   }
 
@@ -172,6 +187,7 @@ export class DirectoryKeyStore implements KeyStore {
     if (!slot) return;
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
+    this.#cache.get(ref.binding)?.delete(path);
     for (const pub of [slot.account, ...Object.values(slot.roles)]) await this.#seeds.remove(pub);
   }
 }

@@ -113,6 +113,17 @@ describe("plan", () => {
     );
   });
 
+  it("gives the same plan with a memo, and reuses built claims while their inputs are unchanged", () => {
+    const s1 = slot(1);
+    const memo = new Map();
+    const a = plan(input({ projects: [project(1)], slots: [s1], memo }));
+    const b = plan(input({ projects: [project(1)], slots: [s1], memo }));
+    assert.deepEqual(a, plan(input({ projects: [project(1)], slots: [s1] })));
+    assert.equal(b.push[0]!.claims, a.push[0]!.claims, "reused");
+    const renamed = plan(input({ projects: [project(1, "new")], slots: [s1], memo }));
+    assert.notEqual(renamed.push[0]!.hash, a.push[0]!.hash, "rebuilt when the project changed");
+  });
+
   it("re-pushes a renamed or transferred project under the same account key", () => {
     const s1 = slot(1);
     const first = plan(input({ projects: [project(1, "api")], slots: [s1] }));

@@ -30,6 +30,12 @@ export interface PlanInput {
   resolverHashes: ReadonlyMap<string, string>;
   /** Operator signing public key that issues the account JWTs. */
   issuer: string;
+  /**
+   * Optional memo of built claims per account, reused across plans when nothing that feeds the
+   * claims changed (building and hashing 10,000 accounts costs ~0.25 s). It only saves work: the
+   * plan is the same with or without it.
+   */
+  memo?: Map<string, { inputs: string; claims: JwtClaims; hash: string }>;
 }
 
 export interface PlannedPush {
@@ -112,6 +118,7 @@ export function plan(input: PlanInput): Plan {
   const slots = new Map(input.slots.map((s) => [refKey(s.ref), s]));
   const roleNames = input.binding.spec.roles.map((r) => r.name);
   const wanted = new Set<string>();
+  const specKey = `${input.issuer}\u0000${input.bindingKey}\u0000${JSON.stringify(input.binding.spec)}`;
 
   for (const { ref, project } of desiredRefs(input)) {
     wanted.add(refKey(ref));
@@ -121,14 +128,20 @@ export function plan(input: PlanInput): Plan {
       result.ensureKeys.push({ ref, roles: roleNames });
       continue;
     }
-    let claims: JwtClaims;
-    try {
-      claims = accountClaims(desiredAccount(input, project, slot), input.issuer);
-    } catch (err) {
-      result.problems.push({ ref, message: describeError(err) });
-      continue;
+    const inputs = `${specKey}\u0000${JSON.stringify([project, slot.roles, ref.environment ?? null])}`;
+    let built = input.memo?.get(slot.account);
+    if (!built || built.inputs !== inputs) {
+      try {
+        const claims = accountClaims(desiredAccount(input, project, slot), input.issuer);
+        built = { inputs, claims, hash: claimsHash(claims) };
+      } catch (err) {
+        input.memo?.delete(slot.account);
+        result.problems.push({ ref, message: describeError(err) });
+        continue;
+      }
+      input.memo?.set(slot.account, built);
     }
-    const hash = claimsHash(claims);
+    const { claims, hash } = built;
     const held = input.resolverHashes.get(slot.account);
     if (held === hash) result.upToDate.push({ ref, account: slot.account, hash });
     else

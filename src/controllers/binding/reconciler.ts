@@ -13,7 +13,7 @@ import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
 import { refKey } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
-import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
+import { jwtClaimsHash, signJwt, type JwtClaims } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
 import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
@@ -106,6 +106,8 @@ export class BindingReconciler implements Reconciler<string> {
   /** Last valid spec per binding: what to apply when the binding disappears. */
   readonly #lastSpec = new Map<string, NatsBinding["spec"]>();
   readonly #statuses = new Map<string, BindingStatus>();
+  /** Built claims per binding and account, reused while their inputs are unchanged. */
+  readonly #memo = new Map<string, Map<string, { inputs: string; claims: JwtClaims; hash: string }>>();
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
@@ -219,7 +221,14 @@ export class BindingReconciler implements Reconciler<string> {
       slots,
       resolverHashes: await this.#resolverHashes(slots),
       issuer: this.#o.signer.getPublicKey(),
+      memo: this.#memoFor(key),
     });
+  }
+
+  #memoFor(key: string): Map<string, { inputs: string; claims: JwtClaims; hash: string }> {
+    let memo = this.#memo.get(key);
+    if (!memo) this.#memo.set(key, (memo = new Map()));
+    return memo;
   }
 
   async #apply(key: string, p: Plan): Promise<void> {
@@ -251,6 +260,7 @@ export class BindingReconciler implements Reconciler<string> {
     const spec = this.#lastSpec.get(key);
     this.#lastSpec.delete(key);
     this.#statuses.delete(key);
+    this.#memo.delete(key);
     if (spec?.deletionPolicy === "Delete") {
       for (const slot of await this.#o.keys.list(key)) await this.#removeAccount(key, slot);
     }
