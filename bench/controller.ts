@@ -22,6 +22,12 @@
  *     (VmHWM, reset through /proc/self/clear_refs just before the start); reported absolute and
  *     minus the RSS just before runController(). The simulator (10,000 projects, serving the
  *     listing) lives in this process too, so its share of the peak counts here.
+ * 1b. Cold start, controller in its own process (run last, the in-process controller stopped): the
+ *     real CLI (`node src/cli/main.ts run --config FILE`) as a child, on fresh key/state/bindings
+ *     directories, against the same server and simulator, with one binding on a second root group
+ *     ("solo") of PROJECTS new projects. Time from spawn until every project's account JWT was seen
+ *     in $SYS.REQ.CLAIMS.UPDATE on the wire; the child's peak RSS: VmHWM from /proc/<pid>/status
+ *     just before SIGTERM, and VmRSS sampled every 100 ms. No simulator or bench memory in it.
  *  2. Warm resync of the same unchanged projects, pushes must be 0:
  *     a. periodic resync in the running controller: the ManualClock is advanced past the resync
  *        interval, which fires the binding's requeue (drift check: the resolver-hash cache is
@@ -56,12 +62,13 @@
  *   TMPDIR=/dev/shm        key store, status files and the server's resolver dir on tmpfs (the temp
  *                          dirs come from os.tmpdir()): removes the fsync cost of the key store
  */
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Session } from "node:inspector/promises";
+import { stringify } from "yaml";
 import { performance } from "node:perf_hooks";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { NatsBinding } from "../src/api/v1alpha1/types.ts";
@@ -387,12 +394,12 @@ class Observer {
   }
 }
 
-function bindingYaml(): string {
+function bindingYaml(name = BINDING, group = "bench"): string {
   return `apiVersion: natsbind.io/v1alpha1
 kind: NatsBinding
-metadata: {name: ${BINDING}}
+metadata: {name: ${name}}
 spec:
-  gitlab: {group: bench, includeSubgroups: true}
+  gitlab: {group: ${group}, includeSubgroups: true}
   accountPer: project
   roles:
     - name: ci
@@ -446,6 +453,9 @@ interface Started {
   resolver?: NatsResolver;
   wire?: WireCounter;
   controller?: RunningController;
+  /** Section 1b: the `natsbind run` child and its directory. */
+  child?: ChildProcess;
+  soloDir?: string;
 }
 
 async function startWorld(started: Started): Promise<World> {
@@ -731,6 +741,181 @@ async function coldStart(w: World, obs: Observer, clock: ManualClock, started: S
   };
 }
 
+// --- 1b. cold start, controller in its own process ------------------------------------------------
+
+const SOLO_BINDING = "solo";
+
+interface SoloResult {
+  projects: number;
+  /** Spawn of `natsbind run` until every project's account was seen in a CLAIMS.UPDATE on the wire. */
+  allPushedMs: number;
+  /** $SYS.REQ.CLAIMS.UPDATE messages seen (retries included) / distinct projects among them. */
+  wireUpdates: number;
+  distinctProjects: number;
+  /** Child's VmHWM just before SIGTERM, and the highest VmRSS sampled every 100 ms. */
+  hwmMb: number | undefined;
+  sampledPeakMb: number;
+  samples: number;
+  /** Child CPU (user + sys) until SIGTERM, ms. */
+  childCpuMs: number | undefined;
+  sample: { checked: number; ok: number };
+  targetMs: number;
+  pass: boolean;
+  rssTargetMb: number;
+  rssPass: boolean;
+}
+
+/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
+function procMemory(pid: number): { rss: number; hwm: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (name: string): number =>
+      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
+    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The real CLI (`node src/cli/main.ts run --config FILE`) as a child, on fresh directories, with one
+ * binding on a second root group of PROJECTS new projects: the controller's RSS without the
+ * simulator's or the bench's.
+ */
+async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
+  const { projects } = w.sim.populate({ rootPath: "solo", projects: PROJECTS, depth: 3, fanout: 5 });
+  const soloIds = new Set(projects.map((p) => p.id));
+  const dir = (started.soloDir = await tempDir("bench-solo"));
+  await mkdir(join(dir, "bindings"));
+  await writeFile(join(dir, "token"), w.sim.token);
+  await writeFile(join(dir, "bindings", `${SOLO_BINDING}.yaml`), bindingYaml(SOLO_BINDING, "solo"));
+  const configFile = join(dir, "natsbind.yaml");
+  await writeFile(
+    configFile,
+    stringify({
+      nats: {
+        servers: [w.server.url],
+        systemCreds: join(w.op.dir, INIT_LAYOUT.systemCreds),
+        operatorSigningKey: join(w.op.dir, INIT_LAYOUT.operatorSigningKey),
+        operatorJwt: join(w.op.dir, INIT_LAYOUT.operatorJwt),
+      },
+      gitlab: { url: w.sim.url, tokenFile: "token", resyncInterval: RESYNC_INTERVAL },
+      http: { listen: "127.0.0.1:0" },
+    }),
+  );
+
+  // Projects of the solo group whose account JWT went over the wire.
+  const seen = new Set<number>();
+  let updates = 0;
+  const nc = await connectWithCreds(w.server.url, w.op.systemCreds);
+  nc.subscribe("$SYS.REQ.CLAIMS.UPDATE", {
+    callback: (_err, msg) => {
+      updates += 1;
+      try {
+        const tags = (decodeJwt(msg.string()).nats.tags as string[] | undefined) ?? [];
+        const tag = tags.find((t) => t.startsWith("gitlab-project-id:"));
+        const id = tag === undefined ? NaN : Number(tag.slice("gitlab-project-id:".length));
+        if (soloIds.has(id)) seen.add(id);
+      } catch {
+        // not an account JWT of ours
+      }
+    },
+  });
+  await nc.flush();
+
+  let stderr = "";
+  let exited: string | undefined;
+  let peak = 0;
+  let samples = 0;
+  let sampler: ReturnType<typeof setInterval> | undefined;
+  let progress: ReturnType<typeof setInterval> | undefined;
+  try {
+    log(`[solo] spawning natsbind run (own process), ${fmt(PROJECTS)} new projects in group solo`);
+    const t0 = performance.now();
+    const child = (started.child = spawn(
+      process.execPath,
+      [join(import.meta.dirname, "..", "src", "cli", "main.ts"), "run", "--config", configFile],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    ));
+    child.stderr!.setEncoding("utf8");
+    child.stderr!.on("data", (chunk: string) => {
+      stderr = (stderr + chunk).slice(-8_192);
+    });
+    child.once("exit", (code, signal) => void (exited = `code ${code}, signal ${signal}`));
+    const pid = child.pid!;
+    const sample = (): void => {
+      const m = procMemory(pid);
+      if (!m) return;
+      samples += 1;
+      peak = Math.max(peak, m.rss);
+    };
+    sampler = setInterval(sample, 100);
+    progress = setInterval(
+      () =>
+        log(
+          `[solo]   ${fmt((performance.now() - t0) / 1000, 0)} s: ${fmt(seen.size)} accounts on the wire, child rss ${fmt(mb(peak))} MB peak`,
+        ),
+      5_000,
+    );
+    while (seen.size < PROJECTS) {
+      if (exited !== undefined)
+        throw new Error(`natsbind run exited (${exited}):
+${stderr}`);
+      if (performance.now() - t0 > COLD_TIMEOUT_MS)
+        throw new Error(`timed out: ${seen.size} of ${PROJECTS} accounts pushed
+${stderr}`);
+      await sleep(20);
+      await nc.flush();
+    }
+    const allPushedMs = performance.now() - t0;
+    sample();
+    clearInterval(sampler);
+    clearInterval(progress);
+    const hwm = procMemory(pid)?.hwm;
+    const cpu = processCpuMs(pid);
+    child.kill("SIGTERM");
+    const gone = new Promise<void>((r) => (exited !== undefined ? r() : child.once("exit", () => r())));
+    await Promise.race([gone, sleep(10_000)]);
+
+    // Untimed: a random sample of accounts is on the server and names its project.
+    const keys = new DirectoryKeyStore(join(dir, "keys"));
+    const ids = [...seen];
+    const checked = Math.min(SAMPLE_LOOKUPS, ids.length);
+    let ok = 0;
+    for (let i = 0; i < checked; i++) {
+      const projectId = ids[Math.floor(Math.random() * ids.length)]!;
+      const slot = await keys.get({ binding: SOLO_BINDING, projectId });
+      const jwt = slot && (await w.resolver.lookup(slot.account));
+      const tags = jwt ? (decodeJwt(jwt).nats.tags as string[] | undefined) : undefined;
+      if (tags?.includes(`gitlab-project-id:${projectId}`)) ok += 1;
+    }
+    if (ok !== checked) throw new Error(`solo sample lookups: only ${ok} of ${checked} accounts found`);
+
+    const peakMb = Math.max(mb(peak), hwm === undefined ? 0 : mb(hwm));
+    return {
+      projects: PROJECTS,
+      allPushedMs,
+      wireUpdates: updates,
+      distinctProjects: seen.size,
+      hwmMb: hwm === undefined ? undefined : mb(hwm),
+      sampledPeakMb: mb(peak),
+      samples,
+      childCpuMs: cpu === undefined ? undefined : cpu.user + cpu.sys,
+      sample: { checked, ok },
+      targetMs: COLD_TARGET_MS,
+      pass: allPushedMs < COLD_TARGET_MS,
+      rssTargetMb: RSS_TARGET_MB,
+      rssPass: peakMb < RSS_TARGET_MB,
+    };
+  } finally {
+    clearInterval(sampler);
+    clearInterval(progress);
+    const child = started.child;
+    if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await nc.close().catch(() => undefined);
+  }
+}
+
 // --- 2. warm resync -----------------------------------------------------------------------------
 
 interface WarmRun {
@@ -1001,6 +1186,7 @@ async function main(): Promise<void> {
   let periodic: WarmSeries;
   let restart: WarmSeries;
   let hooks: WebhookResult;
+  let solo: SoloResult;
   try {
     const w = await startWorld(s);
     // The cold start comes first, so that the RSS before it is the world's (server client,
@@ -1011,14 +1197,21 @@ async function main(): Promise<void> {
     // The controller is idle meanwhile (no webhook hook yet; its clock does not move).
     base = await baselines(w);
     hooks = await profiled("3-webhook", () => webhookCreations(w, obs, s.controller!));
+    // Last, with the in-process controller stopped: only the child pushes, and its RSS is its own.
+    await s.controller?.stop();
+    s.controller = undefined;
+    solo = await soloColdStart(w, s);
   } finally {
     const stops: Array<Promise<unknown> | undefined> = [];
+    const child = s.child;
+    if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     await s.controller?.stop().catch(() => undefined);
     stops.push(s.resolver?.close(), s.wire?.close(), s.sim?.stop());
     await Promise.allSettled(stops);
     await s.server?.stop().catch(() => undefined);
     await s.op?.remove().catch(() => undefined);
     if (s.dir) await removeDir(s.dir).catch(() => undefined);
+    if (s.soloDir) await removeDir(s.soloDir).catch(() => undefined);
   }
 
   // --- report ---
@@ -1104,6 +1297,47 @@ async function main(): Promise<void> {
   log(
     `target peak RSS < ${RSS_TARGET_MB} MB, increment over the RSS before runController() (the controller's share; ` +
       `also holds what the simulator allocates to serve the listing): ${fmt(rssIncrementMb)} MB -> ${verdict(rssIncrementPass)}`,
+  );
+
+  log(
+    `\n== 1b. Cold start, controller in its own process (natsbind run): ${fmt(PROJECTS)} new projects, one binding on a second root group ==`,
+  );
+  log(
+    table(
+      ["measure", "value", "target", ""],
+      [
+        [
+          "spawn -> every project's account seen in $SYS.REQ.CLAIMS.UPDATE",
+          fmtMs(solo.allPushedMs),
+          `< ${fmt(COLD_TARGET_MS / 1000)} s`,
+          verdict(solo.pass),
+        ],
+        [
+          "child peak RSS: VmHWM before SIGTERM / VmRSS sampled every 100 ms",
+          `${solo.hwmMb === undefined ? "n/a" : fmt(solo.hwmMb)} / ${fmt(solo.sampledPeakMb)} MB`,
+          `< ${RSS_TARGET_MB} MB`,
+          verdict(solo.rssPass),
+        ],
+        [
+          "CLAIMS.UPDATE messages / distinct projects",
+          `${fmt(solo.wireUpdates)} / ${fmt(solo.distinctProjects)}`,
+          "",
+          "",
+        ],
+        [
+          "child CPU (user + sys) until SIGTERM",
+          solo.childCpuMs === undefined ? "n/a" : fmtMs(solo.childCpuMs),
+          "",
+          "",
+        ],
+        [
+          `sample: accounts found via NatsResolver.lookup`,
+          `${solo.sample.ok} of ${solo.sample.checked}`,
+          "",
+          "",
+        ],
+      ],
+    ),
   );
 
   const warmPass = (x: WarmSeries): boolean => x.maxPushes === 0 && x.medianMs < WARM_TARGET_MS;
@@ -1203,6 +1437,7 @@ async function main(): Promise<void> {
       rssIncrementMb,
       rssIncrementPass,
     },
+    coldStartOwnProcess: solo,
     warmResync: {
       periodic: { ...periodic, targetMs: WARM_TARGET_MS, pass: warmPass(periodic) },
       restart: { ...restart, targetMs: WARM_TARGET_MS, pass: warmPass(restart) },
