@@ -58,6 +58,7 @@
  *
  * Knobs (environment, for exploring only; the defaults are what `make bench` reports):
  *   BENCH_QUICK=1          1,000 projects and 20 creations (a smoke test of the bench itself)
+ *   BENCH_CHILD_NODE_ARGS  node flags for section 1b's natsbind run child (memory experiments)
  *   BENCH_CPU_PROFILE=dir  a V8 CPU profile of the main thread per section (adds overhead)
  *   TMPDIR=/dev/shm        key store, status files and the server's resolver dir on tmpfs (the temp
  *                          dirs come from os.tmpdir()): removes the fsync cost of the key store
@@ -92,6 +93,8 @@ import { connectWithCreds, createTestOperator, type TestOperator } from "../test
 import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
+// Extra node flags for section 1b's child (exploring memory, e.g. "--max-old-space-size=128").
+const CHILD_NODE_ARGS = (process.env.BENCH_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
 
 const PROJECTS = QUICK ? 1_000 : 10_000;
@@ -834,7 +837,13 @@ async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
     const t0 = performance.now();
     const child = (started.child = spawn(
       process.execPath,
-      [join(import.meta.dirname, "..", "src", "cli", "main.ts"), "run", "--config", configFile],
+      [
+        ...CHILD_NODE_ARGS,
+        join(import.meta.dirname, "..", "src", "cli", "main.ts"),
+        "run",
+        "--config",
+        configFile,
+      ],
       { stdio: ["ignore", "ignore", "pipe"] },
     ));
     child.stderr!.setEncoding("utf8");
