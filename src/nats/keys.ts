@@ -7,7 +7,14 @@
  *
  * The seed lives in a private field and never appears in toString, JSON, inspect or error text.
  */
-import { createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  verify,
+  type KeyObject,
+} from "node:crypto";
 import { inspect } from "node:util";
 import type { KeyPair } from "@nats-io/nkeys";
 import { TerminalError } from "../errors.ts";
@@ -46,7 +53,7 @@ function expectKind(kind: KeyKind, expected: KeyKind | readonly KeyKind[] | unde
     throw new KeyError(`${what}: expected ${describeKinds(list)} key, got ${describeKinds([kind])} key`);
 }
 
-function rawPublicKey(privateKey: KeyObject): Uint8Array {
+function rawPublicKeyOf(privateKey: KeyObject): Uint8Array {
   return createPublicKey(privateKey).export({ format: "der", type: "spki" }).subarray(SPKI_ED25519.length);
 }
 
@@ -104,19 +111,38 @@ export class NKeyPair implements KeyPair {
   #seed: Uint8Array | undefined;
   #signingKey: KeyObject | undefined;
 
-  private constructor(kind: KeyKind, seed: Uint8Array) {
+  private constructor(kind: KeyKind, seed: Uint8Array, rawPublicKey?: Uint8Array) {
     this.kind = kind;
     this.#seed = seed;
-    this.#signingKey = createPrivateKey({
+    this.publicKey = encodePublic(kind, rawPublicKey ?? rawPublicKeyOf(this.#key()));
+  }
+
+  /**
+   * A new random key. Generated as DER buffers, not KeyObjects: a controller creates tens of
+   * thousands of account keys it never signs with, and each live KeyObject holds native memory
+   * the garbage collector does not see (30,000 of them cost ~175 MB of RSS).
+   */
+  static generate(kind: KeyKind): NKeyPair {
+    const { privateKey, publicKey } = generateKeyPairSync("ed25519", {
+      privateKeyEncoding: { format: "der", type: "pkcs8" },
+      publicKeyEncoding: { format: "der", type: "spki" },
+    });
+    return new NKeyPair(
+      kind,
+      new Uint8Array(privateKey.subarray(PKCS8_ED25519.length)),
+      new Uint8Array(publicKey.subarray(SPKI_ED25519.length)),
+    );
+  }
+
+  /** The node:crypto signing key, made on first use and kept: only keys that sign pay for it. */
+  #key(): KeyObject {
+    const seed = this.#requireSeed();
+    this.#signingKey ??= createPrivateKey({
       key: Buffer.concat([PKCS8_ED25519, seed]),
       format: "der",
       type: "pkcs8",
     });
-    this.publicKey = encodePublic(kind, rawPublicKey(this.#signingKey));
-  }
-
-  static generate(kind: KeyKind): NKeyPair {
-    return new NKeyPair(kind, new Uint8Array(randomBytes(32)));
+    return this.#signingKey;
   }
 
   /**
@@ -171,8 +197,7 @@ export class NKeyPair implements KeyPair {
   }
 
   sign(input: Uint8Array): Uint8Array {
-    this.#requireSeed();
-    return sign(null, input, this.#signingKey!);
+    return sign(null, input, this.#key());
   }
 
   verify(input: Uint8Array, signature: Uint8Array): boolean {
