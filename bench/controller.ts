@@ -91,6 +91,7 @@ import { GitLabSimulator, type SimGroup } from "../test/support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../test/support/nats-server.ts";
 import { connectWithCreds, createTestOperator, type TestOperator } from "../test/support/operator.ts";
 import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
+import { fmt, log, median, table, verdict } from "./common.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 // Extra node flags for section 1b's child (exploring memory, e.g. "--max-old-space-size=128").
@@ -124,12 +125,6 @@ const WEBHOOK_P99_TARGET_MS = 500;
 
 // --- helpers -----------------------------------------------------------------------------------
 
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
 /** Nearest-rank percentile (p in 0..100). */
 function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -150,22 +145,8 @@ async function pool<T>(
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
-const fmt = (v: number, digits = 0): string =>
-  v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
 const mb = (bytes: number): number => bytes / (1024 * 1024);
-const verdict = (ok: boolean): string => (ok ? "PASS" : "MISS");
-
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
-  return [line(headers), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
-}
-
-function log(text = ""): void {
-  process.stdout.write(`${text}\n`);
-}
 
 const CLK_TCK = ((): number => {
   try {

@@ -14,17 +14,12 @@ import { GitbeakerGitLab } from "../src/gitlab/client.ts";
 import { ProjectInventory, diffSnapshots, snapshotOf } from "../src/gitlab/inventory.ts";
 import type { GitLabProject } from "../src/gitlab/port.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
+import { median } from "./common.ts";
 
 const PROJECTS = 10_000;
 const RUNS = 7;
 const DIFF_RUNS = 21;
 const DIFF_TARGET_MS = 50;
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
   const start = performance.now();

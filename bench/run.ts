@@ -44,6 +44,7 @@ import {
   type NatsServerOptions,
 } from "../test/support/nats-server.ts";
 import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
+import { fmt, log, median, table, verdict } from "./common.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 
@@ -88,12 +89,6 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const ECHO_SUBJECT = "natsbind.bench.echo";
 
 // --- helpers -----------------------------------------------------------------------------------
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 interface Series {
   /** Items per run. */
@@ -207,21 +202,7 @@ function publicKeys(kind: "account", n: number): string[] {
   return Array.from({ length: n }, () => NKeyPair.generate(kind).publicKey);
 }
 
-const fmt = (v: number, digits = 0): string =>
-  v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const fmtMs = (ms: number): string => (ms >= 1 ? `${fmt(ms, 2)} ms` : `${fmt(ms * 1000, 1)} µs`);
-const verdict = (ok: boolean): string => (ok ? "PASS" : "MISS");
-
-function table(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
-  return [line(headers), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
-}
-
-function log(text = ""): void {
-  process.stdout.write(`${text}\n`);
-}
 
 // --- section 1 ---------------------------------------------------------------------------------
 
