@@ -212,7 +212,12 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
       timeoutMs: 10_000,
       intervalMs: 25,
     });
-    assert.equal(await accountOf("acme", fresh.id), undefined, "Delete removes the keys too");
+    // Delete removes the keys too, right after the resolver delete.
+    await waitFor(async () => (await accountOf("acme", fresh.id)) === undefined, {
+      what: "the deleted account's keys gone",
+      timeoutMs: 10_000,
+      intervalMs: 25,
+    });
   });
 
   it("reports an invalid binding and an overlapping one without touching anything", async () => {
@@ -273,7 +278,14 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
       },
       { what: "all accounts of the removed binding gone", timeoutMs: 15_000, intervalMs: 25 },
     );
-    assert.deepEqual(await keys().list("acme"), []);
-    assert.equal(await status("acme"), undefined);
+    // Keys and status go after the resolver deletes, in the same reconcile: wait for its end.
+    await waitFor(
+      async () => (await keys().list("acme")).length === 0 && (await status("acme")) === undefined,
+      {
+        what: "keys and status of the removed binding gone",
+        timeoutMs: 10_000,
+        intervalMs: 25,
+      },
+    );
   });
 });
