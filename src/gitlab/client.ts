@@ -50,6 +50,8 @@ export interface GitLabClientOptions {
 
 const MAX_ERROR_TEXT = 300;
 const PER_PAGE = 100;
+/** A listing longer than this is refused rather than read forever (1,000,000 projects). */
+const MAX_PAGES = 10_000;
 
 const idSchema = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
 const nameSchema = z.string().min(1).max(1024);
@@ -313,17 +315,31 @@ export class GitbeakerGitLab implements GitLabPort {
   }
 
   async groupProjects(groupId: number): Promise<GitLabProject[]> {
-    const body: unknown = await this.#api.Groups.allProjects(groupId, {
-      includeSubgroups: true,
-      perPage: PER_PAGE,
-      pagination: "offset",
-      // GitLab's default order is created_at desc, which shifts pages while projects are created.
-      orderBy: "id",
-      sort: "asc",
-    });
-    const projects = parseAll(projectSchema, body, this.#info(`/groups/${groupId}/projects`)).map(toProject);
-    // Offset pages can repeat an item when projects are created during the listing.
-    return [...new Map(projects.map((p) => [p.id, p])).values()];
+    // Page by page (gitbeaker fetches one page when `page` is given): each page's raw JSON (~40
+    // fields a project) becomes small GitLabProjects before the next is read, instead of all
+    // pages' raw objects being held at once.
+    const byId = new Map<number, GitLabProject>();
+    const info = this.#info(`/groups/${groupId}/projects`);
+    for (let page: number | null = 1, pages = 0; page !== null; pages++) {
+      if (pages >= MAX_PAGES) {
+        throw new GitLabResponseError(`${info.method} ${info.path}: more than ${MAX_PAGES} pages`, info);
+      }
+      const { data, paginationInfo } = (await this.#api.Groups.allProjects(groupId, {
+        includeSubgroups: true,
+        perPage: PER_PAGE,
+        page,
+        pagination: "offset",
+        // GitLab's default order is created_at desc, which shifts pages while projects are created.
+        orderBy: "id",
+        sort: "asc",
+        showExpanded: true,
+      })) as unknown as { data: unknown; paginationInfo: { next: number | null } };
+      // Offset pages can repeat an item when projects are created during the listing.
+      for (const p of parseAll(projectSchema, data, info)) byId.set(p.id, toProject(p));
+      const next = paginationInfo.next;
+      page = typeof next === "number" && Number.isSafeInteger(next) && next > page ? next : null;
+    }
+    return [...byId.values()];
   }
 
   async descendantGroups(groupId: number): Promise<GitLabGroup[]> {

@@ -13,7 +13,7 @@ import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
 import { refKey } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
-import { jwtClaimsHash, signJwt, type JwtClaims } from "../../nats/claims.ts";
+import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
 import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
@@ -107,7 +107,7 @@ export class BindingReconciler implements Reconciler<string> {
   readonly #lastSpec = new Map<string, NatsBinding["spec"]>();
   readonly #statuses = new Map<string, BindingStatus>();
   /** Built claims per binding and account, reused while their inputs are unchanged. */
-  readonly #memo = new Map<string, Map<string, { inputs: string; claims: JwtClaims; hash: string }>>();
+  readonly #memo = new Map<string, Map<string, { inputs: string; hash: string }>>();
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
@@ -148,12 +148,17 @@ export class BindingReconciler implements Reconciler<string> {
       let slots = await this.#o.keys.list(key);
       let current = await this.#plan(key, binding, owned, environments, slots);
       if (current.ensureKeys.length > 0) {
+        const existing = new Set(slots.map((slot) => slot.account));
         // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
         await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
           await this.#o.keys.ensure(ref, roles);
         });
         slots = await this.#o.keys.list(key);
-        current = await this.#plan(key, binding, owned, environments, slots);
+        // Accounts whose keys were just made cannot be on the resolver: no lookup for them.
+        const fresh = new Set(
+          slots.filter((slot) => !existing.has(slot.account)).map((slot) => slot.account),
+        );
+        current = await this.#plan(key, binding, owned, environments, slots, fresh);
       }
       await this.#apply(key, current);
       const status = this.#status(key, generation, owned, projects.length, conflicts, current);
@@ -178,10 +183,14 @@ export class BindingReconciler implements Reconciler<string> {
     return conflicts;
   }
 
-  async #resolverHashes(slots: readonly StoredAccount[]): Promise<Map<string, string>> {
+  async #resolverHashes(
+    slots: readonly StoredAccount[],
+    fresh: ReadonlySet<string>,
+  ): Promise<Map<string, string>> {
     const now = this.#o.clock.now();
     const hashes = new Map<string, string>();
     const stale = slots.filter((s) => {
+      if (fresh.has(s.account)) return false;
       const held = this.#held.get(s.account);
       if (held && now - held.checkedAt < this.#o.driftCheckMs) {
         hashes.set(s.account, held.hash);
@@ -212,6 +221,7 @@ export class BindingReconciler implements Reconciler<string> {
     projects: readonly GitLabProject[],
     environments: ReadonlyMap<number, readonly string[]>,
     slots: readonly StoredAccount[],
+    fresh: ReadonlySet<string> = new Set(),
   ): Promise<Plan> {
     return plan({
       bindingKey: key,
@@ -219,13 +229,13 @@ export class BindingReconciler implements Reconciler<string> {
       projects,
       environments,
       slots,
-      resolverHashes: await this.#resolverHashes(slots),
+      resolverHashes: await this.#resolverHashes(slots, fresh),
       issuer: this.#o.signer.getPublicKey(),
       memo: this.#memoFor(key),
     });
   }
 
-  #memoFor(key: string): Map<string, { inputs: string; claims: JwtClaims; hash: string }> {
+  #memoFor(key: string): Map<string, { inputs: string; hash: string }> {
     let memo = this.#memo.get(key);
     if (!memo) this.#memo.set(key, (memo = new Map()));
     return memo;
@@ -235,7 +245,7 @@ export class BindingReconciler implements Reconciler<string> {
     const iat = Math.floor(this.#o.clock.now() / 1000);
     try {
       await mapLimit(p.push, this.#o.pushConcurrency ?? 16, async (push) => {
-        await this.#o.resolver.push(signJwt(push.claims, this.#o.signer, iat));
+        await this.#o.resolver.push(signJwt(push.claims(), this.#o.signer, iat));
         this.#held.set(push.account, { hash: push.hash, checkedAt: this.#o.clock.now() });
         this.#pushedAt.set(push.account, this.#nowIso());
         this.#o.events?.pushed?.(key, push.account, push.ref);
