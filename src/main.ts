@@ -42,8 +42,6 @@ export interface RunOptions {
 export interface RunningController {
   url: string;
   stop(): Promise<void>;
-  /** Waits until every known binding has been reconciled at least once. */
-  synced(): Promise<void>;
 }
 
 export async function runController(config: Config, opts: RunOptions = {}): Promise<RunningController> {
@@ -123,7 +121,6 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       },
     },
   });
-  const reconciled = new Set<string>();
   const controller = new Controller<string>({
     name: "binding",
     reconciler,
@@ -133,7 +130,6 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     log,
     onResult: (key, outcome) => {
       reconciles.labels({ outcome: outcome.kind }).inc();
-      reconciled.add(key);
       opts.onReconciled?.(key, outcome.kind);
     },
   });
@@ -183,10 +179,6 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
 
   return {
     url: http.url,
-    async synced() {
-      const keys = [...snapshot.bindings.keys()];
-      while (!keys.every((k) => reconciled.has(k))) await new Promise((r) => setTimeout(r, 20));
-    },
     async stop() {
       ready = false;
       watcher.close();

@@ -11,7 +11,6 @@ import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import { TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
-import { refKey } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
 import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
@@ -419,15 +418,5 @@ export class BindingReconciler implements Reconciler<string> {
     };
     this.#statuses.set(key, status);
     return status;
-  }
-
-  /** Forget what the resolver holds, so the next reconcile looks every account up again. */
-  forgetResolverState(): void {
-    this.#held.clear();
-  }
-
-  /** For tests and `refKey` users: the slot key of a ref. */
-  static slotKey(ref: AccountRef): string {
-    return refKey(ref);
   }
 }
