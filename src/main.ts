@@ -156,8 +156,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     readiness: () => ready,
   });
 
-  const watcher = files.watch(async (keys) => {
-    snapshot = await files.scan();
+  // The watcher scanned already: take its snapshot rather than reading the directory again.
+  const watcher = files.watch((keys, scanned) => {
+    snapshot = scanned;
     for (const key of keys) {
       if (!snapshot.bindings.has(key)) inventories.forget(key);
       queue.add(key);
