@@ -2,7 +2,6 @@
  * Composition root of `natsbind run` (local mode): config -> adapters -> controller -> HTTP ->
  * graceful stop. Everything that talks to the outside world is built here and nowhere else.
  */
-import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { readSecretFile, type Config } from "./config/config.ts";
 import {
@@ -16,15 +15,13 @@ import { GitbeakerGitLab } from "./gitlab/client.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
-import { trustedOperatorFromJwt } from "./nats/claims.ts";
-import { NatsResolver } from "./nats/resolver.ts";
+import { connectResolver } from "./nats/from-config.ts";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Registry, metricsHandler } from "./observability/metrics.ts";
 import { systemClock, type Clock } from "./runtime/clock.ts";
 import { Controller } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
-import { readSeedFile } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
 
 export class StartupError extends NatsbindError {}
@@ -48,10 +45,6 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const clock = opts.clock ?? systemClock;
   const log = opts.log ?? createLogger({ base: { app: "natsbind" } });
   if (!config.gitlab) throw new StartupError("natsbind run needs the gitlab section of the configuration");
-  const signer = await readSeedFile(config.nats.operatorSigningKey, "operator");
-  const trustedOperator = config.nats.operatorJwt
-    ? trustedOperatorFromJwt(await readFile(config.nats.operatorJwt, "utf8"), config.nats.operatorJwt)
-    : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] };
   const gitlab = new GitbeakerGitLab({
     url: config.gitlab.url,
     token: await readSecretFile(config.gitlab.tokenFile, "GitLab token"),
@@ -60,14 +53,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const webhookSecret = config.gitlab.webhookSecretFile
     ? await readSecretFile(config.gitlab.webhookSecretFile, "webhook secret")
     : undefined;
-  const resolver = await NatsResolver.connect({
-    servers: config.nats.servers,
-    creds: await readFile(config.nats.systemCreds),
-    timeoutMs: config.nats.timeoutMs,
-    operatorSigningKey: signer,
-    trustedOperator,
-    ...(config.nats.expectedServers ? { expectedServers: config.nats.expectedServers } : {}),
-  });
+  const { resolver, signer } = await connectResolver(config.nats);
 
   const metrics = new Registry();
   const reconciles = metrics.counter({

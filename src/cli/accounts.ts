@@ -1,5 +1,4 @@
 /** `natsbind accounts ...`: operator-facing resolver commands, also what `make demo` shows. */
-import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { loadConfig, type Config } from "../config/config.ts";
 import { NatsbindError } from "../errors.ts";
@@ -9,29 +8,13 @@ import {
   decodeJwt,
   jwtClaimsHash,
   signJwt,
-  trustedOperatorFromJwt,
   type DesiredAccount,
 } from "../nats/claims.ts";
 import { NKeyPair } from "../nats/keys.ts";
-import { NatsResolver, type ResolverOutcome } from "../nats/resolver.ts";
+import { connectResolver } from "../nats/from-config.ts";
+import type { ResolverOutcome } from "../nats/resolver.ts";
 import { UsageError } from "./usage.ts";
-import { KeyDirectory, readSeedFile } from "../store/key-directory.ts";
-
-async function openResolver(config: Config): Promise<NatsResolver> {
-  const creds = await readFile(config.nats.systemCreds);
-  const signer = await readSeedFile(config.nats.operatorSigningKey, "operator");
-  return NatsResolver.connect({
-    servers: config.nats.servers,
-    creds,
-    timeoutMs: config.nats.timeoutMs,
-    operatorSigningKey: signer,
-    // Without the operator JWT, trust only the key natsbind signs with.
-    trustedOperator: config.nats.operatorJwt
-      ? trustedOperatorFromJwt(await readFile(config.nats.operatorJwt, "utf8"), config.nats.operatorJwt)
-      : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] },
-    ...(config.nats.expectedServers ? { expectedServers: config.nats.expectedServers } : {}),
-  });
-}
+import { KeyDirectory } from "../store/key-directory.ts";
 
 function printOutcome(verb: string, outcome: ResolverOutcome): void {
   for (const r of outcome.replies)
@@ -45,7 +28,7 @@ function printOutcome(verb: string, outcome: ResolverOutcome): void {
 async function pushSample(config: Config, name: string, projectId: string): Promise<void> {
   if (!/^[1-9][0-9]{0,18}$/.test(projectId)) throw new UsageError("--project-id must be a positive integer");
   const keys = new KeyDirectory(config.keys.directory);
-  const signer = await readSeedFile(config.nats.operatorSigningKey, "operator");
+  const { resolver, signer } = await connectResolver(config.nats);
   const account = NKeyPair.generate("account");
   const ciKey = NKeyPair.generate("account");
   await keys.save(account);
@@ -69,7 +52,6 @@ async function pushSample(config: Config, name: string, projectId: string): Prom
   };
   const claims = accountClaims(desired, signer.publicKey);
   const jwt = signJwt(claims, signer, Math.floor(Date.now() / 1000));
-  const resolver = await openResolver(config);
   try {
     console.log(`account ${account.publicKey} (${name}), ci signing key ${ciKey.publicKey}`);
     printOutcome("push", await resolver.push(jwt));
@@ -100,7 +82,7 @@ export async function accountsCommand(args: string[]): Promise<void> {
         throw new UsageError("push-sample needs --name and --project-id");
       return pushSample(config, values.name, values["project-id"]);
     case "list": {
-      const resolver = await openResolver(config);
+      const { resolver } = await connectResolver(config.nats);
       try {
         for (const a of await resolver.list()) console.log(a);
       } finally {
@@ -110,7 +92,7 @@ export async function accountsCommand(args: string[]): Promise<void> {
     }
     case "lookup": {
       if (positionals.length !== 1) throw new UsageError("lookup needs exactly one account public key");
-      const resolver = await openResolver(config);
+      const { resolver } = await connectResolver(config.nats);
       try {
         const jwt = await resolver.lookup(positionals[0]!);
         if (!jwt) throw new NatsbindError(`the resolver holds no account ${positionals[0]}`);
@@ -123,7 +105,7 @@ export async function accountsCommand(args: string[]): Promise<void> {
     }
     case "delete": {
       if (positionals.length === 0) throw new UsageError("delete needs account public keys");
-      const resolver = await openResolver(config);
+      const { resolver } = await connectResolver(config.nats);
       try {
         printOutcome("delete", await resolver.delete(positionals));
       } finally {

@@ -1,0 +1,28 @@
+/**
+ * The resolver connection and operator signing key as natsbind.yaml's `nats` section describes
+ * them: one place for every command that talks to the resolver.
+ */
+import { readFile } from "node:fs/promises";
+import type { Config } from "../config/config.ts";
+import { readSeedFile } from "../store/key-directory.ts";
+import { trustedOperatorFromJwt } from "./claims.ts";
+import type { NKeyPair } from "./keys.ts";
+import { NatsResolver } from "./resolver.ts";
+
+export async function connectResolver(
+  nats: Config["nats"],
+): Promise<{ resolver: NatsResolver; signer: NKeyPair }> {
+  const signer = await readSeedFile(nats.operatorSigningKey, "operator");
+  const resolver = await NatsResolver.connect({
+    servers: nats.servers,
+    creds: await readFile(nats.systemCreds),
+    timeoutMs: nats.timeoutMs,
+    operatorSigningKey: signer,
+    // Without the operator JWT, trust only the key natsbind signs with.
+    trustedOperator: nats.operatorJwt
+      ? trustedOperatorFromJwt(await readFile(nats.operatorJwt, "utf8"), nats.operatorJwt)
+      : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] },
+    ...(nats.expectedServers ? { expectedServers: nats.expectedServers } : {}),
+  });
+  return { resolver, signer };
+}
