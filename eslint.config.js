@@ -18,6 +18,23 @@ export default tseslint.config(
     },
   },
   {
+    // Shipped code never loads test support: the simulator, launchers and the fixed test keys.
+    files: ["src/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/test/**"],
+              message: "src/ must not import test support (test-only keys, simulator).",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ["src/config/**", "test/**", "bench/**", "src/cli/**"],
     rules: { "no-restricted-properties": "off" },
   },

@@ -1,4 +1,6 @@
-// Fixed, test-only keys so generated claims can be compared with golden files. Never used outside tests.
+// Fixed, TEST-ONLY keys so generated claims can be compared with golden files. They were generated
+// for this file, sign nothing real, and are public by being here. eslint forbids src/ to import
+// test/, and the package ships only dist/ (compiled from src/).
 import { NKeyPair } from "../../src/nats/keys.ts";
 
 export const fixedKeys = {
