@@ -7,7 +7,6 @@ import { appendFileSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { stringify } from "yaml";
-import { INIT_LAYOUT } from "../../src/cli/init.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
@@ -19,7 +18,7 @@ import { ManualClock } from "../../src/runtime/clock.ts";
 import { StatusFiles } from "../../src/store/status-files.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import { createTestOperator, type TestOperator } from "../support/operator.ts";
+import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
 import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
 
 function binding(name: string, group: string, deletionPolicy: "Retain" | "Delete"): string {
@@ -59,12 +58,7 @@ describe("natsbind run recovers", { timeout: 240_000 }, () => {
     await mkdir(join(dir, "bindings"));
     await writeFile(join(dir, "token"), sim.token);
     const doc = {
-      nats: {
-        servers: [server.url],
-        systemCreds: join(op.dir, INIT_LAYOUT.systemCreds),
-        operatorSigningKey: join(op.dir, INIT_LAYOUT.operatorSigningKey),
-        operatorJwt: join(op.dir, INIT_LAYOUT.operatorJwt),
-      },
+      nats: natsConfigSection(op, [server.url]),
       gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1m" },
       http: { listen: `127.0.0.1:${await freePort()}` },
     };

@@ -4,7 +4,6 @@ import assert from "node:assert/strict";
 import { mkdir, writeFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { parseConfig, type Config } from "../../src/config/config.ts";
-import { INIT_LAYOUT } from "../../src/cli/init.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt, signJwt, userClaims } from "../../src/nats/claims.ts";
 import { formatCreds } from "../../src/nats/creds.ts";
@@ -16,7 +15,13 @@ import { ManualClock } from "../../src/runtime/clock.ts";
 import { StatusFiles } from "../../src/store/status-files.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import { connectWithCreds, createTestOperator, watchStatus, type TestOperator } from "../support/operator.ts";
+import {
+  connectWithCreds,
+  createTestOperator,
+  natsConfigSection,
+  watchStatus,
+  type TestOperator,
+} from "../support/operator.ts";
 import { removeDir, tempDir, waitFor } from "../support/process.ts";
 
 const SECRET = "webhook-secret-for-tests";
@@ -93,12 +98,7 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
     await writeFile(join(dir, "secret"), SECRET);
     config = parseConfig(
       {
-        nats: {
-          servers: [server.url],
-          systemCreds: join(op.dir, INIT_LAYOUT.systemCreds),
-          operatorSigningKey: join(op.dir, INIT_LAYOUT.operatorSigningKey),
-          operatorJwt: join(op.dir, INIT_LAYOUT.operatorJwt),
-        },
+        nats: natsConfigSection(op, [server.url]),
         gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
         http: { listen: "127.0.0.1:0" },
       },

@@ -93,6 +93,16 @@ export function scopedUserCreds(acc: TestAccount, tags: string[]): Uint8Array {
   return new TextEncoder().encode(formatCreds(jwt, user));
 }
 
+/** The `nats` section of a natsbind.yaml that talks to `servers` as this operator. */
+export function natsConfigSection(op: TestOperator, servers: string[]): Record<string, unknown> {
+  return {
+    servers,
+    systemCreds: join(op.dir, INIT_LAYOUT.systemCreds),
+    operatorSigningKey: join(op.dir, INIT_LAYOUT.operatorSigningKey),
+    operatorJwt: join(op.dir, INIT_LAYOUT.operatorJwt),
+  };
+}
+
 export function connectWithCreds(servers: string | string[], creds: Uint8Array): Promise<NatsConnection> {
   return connect({
     servers,
