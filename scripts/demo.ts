@@ -211,6 +211,10 @@ spec:
       await until("the server's refusal", 5_000, async () => refused[0]);
       console.log(`refused: ${refused[0]}`);
       await nc.close();
+    } catch (err) {
+      // Show what natsbind said before the demo gives up.
+      console.error(logs.slice(-10).join("\n"));
+      throw err;
     } finally {
       await resolver.close();
     }

@@ -89,7 +89,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const reconciler = new BindingReconciler({
     bindings: lookup,
     projects: inventories,
-    keys: new DirectoryKeyStore(config.keys.directory),
+    keys: new DirectoryKeyStore(config.keys.directory, { owner: true }),
     resolver,
     statuses: new StatusFiles(config.state.directory),
     signer,

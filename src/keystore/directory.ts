@@ -48,13 +48,15 @@ export class DirectoryKeyStore implements KeyStore {
   readonly #accounts: string;
   // ensure() of one slot runs one at a time, so two reconciles never generate two account keys.
   readonly #locks = new Map<string, Promise<unknown>>();
-  // Slots per binding as this store last read or wrote them. One natsbind process owns a key
-  // directory, so after the first list() the files only change through this object.
-  readonly #cache = new Map<string, Map<string, StoredAccount>>();
+  // With `owner`, slots per binding as this store last read or wrote them: the process that owns
+  // a key directory is its only writer, so after the first list() the files change only through
+  // this object. Other readers (status tools, tests, the demo) must see the files as they are.
+  readonly #cache: Map<string, Map<string, StoredAccount>> | undefined;
 
-  constructor(dir: string) {
+  constructor(dir: string, opts: { owner?: boolean } = {}) {
     this.#seeds = new KeyDirectory(dir);
     this.#accounts = join(dir, "accounts");
+    this.#cache = opts.owner ? new Map() : undefined;
   }
 
   #bindingDir(binding: string): string {
@@ -86,7 +88,7 @@ export class DirectoryKeyStore implements KeyStore {
   }
 
   async list(binding: string): Promise<StoredAccount[]> {
-    let slots = this.#cache.get(binding);
+    let slots = this.#cache?.get(binding);
     if (!slots) {
       const dir = this.#bindingDir(binding);
       const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -105,7 +107,7 @@ export class DirectoryKeyStore implements KeyStore {
       };
       await Promise.all(Array.from({ length: Math.min(32, files.length) }, worker));
       slots = loaded;
-      this.#cache.set(binding, slots);
+      this.#cache?.set(binding, slots);
     }
     return [...slots.values()].sort(
       (a, b) =>
@@ -177,7 +179,7 @@ export class DirectoryKeyStore implements KeyStore {
     await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });
     const slot: StoredAccount = { ref: result.ref, account: result.account, roles: result.roles };
     await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
-    this.#cache.get(ref.binding)?.set(path, slot);
+    this.#cache?.get(ref.binding)?.set(path, slot);
     return result;
   }
 
@@ -187,7 +189,7 @@ export class DirectoryKeyStore implements KeyStore {
     if (!slot) return;
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
-    this.#cache.get(ref.binding)?.delete(path);
+    this.#cache?.get(ref.binding)?.delete(path);
     for (const pub of [slot.account, ...Object.values(slot.roles)]) await this.#seeds.remove(pub);
   }
 }

@@ -143,6 +143,25 @@ describe("DirectoryKeyStore", () => {
     assert.deepEqual(await filesUnder(dir), []);
   });
 
+  it("caches slots only for the owning process; a plain reader sees the files as they are", async () => {
+    const dir = freshDir();
+    const owner = new DirectoryKeyStore(dir, { owner: true });
+    const reader = new DirectoryKeyStore(dir);
+    assert.deepEqual(await reader.list(ref.binding), []);
+    assert.deepEqual(await owner.list(ref.binding), []);
+    const keys = await owner.ensure(ref, ["ci"]);
+    assert.deepEqual(
+      (await owner.list(ref.binding)).map((s) => s.account),
+      [keys.account],
+      "the owner's cache follows its own writes",
+    );
+    assert.deepEqual(
+      (await reader.list(ref.binding)).map((s) => s.account),
+      [keys.account],
+      "a reader that listed before the write still sees it",
+    );
+  });
+
   it("keeps hostile binding and environment names inside the directory", async () => {
     const dir = freshDir();
     const store = new DirectoryKeyStore(dir);
