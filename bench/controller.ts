@@ -20,14 +20,16 @@
  *     then a random sample of accounts is checked with NatsResolver.lookup(). Peak RSS of this
  *     process: sampled every 50 ms (process.memoryUsage().rss) and the kernel's high-water mark
  *     (VmHWM, reset through /proc/self/clear_refs just before the start); reported absolute and
- *     minus the RSS just before runController(). The simulator (10,000 projects, serving the
- *     listing) lives in this process too, so its share of the peak counts here.
+ *     minus the RSS just before runController(), for information. The simulator (10,000 projects,
+ *     serving the listing) lives in this process too, so its share of the peak counts here.
  * 1b. Cold start, controller in its own process (run last, the in-process controller stopped): the
  *     real CLI (`node src/cli/main.ts run --config FILE`) as a child, on fresh key/state/bindings
  *     directories, against the same server and simulator, with one binding on a second root group
  *     ("solo") of PROJECTS new projects. Time from spawn until every project's account JWT was seen
  *     in $SYS.REQ.CLAIMS.UPDATE on the wire; the child's peak RSS: VmHWM from /proc/<pid>/status
- *     just before SIGTERM, and VmRSS sampled every 100 ms. No simulator or bench memory in it.
+ *     just before SIGTERM, and VmRSS sampled every 100 ms. No simulator or bench memory in it. The
+ *     child gets NODE_FLAGS (src/cli/node-flags.ts), as from every launcher of natsbind; this is
+ *     where the RSS target is judged.
  *  2. Warm resync of the same unchanged projects, pushes must be 0:
  *     a. periodic resync in the running controller: the ManualClock is advanced past the resync
  *        interval, which fires the binding's requeue (drift check: the resolver-hash cache is
@@ -74,6 +76,7 @@ import { performance } from "node:perf_hooks";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { NatsBinding } from "../src/api/v1alpha1/types.ts";
 import { INIT_LAYOUT } from "../src/cli/init.ts";
+import { NODE_FLAGS } from "../src/cli/node-flags.ts";
 import { parseConfig, type Config } from "../src/config/config.ts";
 import { desiredAccount } from "../src/controllers/binding/plan.ts";
 import { GitbeakerGitLab } from "../src/gitlab/client.ts";
@@ -819,6 +822,7 @@ async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
     const child = (started.child = spawn(
       process.execPath,
       [
+        ...NODE_FLAGS,
         ...CHILD_NODE_ARGS,
         join(import.meta.dirname, "..", "src", "cli", "main.ts"),
         "run",
@@ -1207,9 +1211,7 @@ async function main(): Promise<void> {
   // --- report ---
   const coldPass = cold.allPushedMs < COLD_TARGET_MS;
   const rssPeakMb = Math.max(cold.rss.sampledPeakMb, cold.rss.hwmMb ?? 0);
-  const rssPass = rssPeakMb < RSS_TARGET_MB;
   const rssIncrementMb = rssPeakMb - cold.rss.baselineMb;
-  const rssIncrementPass = rssIncrementMb < RSS_TARGET_MB;
   log(`\n== 1. Cold start: ${fmt(PROJECTS)} projects, one binding on the root group, empty key store ==`);
   const cpuCell = (c: CpuUse): string =>
     `${fmtMs(c.nodeMs)} (sys ${fmtMs(c.nodeSysMs)}) / ${c.serverMs === undefined ? "n/a" : fmtMs(c.serverMs)}`;
@@ -1282,11 +1284,9 @@ async function main(): Promise<void> {
   );
   log(`target < ${fmt(COLD_TARGET_MS / 1000)} s: ${fmtMs(cold.allPushedMs)} -> ${verdict(coldPass)}`);
   log(
-    `target peak RSS < ${RSS_TARGET_MB} MB, absolute (whole process: controller + simulator + bench): ${fmt(rssPeakMb)} MB -> ${verdict(rssPass)}`,
-  );
-  log(
-    `target peak RSS < ${RSS_TARGET_MB} MB, increment over the RSS before runController() (the controller's share; ` +
-      `also holds what the simulator allocates to serve the listing): ${fmt(rssIncrementMb)} MB -> ${verdict(rssIncrementPass)}`,
+    `(info) peak RSS of this whole process (controller + simulator + bench, default V8 flags): ${fmt(rssPeakMb)} MB; ` +
+      `increment over the RSS before runController(): ${fmt(rssIncrementMb)} MB. The RSS target is judged in 1b, ` +
+      `on natsbind run alone, started with the flags natsbind's launchers pass (src/cli/node-flags.ts).`,
   );
 
   log(
@@ -1422,10 +1422,7 @@ async function main(): Promise<void> {
       ...cold,
       targetMs: COLD_TARGET_MS,
       pass: coldPass,
-      rssTargetMb: RSS_TARGET_MB,
-      rssPass,
       rssIncrementMb,
-      rssIncrementPass,
     },
     coldStartOwnProcess: solo,
     warmResync: {

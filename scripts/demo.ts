@@ -17,6 +17,7 @@ import { INIT_LAYOUT, initOperator } from "../src/cli/init.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { DirectoryKeyStore } from "../src/keystore/directory.ts";
 import { decodeJwt, signJwt, userClaims } from "../src/nats/claims.ts";
+import { NODE_FLAGS } from "../src/cli/node-flags.ts";
 import { formatCreds } from "../src/nats/creds.ts";
 import { NKeyPair } from "../src/nats/keys.ts";
 import { NatsResolver } from "../src/nats/resolver.ts";
@@ -51,7 +52,9 @@ async function until<T>(what: string, timeoutMs: number, check: () => Promise<T 
 
 function natsbind(args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [...NODE_FLAGS, MAIN, ...args], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     child.on("exit", (code) =>
@@ -137,7 +140,7 @@ spec:
     console.log(`binding ${BINDING}: group acme, one account per project, role ci`);
 
     say("natsbind run --config .cache/demo/natsbind.yaml");
-    const run = spawn(process.execPath, [MAIN, "run", "--config", configPath], {
+    const run = spawn(process.execPath, [...NODE_FLAGS, MAIN, "run", "--config", configPath], {
       stdio: ["ignore", "ignore", "pipe"],
     });
     children.push(run);

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=16
 /**
  * natsbind command line. Subcommands parse their own flags; errors print one line and exit 1 (2 for
  * usage errors). Nothing printed here ever contains a seed or creds.

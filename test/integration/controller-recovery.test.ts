@@ -7,6 +7,7 @@ import { appendFileSync } from "node:fs";
 import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { stringify } from "yaml";
+import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
@@ -176,7 +177,13 @@ describe("natsbind run recovers", { timeout: 240_000 }, () => {
     const start = () =>
       spawn(
         process.execPath,
-        [join(REPO_ROOT, "src", "cli", "main.ts"), "run", "--config", join(dir, "natsbind.yaml")],
+        [
+          ...NODE_FLAGS,
+          join(REPO_ROOT, "src", "cli", "main.ts"),
+          "run",
+          "--config",
+          join(dir, "natsbind.yaml"),
+        ],
         {
           stdio: "ignore",
         },
