@@ -26,13 +26,14 @@ export npm_config_audit := false
 TEST_UNIT := $(shell find test/unit -name '*.test.ts' 2>/dev/null | sort)
 TEST_INTEGRATION := $(shell find test/integration -name '*.test.ts' 2>/dev/null | sort)
 
-.PHONY: help node deps tools build lint fmt typecheck test test-unit test-integration bench demo clean
+.PHONY: help node deps tools build crds lint fmt typecheck test test-unit test-integration bench demo clean
 
 help:
 	@echo "make demo   - run natsbind locally against a real nats-server and show what it did"
 	@echo "make test   - install everything, lint, type-check and run all tests"
 	@echo "make bench  - benchmarks (medians, ratios against a baseline in the same run)"
 	@echo "make tools  - build nats-server, nsc, etcd, kube-apiserver into .cache/bin"
+	@echo "make crds   - regenerate crds/natsbinding.yaml from src/api/v1alpha1"
 
 $(NODE_DIR)/bin/node:
 	@echo "[node] system node is $(SYSTEM_NODE_MAJOR).x (< 22): installing Node $(NODE_VERSION) into $(NODE_DIR)"
@@ -53,6 +54,9 @@ tools:
 
 build: deps
 	tsc -p tsconfig.build.json
+
+crds: deps
+	node scripts/gen-crd.ts
 
 typecheck: deps
 	tsc -p tsconfig.json --noEmit
