@@ -29,6 +29,19 @@ export interface KubeApiserver {
   kubeConfig(): KubeConfig;
   /** Last output lines of etcd and kube-apiserver. */
   logs(): string;
+  /**
+   * Stops kube-apiserver only; etcd and its data stay. Until startApiserver(), clients see
+   * connection refused. No-op when already stopped. Default SIGTERM: a graceful stop that ends open
+   * watches within 1 s (SIGKILL after 15 s); `{ signal: "SIGKILL" }` is a crash, at once.
+   */
+  stopApiserver(opts?: { signal?: NodeJS.Signals }): Promise<void>;
+  /**
+   * Starts kube-apiserver again on the same port, etcd, certificates and token, and waits for
+   * /readyz. No-op when it is running.
+   */
+  startApiserver(): Promise<void>;
+  /** stopApiserver(opts) then startApiserver(): clients reconnect to the same URL and see the same data. */
+  restartApiserver(opts?: { signal?: NodeJS.Signals }): Promise<void>;
   /** Stops kube-apiserver, then etcd, and removes the temp dir. */
   stop(): Promise<void>;
 }
@@ -124,60 +137,80 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
     await mkdir(join(dir, "pki"), { recursive: true });
 
     etcd = await startEtcd(dir);
+    const etcdProc = etcd.proc;
+    const etcdUrl = etcd.url;
 
     const port = await freePort();
     const server = `https://127.0.0.1:${port}`;
+    const args = [
+      `--etcd-servers=${etcdUrl}`,
+      `--cert-dir=${join(dir, "pki")}`,
+      `--secure-port=${port}`,
+      "--bind-address=127.0.0.1",
+      "--advertise-address=127.0.0.1",
+      "--service-cluster-ip-range=10.0.0.0/24",
+      "--authorization-mode=RBAC",
+      `--service-account-issuer=${server}/`,
+      `--service-account-key-file=${saKeyFile}`,
+      `--service-account-signing-key-file=${saKeyFile}`,
+      `--token-auth-file=${tokenFile}`,
+      "--disable-admission-plugins=ServiceAccount",
+      "--endpoint-reconciler-type=none",
+      // Without it a graceful stop waits for open watches to end, i.e. until the SIGKILL 15 s later.
+      "--shutdown-watch-termination-grace-period=1s",
+      ...(opts.extraArgs ?? []),
+    ];
+
+    // Spawns kube-apiserver (same port, etcd, certs and token every time) and waits for /readyz.
+    const spawnApiserver = async (): Promise<ManagedProcess> => {
+      const proc = new ManagedProcess(toolBinary("kube-apiserver"), args, { name: "kube-apiserver" });
+      apiserver = proc;
+      try {
+        await waitFor(
+          async () => {
+            const res = await insecureGet(`${server}/readyz`, token);
+            if (res.status !== 200) {
+              const failing = res.body
+                .split("\n")
+                .filter((l) => l.startsWith("[-]"))
+                .join("; ");
+              throw new Error(`/readyz ${res.status}: ${failing || res.body.trim().slice(0, 300)}`);
+            }
+            return true;
+          },
+          {
+            what: `kube-apiserver /readyz on ${server}`,
+            timeoutMs: opts.readyTimeoutMs ?? 60_000,
+            intervalMs: 200,
+            failIf: () => proc.exitReason() ?? etcdProc.exitReason(),
+          },
+        );
+      } catch (err) {
+        const error = proc.error(err instanceof Error ? err.message : String(err), err);
+        await proc.stop({ timeoutMs: 5_000 });
+        throw error;
+      }
+      return proc;
+    };
+
     const started = Date.now();
-    const proc = new ManagedProcess(
-      toolBinary("kube-apiserver"),
-      [
-        `--etcd-servers=${etcd.url}`,
-        `--cert-dir=${join(dir, "pki")}`,
-        `--secure-port=${port}`,
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--authorization-mode=RBAC",
-        `--service-account-issuer=${server}/`,
-        `--service-account-key-file=${saKeyFile}`,
-        `--service-account-signing-key-file=${saKeyFile}`,
-        `--token-auth-file=${tokenFile}`,
-        "--disable-admission-plugins=ServiceAccount",
-        "--endpoint-reconciler-type=none",
-        ...(opts.extraArgs ?? []),
-      ],
-      { name: "kube-apiserver" },
-    );
-    apiserver = proc;
-    try {
-      await waitFor(
-        async () => {
-          const res = await insecureGet(`${server}/readyz`, token);
-          if (res.status !== 200) {
-            const failing = res.body
-              .split("\n")
-              .filter((l) => l.startsWith("[-]"))
-              .join("; ");
-            throw new Error(`/readyz ${res.status}: ${failing || res.body.trim().slice(0, 300)}`);
-          }
-          return true;
-        },
-        {
-          what: `kube-apiserver /readyz on ${server}`,
-          timeoutMs: opts.readyTimeoutMs ?? 60_000,
-          intervalMs: 200,
-          failIf: () => proc.exitReason() ?? etcd?.proc.exitReason(),
-        },
-      );
-    } catch (err) {
-      throw proc.error(err instanceof Error ? err.message : String(err), err);
-    }
+    let proc: ManagedProcess | undefined = await spawnApiserver();
     const startupMs = Date.now() - started;
-    const etcdProc = etcd.proc;
+
+    const stopApiserver = async (stopOpts: { signal?: NodeJS.Signals } = {}): Promise<void> => {
+      const running = proc;
+      proc = undefined;
+      await running?.stop({ timeoutMs: 15_000, signal: stopOpts.signal });
+    };
+    const startApiserver = async (): Promise<void> => {
+      if (proc) return;
+      proc = await spawnApiserver();
+    };
+
     return {
       server,
       token,
-      etcdUrl: etcd.url,
+      etcdUrl,
       dir,
       startupMs,
       kubeConfig() {
@@ -188,9 +221,17 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
         );
         return kc;
       },
-      logs: () => `=== kube-apiserver ===\n${proc.logs()}\n=== etcd ===\n${etcdProc.logs()}`,
+      // The last kube-apiserver started, also after a stop: its output says why it ended.
+      logs: () => `=== kube-apiserver ===\n${apiserver?.logs() ?? ""}\n=== etcd ===\n${etcdProc.logs()}`,
+      stopApiserver,
+      startApiserver,
+      async restartApiserver(stopOpts) {
+        await stopApiserver(stopOpts);
+        await startApiserver();
+      },
       async stop() {
-        await proc.stop({ timeoutMs: 15_000 });
+        await stopApiserver();
+        await apiserver?.stop({ timeoutMs: 15_000 });
         await etcdProc.stop();
         await removeDir(dir);
       },
