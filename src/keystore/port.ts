@@ -4,8 +4,8 @@
  * account's life: renames and transfers never change them.
  *
  * Contract: ensure() returns only after every key it hands out is durable, so a JWT naming a key
- * is never pushed before the key is saved. Adapters: directory (local mode); Kubernetes Secrets
- * (planned).
+ * is never pushed before the key is saved. Adapters: directory (local mode, src/keystore/directory.ts);
+ * Kubernetes Secrets (src/k8s/secret-keystore.ts).
  */
 import type { NKeyPair } from "../nats/keys.ts";
 
@@ -42,6 +42,12 @@ export interface KeyStore {
   ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys>;
   /** Deletes the slot and its seeds. Idempotent. */
   remove(ref: AccountRef): Promise<void>;
+  /**
+   * The binding is gone but its accounts are retained: detach its slots from it so nothing that
+   * follows the binding's deletion (Kubernetes garbage collection of owned Secrets) takes the keys.
+   * Stores whose slots do not depend on the binding's existence leave this out.
+   */
+  release?(binding: string): Promise<unknown>;
 }
 
 export function refKey(ref: AccountRef): string {

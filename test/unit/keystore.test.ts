@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import { mkdtemp, readFile, readdir, rm, writeFile, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
+import { createHash } from "node:crypto";
 import { DirectoryKeyStore, KeyStoreError } from "../../src/keystore/directory.ts";
+import { accountSecretLabels, accountSecretName, labelValue } from "../../src/k8s/secret-keystore.ts";
+import { keyStoreContract } from "../support/keystore-contract.ts";
 
 let root: string;
 let n = 0;
@@ -27,50 +30,40 @@ async function filesUnder(dir: string): Promise<string[]> {
 describe("DirectoryKeyStore", () => {
   const ref = { binding: "natsbind/acme-ci", projectId: 42 };
 
-  it("generates the account and role keys once, persists them, and hands the same keys back", async () => {
+  describe("as a plain reader", () => {
+    keyStoreContract({
+      async fresh() {
+        const dir = freshDir();
+        return {
+          store: new DirectoryKeyStore(dir),
+          reopen: async () => new DirectoryKeyStore(dir),
+          bindings: ["natsbind/acme-ci", "natsbind/other"],
+        };
+      },
+    });
+  });
+
+  describe("as the owner of its directory (natsbind run)", () => {
+    keyStoreContract({
+      async fresh() {
+        const dir = freshDir();
+        return {
+          store: new DirectoryKeyStore(dir, { owner: true }),
+          reopen: async () => new DirectoryKeyStore(dir, { owner: true }),
+          bindings: ["natsbind/acme-ci", "natsbind/other"],
+        };
+      },
+    });
+  });
+
+  it("writes three seed files for an account with two roles, and nothing when the keys exist", async () => {
     const dir = freshDir();
     const store = new DirectoryKeyStore(dir);
-    const first = await store.ensure(ref, ["ci", "deploy"]);
-    assert.equal(first.accountKey.publicKey, first.account);
-    assert.deepEqual(Object.keys(first.roles).sort(), ["ci", "deploy"]);
+    await store.ensure(ref, ["ci", "deploy"]);
     const files = await filesUnder(dir);
     assert.equal(files.filter((f) => f.endsWith(".nk")).length, 3);
-
-    const reopened = new DirectoryKeyStore(dir);
-    const again = await reopened.ensure(ref, ["ci", "deploy"]);
-    assert.equal(again.account, first.account);
-    assert.deepEqual(again.roles, first.roles);
+    await new DirectoryKeyStore(dir).ensure(ref, ["ci", "deploy"]);
     assert.deepEqual(await filesUnder(dir), files, "nothing new written");
-    assert.equal((await reopened.get(ref))?.roleKeys.get("ci")?.publicKey, first.roles.ci);
-  });
-
-  it("adds a missing role key without touching the others, and keeps roles no longer listed", async () => {
-    const store = new DirectoryKeyStore(freshDir());
-    const first = await store.ensure(ref, ["ci"]);
-    const second = await store.ensure(ref, ["ci", "deploy"]);
-    assert.equal(second.account, first.account);
-    assert.equal(second.roles.ci, first.roles.ci);
-    assert.ok(second.roles.deploy);
-    const third = await store.ensure(ref, ["deploy"]);
-    assert.deepEqual(third.roles, second.roles);
-  });
-
-  it("keeps project and environment slots apart and lists a binding's slots in order", async () => {
-    const store = new DirectoryKeyStore(freshDir());
-    const prod = await store.ensure({ ...ref, environment: "production" }, ["ci"]);
-    const staging = await store.ensure({ ...ref, environment: "staging" }, ["ci"]);
-    const other = await store.ensure({ ...ref, projectId: 7 }, ["ci"]);
-    await store.ensure({ binding: "natsbind/other", projectId: 1 }, ["ci"]);
-    assert.notEqual(prod.account, staging.account);
-    assert.deepEqual(
-      (await store.list(ref.binding)).map((s) => [s.ref.projectId, s.ref.environment, s.account]),
-      [
-        [7, undefined, other.account],
-        [42, "production", prod.account],
-        [42, "staging", staging.account],
-      ],
-    );
-    assert.equal(await store.get(ref), undefined);
   });
 
   it("writes seeds 0600 and slot files without secrets", async () => {
@@ -88,13 +81,6 @@ describe("DirectoryKeyStore", () => {
         assert.deepEqual(JSON.parse(text), { ref, account: keys.account, roles: keys.roles });
       }
     }
-  });
-
-  it("never lets two concurrent ensures of one slot create two account keys", async () => {
-    const store = new DirectoryKeyStore(freshDir());
-    const results = await Promise.all(Array.from({ length: 10 }, () => store.ensure(ref, ["ci"])));
-    assert.equal(new Set(results.map((r) => r.account)).size, 1);
-    assert.equal(new Set(results.map((r) => r.roles.ci)).size, 1);
   });
 
   it("after a crash between seed and slot writes, starts fresh; a slot with a lost seed is an error", async () => {
@@ -133,7 +119,7 @@ describe("DirectoryKeyStore", () => {
     await assert.rejects(store.get(ref), /is not JSON/);
   });
 
-  it("removes a slot and its seeds, idempotently", async () => {
+  it("removes the slot file and its seeds", async () => {
     const dir = freshDir();
     const store = new DirectoryKeyStore(dir);
     await store.ensure(ref, ["ci"]);
@@ -168,5 +154,74 @@ describe("DirectoryKeyStore", () => {
     await store.ensure({ binding: "../../etc/evil", projectId: 1, environment: "../../x y" }, ["ci"]);
     for (const file of await filesUnder(dir)) assert.ok(!file.startsWith(".."), file);
     assert.equal((await store.list("../../etc/evil")).length, 1);
+  });
+});
+
+describe("accountSecretName and the Secret labels (Kubernetes key store)", () => {
+  const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+  const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+  const h8 = (v: string): string => createHash("sha256").update(v).digest("hex").slice(0, 8);
+
+  it("names project slots nb-<binding>-<project> and environment slots with a readable part and a hash", () => {
+    assert.equal(accountSecretName({ binding: "ns/acme-ci", projectId: 42 }), "nb-acme-ci-42");
+    assert.equal(
+      accountSecretName({ binding: "ns/acme-ci", projectId: 42, environment: "production" }),
+      `nb-acme-ci-42-production-${h8("production")}`,
+    );
+    assert.equal(
+      accountSecretName({ binding: "ns/acme-ci", projectId: 42, environment: "Review/Feature_X 1" }),
+      `nb-acme-ci-42-review-feature-x-1-${h8("Review/Feature_X 1")}`,
+    );
+    assert.equal(
+      accountSecretName({ binding: "ns/acme-ci", projectId: 42, environment: "ü" }),
+      `nb-acme-ci-42-${h8("ü")}`,
+    );
+  });
+
+  it("stays a DNS subdomain of at most 253 characters, and distinct, for the longest names", () => {
+    const long = (c: string): string =>
+      `${c.repeat(60)}.${"b".repeat(60)}.${"c".repeat(60)}.${"d".repeat(69)}`;
+    const env = `${"E".repeat(200)}!${"x".repeat(54)}`;
+    const names = new Set<string>();
+    for (const binding of [`ns/${long("a")}`, `ns/${long("a")}x`, `ns/${long("z")}`]) {
+      for (const environment of [undefined, env, `${env}2`, "-"]) {
+        const name = accountSecretName({ binding, projectId: Number.MAX_SAFE_INTEGER, environment });
+        assert.ok(name.length <= 253, `${name.length}`);
+        assert.match(name, DNS_SUBDOMAIN);
+        names.add(name);
+      }
+    }
+    assert.equal(names.size, 12);
+  });
+
+  it("labels with the binding, project and environment, hashing values that are not label values", () => {
+    assert.deepEqual(
+      accountSecretLabels({ binding: "ns/acme-ci", projectId: 42, environment: "prod_1.eu" }),
+      {
+        "app.kubernetes.io/managed-by": "natsbind",
+        "natsbind.io/binding": "acme-ci",
+        "natsbind.io/project-id": "42",
+        "natsbind.io/environment": "prod_1.eu",
+      },
+    );
+    const longBinding = "b".repeat(100);
+    for (const value of ["Prod EU/1", "-x-", "é", longBinding, "a".repeat(63) + "b", ""]) {
+      const label = labelValue(value);
+      assert.ok(label.length <= 63 && LABEL_VALUE.test(label), `${value} -> ${label}`);
+      if (value !== "") assert.ok(label.endsWith(h8(value)), `${value} -> ${label}`);
+    }
+    assert.equal(labelValue("Prod EU/1"), `Prod-EU-1-${h8("Prod EU/1")}`);
+    assert.equal(
+      accountSecretLabels({ binding: `ns/${longBinding}`, projectId: 1 })["natsbind.io/binding"],
+      labelValue(longBinding),
+    );
+  });
+
+  it("refuses a binding key without a namespace", () => {
+    assert.throws(() => accountSecretName({ binding: "acme-ci", projectId: 1 }), KeyStoreError);
+    assert.throws(
+      () => accountSecretName({ binding: "ns/Not_A_Name", projectId: 1 }),
+      /is not "namespace\/name"/,
+    );
   });
 });
