@@ -1,6 +1,9 @@
 /**
- * Composition root of `natsbind run` (local mode): config -> adapters -> controller -> HTTP ->
- * graceful stop. Everything that talks to the outside world is built here and nowhere else.
+ * Composition root of `natsbind run`: config -> adapters -> controller -> HTTP -> graceful stop.
+ * Everything that talks to the outside world is built here (local mode) or in src/k8s/mode.ts
+ * (Kubernetes mode) and nowhere else. Both modes share the GitLab inventories, the work queue, the
+ * binding reconciler and the HTTP listener; they differ in where bindings, keys and status live,
+ * and Kubernetes mode reconciles only while it holds the leader lease.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { readSecretFile, type Config } from "./config/config.ts";
@@ -8,18 +11,22 @@ import {
   BindingReconciler,
   type BindingEntry,
   type BindingLookup,
+  type ReconcilerEvents,
 } from "./controllers/binding/reconciler.ts";
 import { ProjectInventories } from "./controllers/binding/projects.ts";
 import { NatsbindError } from "./errors.ts";
 import { GitbeakerGitLab } from "./gitlab/client.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
+import { startKubernetesMode } from "./k8s/mode.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectResolver } from "./nats/from-config.ts";
+import type { AccountResolver } from "./nats/resolver.ts";
+import type { KeyPair } from "@nats-io/nkeys";
 import { createLogger, type Logger } from "./observability/logger.ts";
 import { Registry, metricsHandler } from "./observability/metrics.ts";
 import { systemClock, type Clock } from "./runtime/clock.ts";
-import { Controller } from "./runtime/controller.ts";
+import { Controller, type Reconciler } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
 import { StatusFiles } from "./store/status-files.ts";
@@ -30,6 +37,8 @@ export interface RunOptions {
   clock?: Clock;
   log?: Logger;
   workers?: number;
+  /** Kubernetes mode: this replica's name in the Lease and in Events (default: host name + random). */
+  identity?: string;
   /** Called after every reconcile: for tests and the demo. */
   onReconciled?: (key: string, outcome: string) => void;
   /** Called when an account was pushed: for tests and the demo. */
@@ -38,6 +47,35 @@ export interface RunOptions {
 
 export interface RunningController {
   url: string;
+  stop(): Promise<void>;
+  /**
+   * Resolves with a reason when natsbind stopped reconciling on its own (Kubernetes: the leader
+   * lease was lost); `natsbind run` then exits non-zero so the pod restarts as a follower.
+   */
+  stopped: Promise<string>;
+}
+
+/** What runController hands a mode: the parts both modes share. */
+export interface ModeContext {
+  config: Config;
+  clock: Clock;
+  log: Logger;
+  opts: RunOptions;
+  queue: WorkQueue<string>;
+  inventories: ProjectInventories;
+  resolver: AccountResolver;
+  signer: KeyPair;
+  events: ReconcilerEvents;
+  metrics: Registry;
+  /** Builds and starts the controller around a reconciler; returns its stop. */
+  startController(reconciler: Reconciler<string>): { stop(): Promise<void> };
+  /** Called by the mode when it starts or stops reconciling (webhooks are taken only while it does). */
+  setReconciling(on: boolean): void;
+  /** Called by the mode when it stopped on its own. */
+  stoppedOnItsOwn(reason: string): void;
+}
+
+export interface RunningMode {
   stop(): Promise<void>;
 }
 
@@ -64,20 +102,6 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const pushes = metrics.counter({ name: "natsbind_account_pushes_total", help: "Account JWTs pushed." });
   const deletes = metrics.counter({ name: "natsbind_account_deletes_total", help: "Accounts deleted." });
 
-  const files = new BindingFiles(config.bindings.directory);
-  let snapshot: BindingSnapshot = await files.scan();
-  const lookup: BindingLookup = {
-    get(key): BindingEntry | undefined {
-      const valid = snapshot.bindings.get(key);
-      if (valid) return { kind: "valid", binding: valid.binding, generation: valid.generation };
-      const invalid = snapshot.invalid.find((i) => i.key === key);
-      return invalid
-        ? { kind: "invalid", message: `${invalid.source}: ${invalid.message}`, generation: 0 }
-        : undefined;
-    },
-    validKeys: () => [...snapshot.bindings.keys()],
-  };
-
   const queue = new WorkQueue<string>({ name: "bindings", clock });
   const inventories = new ProjectInventories({
     gitlab,
@@ -86,49 +110,34 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     onChange: (keys) => keys.forEach((k) => queue.add(k)),
     onError: (err, what) => log.warn({ err }, `gitlab inventory: ${what}`),
   });
-  const reconciler = new BindingReconciler({
-    bindings: lookup,
-    projects: inventories,
-    keys: new DirectoryKeyStore(config.keys.directory, { owner: true }),
-    resolver,
-    statuses: new StatusFiles(config.state.directory),
-    signer,
-    clock,
-    driftCheckMs: config.gitlab.resyncInterval,
-    events: {
-      pushed: (key, account, ref) => {
-        pushes.inc();
-        log.info({ binding: key, account, projectId: ref.projectId }, "account pushed");
-        opts.onPushed?.(key, account, ref.projectId);
-      },
-      deleted: (key, account, ref) => {
-        deletes.inc();
-        log.info({ binding: key, account, projectId: ref.projectId }, "account deleted");
-      },
+  const events: ReconcilerEvents = {
+    pushed: (key, account, ref) => {
+      pushes.inc();
+      log.info({ binding: key, account, projectId: ref.projectId }, "account pushed");
+      opts.onPushed?.(key, account, ref.projectId);
     },
-  });
-  const controller = new Controller<string>({
-    name: "binding",
-    reconciler,
-    queue,
-    workers: opts.workers ?? 2,
-    clock,
-    log,
-    onResult: (key, outcome) => {
-      reconciles.labels({ outcome: outcome.kind }).inc();
-      opts.onReconciled?.(key, outcome.kind);
+    deleted: (key, account, ref) => {
+      deletes.inc();
+      log.info({ binding: key, account, projectId: ref.projectId }, "account deleted");
     },
-  });
+  };
 
+  let reconciling = false;
   const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {
     "/metrics": metricsHandler(metrics),
   };
   if (webhookSecret) {
-    routes[WEBHOOK_PATH] = createWebhookHandler({
+    const handler = createWebhookHandler({
       secretToken: webhookSecret,
       onSignal: (signal) => void inventories.handle(signal),
       log,
     });
+    // A replica that does not reconcile (not the leader) refuses deliveries rather than drop them.
+    routes[WEBHOOK_PATH] = (req, res) => {
+      if (reconciling) return handler(req, res);
+      res.writeHead(503, { "content-type": "application/json", "retry-after": "5" });
+      res.end(JSON.stringify({ message: "this natsbind replica is not the leader" }));
+    };
   }
   const [host, port] = [
     config.http.listen.slice(0, config.http.listen.lastIndexOf(":")).replace(/^\[|\]$/g, ""),
@@ -142,6 +151,99 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     readiness: () => ready,
   });
 
+  let stoppedOnItsOwn!: (reason: string) => void;
+  const stopped = new Promise<string>((resolve) => (stoppedOnItsOwn = resolve));
+  const ctx: ModeContext = {
+    config,
+    clock,
+    log,
+    opts,
+    queue,
+    inventories,
+    resolver,
+    signer,
+    events,
+    metrics,
+    startController(reconciler) {
+      const controller = new Controller<string>({
+        name: "binding",
+        reconciler,
+        queue,
+        workers: opts.workers ?? 2,
+        clock,
+        log,
+        onResult: (key, outcome) => {
+          reconciles.labels({ outcome: outcome.kind }).inc();
+          opts.onReconciled?.(key, outcome.kind);
+        },
+      });
+      controller.start();
+      inventories.start();
+      return {
+        async stop() {
+          inventories.stop();
+          await controller.stop();
+        },
+      };
+    },
+    setReconciling(on) {
+      reconciling = on;
+    },
+    stoppedOnItsOwn: (reason) => stoppedOnItsOwn(reason),
+  };
+
+  let mode: RunningMode;
+  try {
+    mode = config.mode === "kubernetes" ? await startKubernetesMode(ctx) : await startLocalMode(ctx);
+  } catch (err) {
+    await http.close();
+    await resolver.close();
+    throw err;
+  }
+  ready = true;
+  log.info({ url: http.url, mode: config.mode }, "natsbind running");
+
+  return {
+    url: http.url,
+    stopped,
+    async stop() {
+      ready = false;
+      reconciling = false;
+      await mode.stop();
+      await http.close();
+      await resolver.close();
+      log.info({}, "natsbind stopped");
+    },
+  };
+}
+
+/** Local mode: bindings from a directory of YAML files, keys in a directory, status files. */
+async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
+  const { config, queue, inventories } = ctx;
+  const files = new BindingFiles(config.bindings.directory);
+  let snapshot: BindingSnapshot = await files.scan();
+  const lookup: BindingLookup = {
+    get(key): BindingEntry | undefined {
+      const valid = snapshot.bindings.get(key);
+      if (valid) return { kind: "valid", binding: valid.binding, generation: valid.generation };
+      const invalid = snapshot.invalid.find((i) => i.key === key);
+      return invalid
+        ? { kind: "invalid", message: `${invalid.source}: ${invalid.message}`, generation: 0 }
+        : undefined;
+    },
+    validKeys: () => [...snapshot.bindings.keys()],
+  };
+  const reconciler = new BindingReconciler({
+    bindings: lookup,
+    projects: inventories,
+    keys: new DirectoryKeyStore(config.keys.directory, { owner: true }),
+    resolver: ctx.resolver,
+    statuses: new StatusFiles(config.state.directory),
+    signer: ctx.signer,
+    clock: ctx.clock,
+    driftCheckMs: config.gitlab!.resyncInterval,
+    events: ctx.events,
+  });
   // The watcher scanned already: take its snapshot rather than reading the directory again.
   const watcher = files.watch((keys, scanned) => {
     snapshot = scanned;
@@ -150,30 +252,22 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       queue.add(key);
     }
   });
-  controller.start();
-  inventories.start();
+  const controller = ctx.startController(reconciler);
+  ctx.setReconciling(true);
   for (const key of [
     ...snapshot.bindings.keys(),
     ...snapshot.invalid.flatMap((i) => (i.key ? [i.key] : [])),
   ]) {
     queue.add(key);
   }
-  ready = true;
-  log.info(
-    { url: http.url, bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },
-    "natsbind running",
+  ctx.log.info(
+    { bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },
+    "local bindings loaded",
   );
-
   return {
-    url: http.url,
     async stop() {
-      ready = false;
       watcher.close();
-      inventories.stop();
       await controller.stop();
-      await http.close();
-      await resolver.close();
-      log.info({}, "natsbind stopped");
     },
   };
 }

@@ -1,6 +1,7 @@
-/** `natsbind run` and `natsbind status` (local mode). */
+/** `natsbind run` (local or Kubernetes mode) and `natsbind status` (local mode). */
 import { parseArgs } from "node:util";
 import { loadConfig } from "../config/config.ts";
+import { NatsbindError } from "../errors.ts";
 import { runController } from "../main.ts";
 import { StatusFiles } from "../store/status-files.ts";
 
@@ -8,16 +9,25 @@ export async function runCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: "string", default: "natsbind.yaml" } } });
   const config = await loadConfig(values.config);
   const running = await runController(config);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off("SIGTERM", stop);
-      process.off("SIGINT", stop);
-      void running.stop().then(resolve, resolve);
+  const lost = await new Promise<string | undefined>((resolve) => {
+    const stop = (reason?: string): void => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      void running.stop().then(
+        () => resolve(reason),
+        () => resolve(reason),
+      );
     };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
+    const onSignal = (): void => stop();
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+    void running.stopped.then((reason) => stop(reason));
   });
+  // Stopped on its own (lost the leader lease): exit non-zero so Kubernetes restarts the container.
+  if (lost !== undefined) throw new RunStoppedError(`natsbind stopped: ${lost}`);
 }
+
+export class RunStoppedError extends NatsbindError {}
 
 function pad(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));

@@ -36,6 +36,10 @@ const listenAddress = z
   .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be "host:port", e.g. "127.0.0.1:8080"')
   .refine((v) => Number(v.slice(v.lastIndexOf(":") + 1)) <= 65535, "port must be <= 65535");
 
+const dnsLabel = z
+  .string()
+  .regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, "must be a DNS label (lower-case letters, digits, '-')");
+
 const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
@@ -62,6 +66,34 @@ const ConfigSchema = z.strictObject({
       requestTimeout: duration(100, 300_000).default(30_000),
     })
     .optional(),
+  /** Kubernetes mode: where NatsBindings are watched and how replicas elect a leader. */
+  kubernetes: z
+    .strictObject({
+      /** Kubeconfig file; absent: the pod's service account (or $KUBECONFIG, as client-node does). */
+      kubeconfig: z.string().min(1).optional(),
+      /** Watch NatsBindings (and their Secrets) in this namespace only; absent: every namespace. */
+      namespace: dnsLabel.optional(),
+      leaderElection: z
+        .strictObject({
+          enabled: z.boolean().default(true),
+          /** Namespace and name of the coordination.k8s.io Lease. */
+          namespace: dnsLabel.default("natsbind"),
+          name: dnsLabel.default("natsbind"),
+          leaseDuration: duration(1_000, 600_000).default(15_000),
+          renewDeadline: duration(500, 600_000).default(10_000),
+          retryPeriod: duration(100, 600_000).default(2_000),
+        })
+        .refine((l) => l.leaseDuration > l.renewDeadline, {
+          message: "leaseDuration must be longer than renewDeadline",
+          path: ["leaseDuration"],
+        })
+        .refine((l) => l.renewDeadline > l.retryPeriod * 1.2, {
+          message: "renewDeadline must be longer than 1.2 x retryPeriod",
+          path: ["renewDeadline"],
+        })
+        .prefault({}),
+    })
+    .prefault({}),
   bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
   /** Local mode: status files, one per binding (what `natsbind status` reads). */
@@ -90,6 +122,10 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
       systemCreds: at(config.nats.systemCreds),
       operatorSigningKey: at(config.nats.operatorSigningKey),
       ...(config.nats.operatorJwt ? { operatorJwt: at(config.nats.operatorJwt) } : {}),
+    },
+    kubernetes: {
+      ...config.kubernetes,
+      ...(config.kubernetes.kubeconfig ? { kubeconfig: at(config.kubernetes.kubeconfig) } : {}),
     },
     bindings: { directory: at(config.bindings.directory) },
     keys: { directory: at(config.keys.directory) },

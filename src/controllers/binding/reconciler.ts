@@ -30,7 +30,12 @@ import {
 
 export type BindingEntry =
   | { kind: "valid"; binding: NatsBinding; generation: number }
-  | { kind: "invalid"; message: string; generation: number };
+  | { kind: "invalid"; message: string; generation: number }
+  /**
+   * Being deleted (Kubernetes: deletionTimestamp set, our finalizer still on it). `spec` is the
+   * object's own spec when valid; otherwise the last valid spec seen applies, or nothing is deleted.
+   */
+  | { kind: "deleting"; spec?: NatsBinding["spec"] };
 
 /** Where bindings come from (files in local mode, the informer in Kubernetes mode). */
 export interface BindingLookup {
@@ -119,6 +124,7 @@ export class BindingReconciler implements Reconciler<string> {
   async reconcile(key: string): Promise<ReconcileResult> {
     const entry = this.#o.bindings.get(key);
     if (!entry) return this.#bindingGone(key);
+    if (entry.kind === "deleting") return this.#bindingGone(key, entry.spec);
     if (entry.kind === "invalid") {
       await this.#writeStatus(key, entry.generation, [
         { type: CONDITION.Ready, status: "False", reason: REASON.InvalidSpec, message: entry.message },
@@ -265,14 +271,20 @@ export class BindingReconciler implements Reconciler<string> {
   }
 
   /** The binding is gone: apply its last known deletionPolicy (Retain when unknown). */
-  async #bindingGone(key: string): Promise<ReconcileResult> {
-    const spec = this.#lastSpec.get(key);
+  /**
+   * The binding is gone (or being deleted): apply its deletionPolicy. The last spec is forgotten
+   * only once that succeeded, so a failed removal is retried with the same policy.
+   */
+  async #bindingGone(key: string, spec = this.#lastSpec.get(key)): Promise<ReconcileResult> {
+    if (spec?.deletionPolicy === "Delete") {
+      for (const slot of await this.#o.keys.list(key)) await this.#removeAccount(key, slot);
+    } else {
+      // Retain, or a policy never seen: the accounts stay, and so must their keys.
+      await this.#o.keys.release?.(key);
+    }
     this.#lastSpec.delete(key);
     this.#statuses.delete(key);
     this.#memo.delete(key);
-    if (spec?.deletionPolicy === "Delete") {
-      for (const slot of await this.#o.keys.list(key)) await this.#removeAccount(key, slot);
-    }
     await this.#o.statuses.remove(key);
   }
 

@@ -1,0 +1,245 @@
+/**
+ * Kubernetes mode: NatsBindings and account Secrets from informers, status through the status
+ * subresource, Events, the natsbind.io/cleanup finalizer, and leader election. Informers run on
+ * every replica (a new leader starts with a warm cache); only the leader reconciles, and every
+ * write it makes passes a fence that turns false the moment the lease cannot be renewed in time.
+ * A replica that loses the lease stops reconciling at once and reports it; `natsbind run` then
+ * exits so the pod restarts as a follower (as client-go controllers do).
+ */
+import { hostname } from "node:os";
+import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
+import { BindingReconciler } from "../controllers/binding/reconciler.ts";
+import type { ModeContext, RunningMode } from "../main.ts";
+import { systemClock } from "../runtime/clock.ts";
+import type { ReconcileResult, Reconciler } from "../runtime/controller.ts";
+import { LeaderElector, leaseClient } from "../runtime/leader.ts";
+import {
+  GROUP,
+  PLURAL,
+  VERSION,
+  KubeBindings,
+  bindingKeyOf,
+  isDeleting,
+  splitBindingKey,
+  type NatsBindingObject,
+} from "./bindings.ts";
+import { EventRecorder } from "./events.ts";
+import { fencedKeyStore, fencedResolver, type Fence } from "./fence.ts";
+import { FinalizerStep } from "./finalizer.ts";
+import { Informer } from "./informer.ts";
+import { SecretKeyStore, bindingKeyOfSecret } from "./secret-keystore.ts";
+import { KubeStatusWriter } from "./status.ts";
+
+export function kubeConfigFrom(path: string | undefined): KubeConfig {
+  const kc = new KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else kc.loadFromDefault();
+  return kc;
+}
+
+/** Events about pushes and deletions, one per reconcile and kind rather than one per account. */
+class AccountEvents {
+  readonly #recorder: EventRecorder;
+  readonly #bindings: KubeBindings;
+  readonly pending = new Map<string, { pushed: number[]; deleted: number[] }>();
+
+  constructor(recorder: EventRecorder, bindings: KubeBindings) {
+    this.#recorder = recorder;
+    this.#bindings = bindings;
+  }
+
+  note(key: string, kind: "pushed" | "deleted", projectId: number): void {
+    let p = this.pending.get(key);
+    if (!p) this.pending.set(key, (p = { pushed: [], deleted: [] }));
+    p[kind].push(projectId);
+  }
+
+  /** `inner`, flushing the events noted during each of its reconciles. */
+  around(inner: Reconciler<string>): Reconciler<string> {
+    return {
+      reconcile: async (key: string, signal: AbortSignal): Promise<ReconcileResult> => {
+        try {
+          return await inner.reconcile(key, signal);
+        } finally {
+          this.#flush(key);
+        }
+      },
+    };
+  }
+
+  #flush(key: string): void {
+    const p = this.pending.get(key);
+    this.pending.delete(key);
+    if (!p) return;
+    const { namespace, name } = splitBindingKey(key);
+    const uid = this.#bindings.object(key)?.metadata?.uid;
+    const target = { namespace, name, ...(uid ? { uid } : {}) };
+    const list = (ids: number[]): string =>
+      `${ids.slice(0, 10).join(", ")}${ids.length > 10 ? ` and ${ids.length - 10} more` : ""}`;
+    if (p.pushed.length > 0) {
+      this.#recorder.normal(
+        target,
+        "AccountsPushed",
+        `${p.pushed.length} account(s) pushed to the NATS resolver (GitLab project ids ${list(p.pushed)})`,
+      );
+    }
+    if (p.deleted.length > 0) {
+      this.#recorder.normal(
+        target,
+        "AccountsDeleted",
+        `${p.deleted.length} account(s) deleted from the NATS resolver (GitLab project ids ${list(p.deleted)})`,
+      );
+    }
+  }
+}
+
+export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode> {
+  const { config, log, queue, inventories } = ctx;
+  const k = config.kubernetes;
+  const kc = kubeConfigFrom(k.kubeconfig);
+  const customObjects = kc.makeApiClient(CustomObjectsApi);
+  const core = kc.makeApiClient(CoreV1Api);
+  const identity = ctx.opts.identity ?? `${hostname()}_${process.pid}`;
+  const klog = log.child({ identity });
+
+  const bindingInformer = new Informer<NatsBindingObject>({
+    kubeConfig: kc,
+    path: k.namespace
+      ? `/apis/${GROUP}/${VERSION}/namespaces/${k.namespace}/${PLURAL}`
+      : `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+    name: "natsbindings",
+    clock: systemClock,
+    log: klog,
+  });
+  const secretInformer: Informer<V1Secret> = SecretKeyStore.informer({
+    kubeConfig: kc,
+    ...(k.namespace ? { namespace: k.namespace } : {}),
+    clock: systemClock,
+    log: klog,
+  });
+  const bindings = new KubeBindings(bindingInformer);
+
+  // Watch events only say "look at this key": level-based, the reconcile re-reads everything.
+  bindingInformer.onEvent((type, obj, old) => {
+    const key = bindingKeyOf(obj);
+    if (type === "delete") {
+      inventories.forget(key);
+      queue.add(key);
+      return;
+    }
+    const changed =
+      type === "add" ||
+      obj.metadata?.generation !== old?.metadata?.generation ||
+      isDeleting(obj) !== (old ? isDeleting(old) : false);
+    if (changed) queue.add(key);
+  });
+  // An account Secret removed by hand: its binding looks again (and recreates the slot).
+  secretInformer.onEvent((type, obj) => {
+    const binding = type === "delete" ? bindingKeyOfSecret(obj) : undefined;
+    if (binding) queue.add(binding);
+  });
+
+  let elector: LeaderElector | undefined;
+  const fence: Fence = () => elector === undefined || elector.isLeader();
+  const recorder = new EventRecorder({
+    core,
+    clock: ctx.clock,
+    log: klog,
+    instance: identity,
+    mayWrite: fence,
+  });
+  const keys = new SecretKeyStore({
+    kubeConfig: kc,
+    core,
+    secrets: secretInformer,
+    owner: (key) => bindings.owner(key),
+    log: klog,
+  });
+  const statuses = new KubeStatusWriter({
+    api: customObjects,
+    cache: bindingInformer,
+    events: recorder,
+    mayWrite: fence,
+  });
+  const accountEvents = new AccountEvents(recorder, bindings);
+  const reconciler = new BindingReconciler({
+    bindings,
+    projects: inventories,
+    keys: fencedKeyStore(keys, fence),
+    resolver: fencedResolver(ctx.resolver, fence),
+    statuses,
+    signer: ctx.signer,
+    clock: ctx.clock,
+    driftCheckMs: config.gitlab!.resyncInterval,
+    events: {
+      pushed: (key, account, ref) => {
+        ctx.events.pushed?.(key, account, ref);
+        accountEvents.note(key, "pushed", ref.projectId);
+      },
+      deleted: (key, account, ref) => {
+        ctx.events.deleted?.(key, account, ref);
+        accountEvents.note(key, "deleted", ref.projectId);
+      },
+    },
+  });
+  const step = new FinalizerStep({
+    inner: accountEvents.around(reconciler),
+    bindings,
+    api: customObjects,
+    upsert: (obj) => bindingInformer.upsert(obj),
+    mayWrite: fence,
+  });
+
+  let stopping = false;
+  let controller: { stop(): Promise<void> } | undefined;
+  const synced = Promise.all([bindingInformer.start(), secretInformer.start()]);
+  synced.catch(() => undefined); // stop() before the first list: nothing to report
+
+  const lead = async (): Promise<void> => {
+    await synced;
+    if (stopping || !fence()) return;
+    controller = ctx.startController(step);
+    ctx.setReconciling(true);
+    for (const obj of bindingInformer.list()) queue.add(bindingKeyOf(obj));
+    klog.info({ bindings: bindingInformer.list().length }, "leading: reconciling NatsBindings");
+  };
+  const lose = async (reason: string): Promise<void> => {
+    ctx.setReconciling(false);
+    if (stopping) return;
+    klog.error({ reason }, "lost the leader lease: stopping");
+    await controller?.stop();
+    controller = undefined;
+    ctx.stoppedOnItsOwn(`lost the leader lease (${reason})`);
+  };
+
+  const le = k.leaderElection;
+  if (le.enabled) {
+    elector = new LeaderElector({
+      leases: leaseClient(kc),
+      namespace: le.namespace,
+      name: le.name,
+      identity,
+      leaseDurationMs: le.leaseDuration,
+      renewDeadlineMs: le.renewDeadline,
+      retryPeriodMs: le.retryPeriod,
+      clock: systemClock,
+      log: klog,
+      onStartedLeading: () => void lead().catch((err) => klog.error({ err }, "cannot start reconciling")),
+      onStoppedLeading: (reason) => void lose(reason),
+    });
+    elector.start();
+  } else {
+    void lead().catch((err) => klog.error({ err }, "cannot start reconciling"));
+  }
+
+  return {
+    async stop() {
+      stopping = true;
+      ctx.setReconciling(false);
+      await controller?.stop();
+      await elector?.stop({ release: true });
+      bindingInformer.stop();
+      secretInformer.stop();
+    },
+  };
+}

@@ -1,0 +1,481 @@
+// natsbind run in Kubernetes mode end to end: real kube-apiserver + etcd with the CRD from crds/,
+// real nats-server, GitLab simulator. Bindings are applied as objects; accounts, Secrets (with
+// ownerReferences), status, Events and the finalizer are read back from the apiserver.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFile, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import {
+  ApiextensionsV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  loadYaml,
+  type KubeConfig,
+  type V1CustomResourceDefinition,
+  type V1Secret,
+} from "@kubernetes/client-node";
+import { stringify } from "yaml";
+import { CRD_NAME, PLURAL } from "../../src/api/v1alpha1/crd.ts";
+import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
+import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
+import { parseConfig, type Config } from "../../src/config/config.ts";
+import type { BindingStatus } from "../../src/controllers/binding/status.ts";
+import { FINALIZER, type NatsBindingObject } from "../../src/k8s/bindings.ts";
+import { KubeStatusWriter } from "../../src/k8s/status.ts";
+import { accountSecretName, ANNOTATION_ACCOUNT } from "../../src/k8s/secret-keystore.ts";
+import { decodeJwt } from "../../src/nats/claims.ts";
+import { NatsResolver } from "../../src/nats/resolver.ts";
+import { createLogger, nullLogger } from "../../src/observability/logger.ts";
+import { runController, type RunningController } from "../../src/main.ts";
+import { GitLabSimulator } from "../support/gitlab-sim.ts";
+import { startKubeApiserver, waitForCrdEstablished, type KubeApiserver } from "../support/kube.ts";
+import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
+import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
+import { REPO_ROOT, removeDir, tempDir, waitFor } from "../support/process.ts";
+
+const NS = "team-a";
+const SECRET = "webhook-secret-for-k8s-tests";
+
+function spec(group: string, deletionPolicy: "Delete" | "Retain" = "Delete"): Record<string, unknown> {
+  return {
+    gitlab: { group },
+    roles: [
+      {
+        name: "ci",
+        publish: { allow: ["build.status.{{project.slug}}.>"] },
+        subscribe: { allow: ["_INBOX.>"] },
+      },
+    ],
+    deletionPolicy,
+  };
+}
+
+describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
+  let op: TestOperator;
+  let server: NatsServer;
+  let sim: GitLabSimulator;
+  let kube: KubeApiserver;
+  let kc: KubeConfig;
+  let dir: string;
+  let config: Config;
+  let resolver: NatsResolver;
+  let controller: RunningController | undefined;
+  let objects: CustomObjectsApi;
+  let core: CoreV1Api;
+  /** Projects of group acme that still exist. */
+  const acmeProjects: number[] = [];
+
+  const getBinding = (name: string): Promise<NatsBindingObject> =>
+    objects.getNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      name,
+    });
+
+  const applyBinding = (name: string, body: Record<string, unknown>): Promise<NatsBindingObject> =>
+    objects.createNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      body: { apiVersion: `${GROUP}/${VERSION}`, kind: "NatsBinding", metadata: { name }, spec: body },
+    });
+
+  const secretOf = async (binding: string, projectId: number): Promise<V1Secret | undefined> => {
+    try {
+      return await core.readNamespacedSecret({
+        namespace: NS,
+        name: accountSecretName({ binding: `${NS}/${binding}`, projectId }),
+      });
+    } catch {
+      return undefined;
+    }
+  };
+
+  async function waitForAccount(binding: string, projectId: number): Promise<string> {
+    let account: string | undefined;
+    await waitFor(
+      async () => {
+        account = (await secretOf(binding, projectId))?.metadata?.annotations?.[ANNOTATION_ACCOUNT];
+        return account !== undefined && (await resolver.lookup(account)) !== undefined;
+      },
+      { what: `account of project ${projectId} on the server`, timeoutMs: 20_000, intervalMs: 50 },
+    );
+    return account!;
+  }
+
+  async function readyStatus(name: string): Promise<BindingStatus | undefined> {
+    const status = (await getBinding(name)).status as BindingStatus | undefined;
+    return status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? status : undefined;
+  }
+
+  before(async () => {
+    [op, kube, sim] = await Promise.all([
+      createTestOperator(),
+      startKubeApiserver(),
+      GitLabSimulator.start(),
+    ]);
+    server = await startNatsServer(op.serverOptions);
+    kc = kube.kubeConfig();
+    objects = kc.makeApiClient(CustomObjectsApi);
+    core = kc.makeApiClient(CoreV1Api);
+    const crd = loadYaml<V1CustomResourceDefinition>(
+      await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
+    );
+    await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
+    await waitForCrdEstablished(kc, CRD_NAME);
+    for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
+
+    dir = await tempDir("k8s-run");
+    await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
+    await writeFile(join(dir, "token"), sim.token);
+    await writeFile(join(dir, "secret"), SECRET);
+    const document = {
+      mode: "kubernetes",
+      nats: natsConfigSection(op, [server.url]),
+      gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
+      kubernetes: {
+        kubeconfig: "kubeconfig",
+        // Long enough to keep the lease through an apiserver restart (the two-replica suite below
+        // uses short ones); a longer outage makes the leader stop, and the pod restart, by design.
+        leaderElection: { leaseDuration: "60s", renewDeadline: "45s", retryPeriod: "2s" },
+      },
+      http: { listen: "127.0.0.1:0" },
+    };
+    await writeFile(join(dir, "natsbind.yaml"), stringify(document));
+    config = parseConfig(document, "test config", dir);
+    resolver = await NatsResolver.connect({
+      servers: server.url,
+      creds: op.systemCreds,
+      operatorSigningKey: op.signingKey,
+    });
+  });
+
+  after(async () => {
+    await controller?.stop();
+    await resolver?.close();
+    await sim?.stop();
+    await server?.stop();
+    await kube?.stop();
+    await op?.remove();
+    if (dir) await removeDir(dir);
+  });
+
+  it("binding -> accounts pushed, Secrets owned by the binding, finalizer, Ready status, Events", async () => {
+    const acme = sim.createGroup({ name: "Acme", path: "acme" });
+    const api = sim.createProject({ name: "api", groupId: acme.id });
+    const web = sim.createProject({ name: "web", groupId: acme.id });
+    acmeProjects.push(api.id, web.id);
+    const created = await applyBinding("acme", spec("acme"));
+
+    controller = await runController(config, {
+      log: process.env.K8S_TEST_LOG ? createLogger({ level: "debug" }) : nullLogger,
+      identity: "in-process",
+    });
+    sim.addSystemHook(`${controller.url}/webhooks/gitlab`, SECRET);
+    const apiAccount = await waitForAccount("acme", api.id);
+    await waitForAccount("acme", web.id);
+    assert.equal(decodeJwt((await resolver.lookup(apiAccount))!).name, "acme/api");
+
+    const secret = (await secretOf("acme", api.id))!;
+    assert.deepEqual(
+      secret.metadata?.ownerReferences?.map((o) => [o.kind, o.name, o.uid, o.controller]),
+      [["NatsBinding", "acme", created.metadata!.uid, true]],
+    );
+    assert.equal(secret.metadata?.labels?.["natsbind.io/project-id"], String(api.id));
+    assert.ok(secret.data?.["account.nk"], "the account seed is in the Secret");
+
+    await waitFor(async () => (await readyStatus("acme")) !== undefined, {
+      what: "Ready=True on acme",
+      timeoutMs: 15_000,
+      intervalMs: 50,
+    });
+    const obj = await getBinding("acme");
+    const status = obj.status as BindingStatus;
+    assert.equal(status.counts.accounts, 2);
+    assert.equal(status.observedGeneration, obj.metadata!.generation);
+    assert.ok(obj.metadata?.finalizers?.includes(FINALIZER), "the binding holds the cleanup finalizer");
+    assert.ok(
+      status.conditions.every((c) => c.status === "True"),
+      JSON.stringify(status.conditions.map((c) => [c.type, c.status, c.reason])),
+    );
+
+    await waitFor(
+      async () => {
+        const events = await core.listNamespacedEvent({ namespace: NS });
+        return events.items.some((e) => e.reason === "AccountsPushed" && e.involvedObject.name === "acme");
+      },
+      { what: "an AccountsPushed event", timeoutMs: 10_000, intervalMs: 50 },
+    );
+    // The Secret's data holds the seed; no Event or status may.
+    const seed = Buffer.from(secret.data!["account.nk"]!, "base64").toString("utf8");
+    const events = await core.listNamespacedEvent({ namespace: NS });
+    assert.ok(!JSON.stringify(events).includes(seed) && !JSON.stringify(obj).includes(seed));
+  });
+
+  it("webhook create -> account live; rename keeps the key; destroy deletes account and Secret", async () => {
+    const acme = sim.findGroupByPath("acme")!;
+    const fresh = sim.createProject({ name: "worker", groupId: acme.id });
+    await sim.deliverPending();
+    const account = await waitForAccount("acme", fresh.id);
+
+    sim.renameProject(fresh.id, { path: "worker-v2", name: "worker-v2" });
+    await sim.deliverPending();
+    await waitFor(async () => decodeJwt((await resolver.lookup(account))!).name === "acme/worker-v2", {
+      what: "the renamed account",
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    assert.equal(
+      (await secretOf("acme", fresh.id))?.metadata?.annotations?.[ANNOTATION_ACCOUNT],
+      account,
+      "a rename keeps the account key",
+    );
+
+    sim.deleteProject(fresh.id);
+    await sim.deliverPending();
+    await waitFor(
+      async () => (await resolver.lookup(account)) === undefined && !(await secretOf("acme", fresh.id)),
+      {
+        what: "the destroyed project's account and Secret gone",
+        timeoutMs: 10_000,
+        intervalMs: 50,
+      },
+    );
+  });
+
+  it("survives an apiserver restart: a binding applied afterwards converges", async () => {
+    const beta = sim.createGroup({ name: "Beta", path: "beta" });
+    const one = sim.createProject({ name: "one", groupId: beta.id });
+    await kube.restartApiserver();
+    await applyBinding("beta", spec("beta", "Retain"));
+    await waitForAccount("beta", one.id);
+    await waitFor(async () => (await readyStatus("beta")) !== undefined, {
+      what: "Ready=True on beta",
+      timeoutMs: 15_000,
+      intervalMs: 50,
+    });
+  });
+
+  it("binding deletion runs the finalizer: Delete removes accounts and Secrets, then the object goes", async () => {
+    const ids = [...acmeProjects];
+    const accounts = await Promise.all(ids.map((id) => waitForAccount("acme", id)));
+    await objects.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      name: "acme",
+    });
+    await waitFor(
+      async () => {
+        try {
+          await getBinding("acme");
+          return false;
+        } catch {
+          return true;
+        }
+      },
+      { what: "the acme binding gone (finalizer removed)", timeoutMs: 15_000, intervalMs: 50 },
+    );
+    for (const account of accounts) assert.equal(await resolver.lookup(account), undefined, account);
+    for (const id of ids) assert.equal(await secretOf("acme", id), undefined, `Secret of project ${id}`);
+  });
+
+  it("retries a status write that conflicts (409) and stores it", async () => {
+    const stale = await getBinding("beta");
+    // Someone else changes the object: the cached resourceVersion is now stale.
+    await objects.patchNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      name: "beta",
+      body: [{ op: "add", path: "/metadata/labels", value: { touched: "yes" } }],
+    });
+    let upserted: NatsBindingObject | undefined;
+    const writer = new KubeStatusWriter({
+      api: objects,
+      cache: { get: () => stale, upsert: (o) => (upserted = o) },
+    });
+    const status = { ...(stale.status as BindingStatus), observedGeneration: 99 };
+    await writer.write(`${NS}/beta`, status);
+    assert.equal(writer.conflicts, 1, "one 409, then a re-read and a successful write");
+    assert.equal(((await getBinding("beta")).status as BindingStatus).observedGeneration, 99);
+    assert.equal(upserted?.metadata?.labels?.touched, "yes");
+  });
+
+  it("binding deletion with Retain keeps accounts and keys, and frees the Secrets from the binding", async () => {
+    const one = sim.findProjectByPath("beta/one")!;
+    const account = await waitForAccount("beta", one.id);
+    const uid = (await getBinding("beta")).metadata!.uid!;
+    await objects.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      name: "beta",
+    });
+    await waitFor(
+      async () => {
+        try {
+          await getBinding("beta");
+          return false;
+        } catch {
+          return true;
+        }
+      },
+      { what: "the beta binding gone (finalizer removed)", timeoutMs: 15_000, intervalMs: 50 },
+    );
+    assert.ok(await resolver.lookup(account), "a retained account stays on the resolver");
+    const secret = await secretOf("beta", one.id);
+    assert.equal(secret?.metadata?.annotations?.[ANNOTATION_ACCOUNT], account, "its keys stay");
+    assert.ok(
+      !(secret?.metadata?.ownerReferences ?? []).some((o) => o.uid === uid),
+      "no ownerReference left for garbage collection to follow",
+    );
+  });
+});
+
+describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, () => {
+  it("one leader reconciles; kill it (SIGKILL) and the other takes over and converges", async () => {
+    // Built in its own suite so its processes and servers are its own.
+    const op = await createTestOperator();
+    const kube = await startKubeApiserver();
+    const sim = await GitLabSimulator.start();
+    const server = await startNatsServer(op.serverOptions);
+    const dir = await tempDir("k8s-ha");
+    const children: ChildProcess[] = [];
+    const resolver = await NatsResolver.connect({
+      servers: server.url,
+      creds: op.systemCreds,
+      operatorSigningKey: op.signingKey,
+    });
+    try {
+      const kc = kube.kubeConfig();
+      const core = kc.makeApiClient(CoreV1Api);
+      const crd = loadYaml<V1CustomResourceDefinition>(
+        await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
+      );
+      await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
+      await waitForCrdEstablished(kc, CRD_NAME);
+      for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
+      await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
+      await writeFile(join(dir, "token"), sim.token);
+      await writeFile(
+        join(dir, "natsbind.yaml"),
+        stringify({
+          mode: "kubernetes",
+          nats: natsConfigSection(op, [server.url]),
+          gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
+          kubernetes: {
+            kubeconfig: "kubeconfig",
+            leaderElection: { leaseDuration: "3s", renewDeadline: "2s", retryPeriod: "500ms" },
+          },
+          http: { listen: "127.0.0.1:0" },
+        }),
+      );
+      const group = sim.createGroup({ name: "HA", path: "ha" });
+      const first = sim.createProject({ name: "first", groupId: group.id });
+      await kc.makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: NS,
+        plural: PLURAL,
+        body: {
+          apiVersion: `${GROUP}/${VERSION}`,
+          kind: "NatsBinding",
+          metadata: { name: "ha" },
+          spec: spec("ha"),
+        },
+      });
+      const start = (): ChildProcess => {
+        const child = spawn(
+          process.execPath,
+          [
+            ...NODE_FLAGS,
+            join(REPO_ROOT, "src", "cli", "main.ts"),
+            "run",
+            "--config",
+            join(dir, "natsbind.yaml"),
+          ],
+          { stdio: "ignore" },
+        );
+        children.push(child);
+        return child;
+      };
+      const a = start();
+      const b = start();
+      const leases = kc.makeApiClient(CoordinationV1Api);
+      const holder = async (): Promise<string | undefined> => {
+        try {
+          return (await leases.readNamespacedLease({ name: "natsbind", namespace: "natsbind" })).spec
+            ?.holderIdentity;
+        } catch {
+          return undefined;
+        }
+      };
+      const byIdentity = new Map([a, b].map((c) => [`${hostname()}_${c.pid}`, c]));
+      let leaderId: string | undefined;
+      await waitFor(async () => byIdentity.has((leaderId = await holder()) ?? ""), {
+        what: "one replica holding the lease",
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
+      const secretName = (projectId: number): string => accountSecretName({ binding: `${NS}/ha`, projectId });
+      const accountOf = async (projectId: number): Promise<string | undefined> => {
+        try {
+          const s = await core.readNamespacedSecret({ namespace: NS, name: secretName(projectId) });
+          return s.metadata?.annotations?.[ANNOTATION_ACCOUNT];
+        } catch {
+          return undefined;
+        }
+      };
+      const live = async (projectId: number): Promise<boolean> => {
+        const account = await accountOf(projectId);
+        return account !== undefined && (await resolver.lookup(account)) !== undefined;
+      };
+      await waitFor(() => live(first.id), {
+        what: "the first account live",
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
+
+      // The leader dies without releasing the lease; the other must take over within the lease.
+      const leader = byIdentity.get(leaderId!)!;
+      const killedAt = performance.now();
+      leader.kill("SIGKILL");
+      const second = sim.createProject({ name: "second", groupId: group.id });
+      await waitFor(async () => ((await holder()) ?? leaderId) !== leaderId, {
+        what: "the other replica holding the lease",
+        timeoutMs: 15_000,
+        intervalMs: 50,
+      });
+      const takeoverMs = performance.now() - killedAt;
+      assert.ok(takeoverMs < 3_000 + 500 + 1_000, `took over in ${Math.round(takeoverMs)} ms`);
+      // The new leader starts with a full reconcile: the project made meanwhile gets its account.
+      await waitFor(() => live(second.id), {
+        what: "the second account live",
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
+      assert.ok(await live(first.id), "the first account is still there");
+      assert.equal((await holder()) !== leaderId, true);
+      const survivor = [a, b].find((c) => c !== leader)!;
+      assert.equal(survivor.exitCode, null, "the new leader is running");
+    } finally {
+      for (const c of children) c.kill("SIGKILL");
+      await resolver.close();
+      await server.stop();
+      await sim.stop();
+      await kube.stop();
+      await op.remove();
+      await removeDir(dir);
+    }
+  });
+});
