@@ -82,6 +82,7 @@ bench: deps tools
 	node bench/run.ts
 	node bench/inventory.ts
 	node bench/controller.ts
+	node bench/k8s.ts
 
 demo: deps tools
 	node scripts/demo.ts
