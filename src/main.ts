@@ -33,6 +33,8 @@ import { StatusFiles } from "./store/status-files.ts";
 
 export class StartupError extends NatsbindError {}
 
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
 export interface RunOptions {
   clock?: Clock;
   log?: Logger;
@@ -69,8 +71,12 @@ export interface ModeContext {
   metrics: Registry;
   /** Builds and starts the controller around a reconciler; returns its stop. */
   startController(reconciler: Reconciler<string>): { stop(): Promise<void> };
+  /** The HTTP listener's base URL (its real port when the config said 0). */
+  url: string;
   /** Called by the mode when it starts or stops reconciling (webhooks are taken only while it does). */
   setReconciling(on: boolean): void;
+  /** What a follower does with a webhook delivery (Kubernetes: relay it to the leader). */
+  setFollowerWebhook(handler: Handler): void;
   /** Called by the mode when it stopped on its own. */
   stoppedOnItsOwn(reason: string): void;
 }
@@ -123,7 +129,8 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   };
 
   let reconciling = false;
-  const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = {
+  let followerWebhook: Handler | undefined;
+  const routes: Record<string, Handler> = {
     "/metrics": metricsHandler(metrics),
   };
   if (webhookSecret) {
@@ -132,11 +139,14 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       onSignal: (signal) => void inventories.handle(signal),
       log,
     });
-    // A replica that does not reconcile (not the leader) refuses deliveries rather than drop them.
+    // A replica that does not reconcile (a follower) relays deliveries to the leader when its mode
+    // can (Kubernetes), else refuses them rather than drop them.
     routes[WEBHOOK_PATH] = (req, res) => {
       if (reconciling) return handler(req, res);
+      if (followerWebhook) return followerWebhook(req, res);
+      req.resume();
       res.writeHead(503, { "content-type": "application/json", "retry-after": "5" });
-      res.end(JSON.stringify({ message: "this natsbind replica is not the leader" }));
+      res.end(JSON.stringify({ message: "this natsbind replica is not reconciling" }));
     };
   }
   const [host, port] = [
@@ -186,8 +196,12 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
         },
       };
     },
+    url: http.url,
     setReconciling(on) {
       reconciling = on;
+    },
+    setFollowerWebhook(h) {
+      followerWebhook = h;
     },
     stoppedOnItsOwn: (reason) => stoppedOnItsOwn(reason),
   };

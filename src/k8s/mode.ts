@@ -29,6 +29,7 @@ import { FinalizerStep } from "./finalizer.ts";
 import { Informer } from "./informer.ts";
 import { SecretKeyStore, bindingKeyOfSecret } from "./secret-keystore.ts";
 import { KubeStatusWriter } from "./status.ts";
+import { createWebhookRelay, leaderIdentity } from "./webhook-relay.ts";
 
 export function kubeConfigFrom(path: string | undefined): KubeConfig {
   const kc = new KubeConfig();
@@ -99,7 +100,9 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   const kc = kubeConfigFrom(k.kubeconfig);
   const customObjects = kc.makeApiClient(CustomObjectsApi);
   const core = kc.makeApiClient(CoreV1Api);
-  const identity = ctx.opts.identity ?? `${hostname()}_${process.pid}`;
+  const identity =
+    ctx.opts.identity ??
+    leaderIdentity(hostname(), process.pid, config.http.listen, Number(new URL(ctx.url).port));
   const klog = log.child({ identity });
 
   const bindingInformer = new Informer<NatsBindingObject>({
@@ -214,6 +217,15 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
 
   const le = k.leaderElection;
   if (le.enabled) {
+    ctx.setFollowerWebhook(
+      createWebhookRelay({
+        kubeConfig: kc,
+        lease: { namespace: le.namespace, name: le.name },
+        self: identity,
+        clock: systemClock,
+        log: klog,
+      }),
+    );
     elector = new LeaderElector({
       leases: leaseClient(kc),
       namespace: le.namespace,

@@ -34,7 +34,7 @@ import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startKubeApiserver, waitForCrdEstablished, type KubeApiserver } from "../support/kube.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
-import { REPO_ROOT, removeDir, tempDir, waitFor } from "../support/process.ts";
+import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
 
 const NS = "team-a";
 const SECRET = "webhook-secret-for-k8s-tests";
@@ -367,19 +367,24 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
       for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
       await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
       await writeFile(join(dir, "token"), sim.token);
-      await writeFile(
-        join(dir, "natsbind.yaml"),
-        stringify({
-          mode: "kubernetes",
-          nats: natsConfigSection(op, [server.url]),
-          gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
-          kubernetes: {
-            kubeconfig: "kubeconfig",
-            leaderElection: { leaseDuration: "3s", renewDeadline: "2s", retryPeriod: "500ms" },
-          },
-          http: { listen: "127.0.0.1:0" },
-        }),
-      );
+      await writeFile(join(dir, "secret"), SECRET);
+      // One config per replica: each its own known port (the webhook relay test needs them).
+      const ports = [await freePort(), await freePort()];
+      for (const [i, port] of ports.entries()) {
+        await writeFile(
+          join(dir, `natsbind-${i}.yaml`),
+          stringify({
+            mode: "kubernetes",
+            nats: natsConfigSection(op, [server.url]),
+            gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
+            kubernetes: {
+              kubeconfig: "kubeconfig",
+              leaderElection: { leaseDuration: "3s", renewDeadline: "2s", retryPeriod: "500ms" },
+            },
+            http: { listen: `127.0.0.1:${port}` },
+          }),
+        );
+      }
       const group = sim.createGroup({ name: "HA", path: "ha" });
       const first = sim.createProject({ name: "first", groupId: group.id });
       await kc.makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
@@ -394,7 +399,7 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
           spec: spec("ha"),
         },
       });
-      const start = (): ChildProcess => {
+      const start = (i: number): ChildProcess => {
         const child = spawn(
           process.execPath,
           [
@@ -402,15 +407,15 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
             join(REPO_ROOT, "src", "cli", "main.ts"),
             "run",
             "--config",
-            join(dir, "natsbind.yaml"),
+            join(dir, `natsbind-${i}.yaml`),
           ],
           { stdio: "ignore" },
         );
         children.push(child);
         return child;
       };
-      const a = start();
-      const b = start();
+      const a = start(0);
+      const b = start(1);
       const leases = kc.makeApiClient(CoordinationV1Api);
       const holder = async (): Promise<string | undefined> => {
         try {
@@ -420,7 +425,10 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
           return undefined;
         }
       };
-      const byIdentity = new Map([a, b].map((c) => [`${hostname()}_${c.pid}`, c]));
+      // holderIdentity: "<host>_<pid>@<webhook base URL>".
+      const byIdentity = new Map(
+        [a, b].map((c, i) => [`${hostname()}_${c.pid}@http://127.0.0.1:${ports[i]}`, c]),
+      );
       let leaderId: string | undefined;
       await waitFor(async () => byIdentity.has((leaderId = await holder()) ?? ""), {
         what: "one replica holding the lease",
@@ -446,8 +454,23 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
         intervalMs: 100,
       });
 
-      // The leader dies without releasing the lease; the other must take over within the lease.
+      // A delivery to the follower is relayed to the leader (resync is 1h: only the hook can do it).
       const leader = byIdentity.get(leaderId!)!;
+      const followerPort = ports[leader === a ? 1 : 0]!;
+      sim.addSystemHook(`http://127.0.0.1:${followerPort}/webhooks/gitlab`, SECRET);
+      const relayed = sim.createProject({ name: "relayed", groupId: group.id });
+      const deliveries = await sim.deliverPending();
+      assert.ok(
+        deliveries.length > 0 && deliveries.every((d) => d.status === 202),
+        JSON.stringify(deliveries),
+      );
+      await waitFor(() => live(relayed.id), {
+        what: "the account of a project announced to the follower",
+        timeoutMs: 15_000,
+        intervalMs: 50,
+      });
+
+      // The leader dies without releasing the lease; the other must take over within the lease.
       const killedAt = performance.now();
       leader.kill("SIGKILL");
       const second = sim.createProject({ name: "second", groupId: group.id });
