@@ -249,6 +249,35 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     );
   });
 
+  it("an overlapping binding reports Conflict (status and a Warning Event) and touches nothing", async () => {
+    const before = await Promise.all(acmeProjects.map((id) => waitForAccount("acme", id)));
+    await applyBinding("acme-dup", spec("acme"));
+    await waitFor(
+      async () => {
+        const status = (await getBinding("acme-dup")).status as BindingStatus | undefined;
+        return status?.conditions?.some((c) => c.type === "Ready" && c.reason === "Conflict") ?? false;
+      },
+      { what: "Conflict on acme-dup", timeoutMs: 15_000, intervalMs: 50 },
+    );
+    await waitFor(
+      async () =>
+        (await core.listNamespacedEvent({ namespace: NS })).items.some(
+          (e) => e.reason === "Conflict" && e.type === "Warning" && e.involvedObject.name === "acme-dup",
+        ),
+      { what: "a Conflict event on acme-dup", timeoutMs: 10_000, intervalMs: 50 },
+    );
+    for (const id of acmeProjects)
+      assert.equal(await secretOf("acme-dup", id), undefined, `no keys for ${id}`);
+    assert.deepEqual(await Promise.all(acmeProjects.map((id) => waitForAccount("acme", id))), before);
+    await objects.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: NS,
+      plural: PLURAL,
+      name: "acme-dup",
+    });
+  });
+
   it("survives an apiserver restart: a binding applied afterwards converges", async () => {
     const beta = sim.createGroup({ name: "Beta", path: "beta" });
     const one = sim.createProject({ name: "one", groupId: beta.id });
