@@ -16,7 +16,6 @@
  * Medians over RUNS runs, each on fresh directories / a fresh namespace and fresh projects.
  */
 import { readFile, writeFile, mkdir } from "node:fs/promises";
-import { request } from "node:https";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import {
@@ -35,7 +34,12 @@ import type { BindingStatus } from "../src/controllers/binding/status.ts";
 import { runController } from "../src/main.ts";
 import { nullLogger } from "../src/observability/logger.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
-import { startKubeApiserver, waitForCrdEstablished, type KubeApiserver } from "../test/support/kube.ts";
+import {
+  insecureGet,
+  startKubeApiserver,
+  waitForCrdEstablished,
+  type KubeApiserver,
+} from "../test/support/kube.ts";
 import { startNatsServer } from "../test/support/nats-server.ts";
 import { createTestOperator, natsConfigSection } from "../test/support/operator.ts";
 import { REPO_ROOT, removeDir, tempDir, waitFor } from "../test/support/process.ts";
@@ -53,32 +57,17 @@ function role(): Record<string, unknown> {
 }
 
 /** apiserver_request_total summed by "VERB resource", from the apiserver's /metrics. */
-function requestCounts(kube: KubeApiserver): Promise<Map<string, number>> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      `${kube.server}/metrics`,
-      { rejectUnauthorized: false, headers: { authorization: `Bearer ${kube.token}` } },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (c: string) => (body += c));
-        res.on("end", () => {
-          const counts = new Map<string, number>();
-          for (const line of body.split("\n")) {
-            if (!line.startsWith("apiserver_request_total{")) continue;
-            const labels = Object.fromEntries(
-              [...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1]!, m[2]!]),
-            );
-            const key = `${labels.verb} ${labels.resource}${labels.subresource ? `/${labels.subresource}` : ""}`;
-            counts.set(key, (counts.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
-          }
-          resolve(counts);
-        });
-      },
-    );
-    req.on("error", reject);
-    req.end();
-  });
+async function requestCounts(kube: KubeApiserver): Promise<Map<string, number>> {
+  const { status, body } = await insecureGet(`${kube.server}/metrics`, kube.token, { timeoutMs: 10_000 });
+  if (status !== 200) throw new Error(`apiserver /metrics: HTTP ${status}`);
+  const counts = new Map<string, number>();
+  for (const line of body.split("\n")) {
+    if (!line.startsWith("apiserver_request_total{")) continue;
+    const labels = Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1]!, m[2]!]));
+    const key = `${labels.verb} ${labels.resource}${labels.subresource ? `/${labels.subresource}` : ""}`;
+    counts.set(key, (counts.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+  }
+  return counts;
 }
 
 function delta(after: Map<string, number>, before: Map<string, number>): Map<string, number> {

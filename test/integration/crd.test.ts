@@ -4,7 +4,6 @@
 // subresource and the printer columns work.
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { request } from "node:https";
 import { after, before, describe, it } from "node:test";
 import {
   ApiException,
@@ -20,7 +19,12 @@ import { CRD_NAME, natsBindingCrd, PLURAL, type JsonSchema } from "../../src/api
 import { BindingValidationError, parseBinding } from "../../src/api/v1alpha1/schema.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import type { BindingStatus } from "../../src/controllers/binding/status.ts";
-import { startKubeApiserver, waitForCrdEstablished, type KubeApiserver } from "../support/kube.ts";
+import {
+  insecureGet,
+  startKubeApiserver,
+  waitForCrdEstablished,
+  type KubeApiserver,
+} from "../support/kube.ts";
 import { liveProcessCount } from "../support/process.ts";
 
 const NAMESPACE = "crd-test";
@@ -286,30 +290,11 @@ function randomSubjects(count: number, seed: number): string[] {
   });
 }
 
-/** GET as a meta.k8s.io Table (what kubectl get prints), without certificate verification. */
+/** GET as a meta.k8s.io Table (what kubectl get prints). */
 function getTable(kube: KubeApiserver, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolveGet, reject) => {
-    const req = request(
-      `${kube.server}${path}`,
-      {
-        rejectUnauthorized: false,
-        headers: {
-          authorization: `Bearer ${kube.token}`,
-          accept: "application/json;as=Table;v=v1;g=meta.k8s.io",
-        },
-        timeout: 10_000,
-      },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk: string) => (body += chunk));
-        res.on("end", () => resolveGet({ status: res.statusCode ?? 0, body }));
-        res.on("error", reject);
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error(`GET ${path}: no answer`)));
-    req.on("error", reject);
-    req.end();
+  return insecureGet(`${kube.server}${path}`, kube.token, {
+    timeoutMs: 10_000,
+    headers: { accept: "application/json;as=Table;v=v1;g=meta.k8s.io" },
   });
 }
 

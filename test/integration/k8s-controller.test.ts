@@ -109,6 +109,18 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     return account!;
   }
 
+  /** Deleted objects stay until natsbind removed its finalizer. */
+  async function waitForBindingGone(name: string): Promise<void> {
+    await waitFor(
+      () =>
+        getBinding(name).then(
+          () => false,
+          () => true,
+        ),
+      { what: `the ${name} binding gone (finalizer removed)`, timeoutMs: 15_000, intervalMs: 50 },
+    );
+  }
+
   async function readyStatus(name: string): Promise<BindingStatus | undefined> {
     const status = (await getBinding(name)).status as BindingStatus | undefined;
     return status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ? status : undefined;
@@ -301,17 +313,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
       plural: PLURAL,
       name: "acme",
     });
-    await waitFor(
-      async () => {
-        try {
-          await getBinding("acme");
-          return false;
-        } catch {
-          return true;
-        }
-      },
-      { what: "the acme binding gone (finalizer removed)", timeoutMs: 15_000, intervalMs: 50 },
-    );
+    await waitForBindingGone("acme");
     for (const account of accounts) assert.equal(await resolver.lookup(account), undefined, account);
     for (const id of ids) assert.equal(await secretOf("acme", id), undefined, `Secret of project ${id}`);
   });
@@ -350,17 +352,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
       plural: PLURAL,
       name: "beta",
     });
-    await waitFor(
-      async () => {
-        try {
-          await getBinding("beta");
-          return false;
-        } catch {
-          return true;
-        }
-      },
-      { what: "the beta binding gone (finalizer removed)", timeoutMs: 15_000, intervalMs: 50 },
-    );
+    await waitForBindingGone("beta");
     assert.ok(await resolver.lookup(account), "a retained account stays on the resolver");
     const secret = await secretOf("beta", one.id);
     assert.equal(secret?.metadata?.annotations?.[ANNOTATION_ACCOUNT], account, "its keys stay");
@@ -368,6 +360,62 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
       !(secret?.metadata?.ownerReferences ?? []).some((o) => o.uid === uid),
       "no ownerReference left for garbage collection to follow",
     );
+  });
+
+  it("kubernetes.namespace scopes it: bindings elsewhere are left alone", async () => {
+    await controller?.stop();
+    controller = undefined;
+    await core.createNamespace({ body: { metadata: { name: "team-b" } } });
+    const gamma = sim.createGroup({ name: "Gamma", path: "gamma" });
+    const project = sim.createProject({ name: "svc", groupId: gamma.id });
+    await applyBinding("outside", spec("gamma")); // in team-a: not watched by the scoped controller
+    await objects.createNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: "team-b",
+      plural: PLURAL,
+      body: {
+        apiVersion: `${GROUP}/${VERSION}`,
+        kind: "NatsBinding",
+        metadata: { name: "inside" },
+        spec: spec("gamma"),
+      },
+    });
+    const scoped = parseConfig(
+      {
+        mode: "kubernetes",
+        nats: natsConfigSection(op, [server.url]),
+        gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
+        kubernetes: {
+          kubeconfig: "kubeconfig",
+          namespace: "team-b",
+          leaderElection: { name: "natsbind-team-b" },
+        },
+        http: { listen: "127.0.0.1:0" },
+      },
+      "scoped config",
+      dir,
+    );
+    controller = await runController(scoped, { log: nullLogger, identity: "scoped" });
+    await waitFor(
+      async () => {
+        try {
+          const s = await core.readNamespacedSecret({
+            namespace: "team-b",
+            name: accountSecretName({ binding: "team-b/inside", projectId: project.id }),
+          });
+          const account = s.metadata?.annotations?.[ANNOTATION_ACCOUNT];
+          return account !== undefined && (await resolver.lookup(account)) !== undefined;
+        } catch {
+          return false;
+        }
+      },
+      { what: "the team-b binding's account", timeoutMs: 20_000, intervalMs: 50 },
+    );
+    const outside = await getBinding("outside");
+    assert.equal(outside.status, undefined, "no status written outside team-b");
+    assert.ok(!outside.metadata?.finalizers?.includes(FINALIZER), "no finalizer added outside team-b");
+    assert.equal(await secretOf("outside", project.id), undefined, "no keys outside team-b");
   });
 });
 

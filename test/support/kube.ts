@@ -51,19 +51,23 @@ function etcdEnv(): NodeJS.ProcessEnv {
   return Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ETCD_")));
 }
 
-/** GET over https without certificate verification; resolves with status and body. */
-function insecureGet(
+/**
+ * GET over https without certificate verification (the test apiserver's serving cert is
+ * self-signed); resolves with status and body. `headers` are added to the bearer token.
+ */
+export function insecureGet(
   url: string,
   token: string,
-  timeoutMs = 2_000,
+  opts: { timeoutMs?: number; headers?: Record<string, string> } = {},
 ): Promise<{ status: number; body: string }> {
+  const timeoutMs = opts.timeoutMs ?? 2_000;
   return new Promise((resolveGet, reject) => {
     const req = request(
       url,
       {
         method: "GET",
         rejectUnauthorized: false,
-        headers: { authorization: `Bearer ${token}` },
+        headers: { ...opts.headers, authorization: `Bearer ${token}` },
         timeout: timeoutMs,
       },
       (res) => {
