@@ -28,6 +28,7 @@ export async function runCommand(args: string[]): Promise<void> {
 }
 
 export class RunStoppedError extends NatsbindError {}
+export class StatusModeError extends NatsbindError {}
 
 function pad(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
@@ -44,6 +45,12 @@ function pad(rows: string[][]): string {
 export async function statusCommand(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: "string", default: "natsbind.yaml" } } });
   const config = await loadConfig(values.config);
+  if (config.mode === "kubernetes") {
+    throw new StatusModeError(
+      "natsbind status reads local status files; in Kubernetes mode the status is on the NatsBinding " +
+        "objects: kubectl get nb -A, kubectl describe nb NAME -n NAMESPACE",
+    );
+  }
   const all = await new StatusFiles(config.state.directory).readAll();
   if (all.length === 0) {
     console.log(`no binding status in ${config.state.directory} (is natsbind run running?)`);

@@ -117,6 +117,15 @@ describe("natsbind CLI", { timeout: 120_000 }, () => {
     assert.equal(exists.code, 1);
     assert.match(exists.stderr, /InitError: init: .* already holds keys; refusing to overwrite them/);
 
+    const k8sConfig = join(dir, "k8s.yaml");
+    await writeFile(
+      k8sConfig,
+      `mode: kubernetes\n${await readFile(config, "utf8")}`.replace(/^mode: local\n/m, ""),
+    );
+    const k8sStatus = await natsbind("status", "--config", k8sConfig);
+    assert.equal(k8sStatus.code, 1, k8sStatus.stderr);
+    assert.match(k8sStatus.stderr, /StatusModeError: .*in Kubernetes mode .*kubectl get nb -A/);
+
     const badKey = await natsbind("accounts", "lookup", "--config", config, "not-a-key");
     assert.equal(badKey.code, 1);
     assert.match(
