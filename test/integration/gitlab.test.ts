@@ -11,7 +11,9 @@ import {
 } from "../../src/gitlab/errors.ts";
 import { ProjectInventory, changedProjectIds, type InventoryDiff } from "../../src/gitlab/inventory.ts";
 import type { GitLabSignal } from "../../src/gitlab/signals.ts";
-import { InventoryWatcher } from "../../src/gitlab/watcher.ts";
+import { parseBindingSpec } from "../../src/api/v1alpha1/schema.ts";
+import { ProjectInventories } from "../../src/controllers/binding/projects.ts";
+import { systemClock } from "../../src/runtime/clock.ts";
 import { createWebhookHandler, WEBHOOK_PATH } from "../../src/gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "../../src/http/server.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
@@ -220,13 +222,13 @@ describe("inventory against the simulator", { timeout: 120_000 }, () => {
     const group = sim.createGroup({ name: "Hooked", path: "hooked" });
     const existing = sim.createProject({ name: "existing", groupId: group.id });
     const gitlab = new GitbeakerGitLab({ url: sim.url, token: sim.token, retry: FAST_RETRY });
-    const inventory = new ProjectInventory(gitlab, { groups: [group.id], projects: [] });
     const changes: InventoryDiff[] = [];
     const signals: GitLabSignal[] = [];
-    const watcher = new InventoryWatcher({
-      inventory,
+    const inventories = new ProjectInventories({
+      gitlab,
+      clock: systemClock,
       resyncIntervalMs: 3_600_000,
-      onChange: (d) => changes.push(d),
+      onChange: (_keys, d) => changes.push(d),
       onError: (e) => assert.fail(e as Error),
     });
     const pending: Promise<void>[] = [];
@@ -234,7 +236,7 @@ describe("inventory against the simulator", { timeout: 120_000 }, () => {
       secretToken: "hook-secret",
       onSignal: (s) => {
         signals.push(s);
-        pending.push(watcher.handle(s));
+        pending.push(inventories.handle(s));
       },
     });
     const http: HttpServer = await startHttpServer({
@@ -243,8 +245,15 @@ describe("inventory against the simulator", { timeout: 120_000 }, () => {
       routes: { [WEBHOOK_PATH]: handler },
     });
     try {
-      await watcher.start();
-      assert.deepEqual(changedProjectIds(changes[0]!), [existing.id]);
+      const spec = parseBindingSpec(
+        { gitlab: { group: group.id }, roles: [{ name: "ci", publish: { allow: ["a.>"] } }] },
+        "test",
+      );
+      assert.deepEqual(
+        (await inventories.projects("hooked", spec)).map((p) => p.id),
+        [existing.id],
+      );
+      inventories.start();
       sim.addSystemHook(`${http.url}${WEBHOOK_PATH}`, "hook-secret");
 
       const created = sim.createProject({ name: "fresh", groupId: group.id });
@@ -267,10 +276,10 @@ describe("inventory against the simulator", { timeout: 120_000 }, () => {
       await Promise.all(pending);
       assert.equal(signals.length, 2);
       assert.deepEqual(
-        changes.slice(1).map((d) => changedProjectIds(d)),
+        changes.map((d) => changedProjectIds(d)),
         [[created.id], [existing.id]],
       );
-      assert.equal(changes[2]!.renamed[0]!.after.path, "renamed");
+      assert.equal(changes[1]!.renamed[0]!.after.path, "renamed");
 
       sim.deleteProject(created.id);
       const [destroy] = await sim.deliverPending();
@@ -299,7 +308,7 @@ describe("inventory against the simulator", { timeout: 120_000 }, () => {
       assert.equal(forged.status, 401);
       assert.equal(signals.length, 3);
     } finally {
-      watcher.stop();
+      inventories.stop();
       await http.close();
     }
   });

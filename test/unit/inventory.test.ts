@@ -9,7 +9,11 @@ import {
   snapshotOf,
 } from "../../src/gitlab/inventory.ts";
 import type { GitLabGroup, GitLabPort, GitLabProject } from "../../src/gitlab/port.ts";
-import { InventoryWatcher, type Timers } from "../../src/gitlab/watcher.ts";
+import type { NatsBinding } from "../../src/api/v1alpha1/types.ts";
+import { parseBindingSpec } from "../../src/api/v1alpha1/schema.ts";
+import { ProjectInventories } from "../../src/controllers/binding/projects.ts";
+import type { GitLabSignal } from "../../src/gitlab/signals.ts";
+import { ManualClock } from "../../src/runtime/clock.ts";
 
 function project(id: number, o: Partial<GitLabProject> = {}): GitLabProject {
   const path = o.path ?? `p${id}`;
@@ -203,61 +207,69 @@ describe("ProjectInventory", () => {
   });
 });
 
-class ManualTimers implements Timers {
-  pending: Array<{ fn: () => void; ms: number; cancelled: boolean }> = [];
-  setTimeout(fn: () => void, ms: number): unknown {
-    const t = { fn, ms, cancelled: false };
-    this.pending.push(t);
-    return t;
-  }
-  clearTimeout(handle: unknown): void {
-    (handle as { cancelled: boolean }).cancelled = true;
-  }
-  fire(): void {
-    const due = this.pending.filter((t) => !t.cancelled);
-    this.pending = [];
-    for (const t of due) t.fn();
-  }
-}
+const spec = (group: number): NatsBinding["spec"] =>
+  parseBindingSpec({ gitlab: { group }, roles: [{ name: "ci", publish: { allow: ["a.>"] } }] }, "test");
 
-describe("InventoryWatcher", () => {
-  it("resyncs at start and on every interval, refreshes on webhooks, reports errors", async () => {
+/** Lets the async work a timer started run to its end. */
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe("ProjectInventories", () => {
+  it("lists on first use, resyncs every interval, refreshes on webhooks, keeps the snapshot on errors", async () => {
     const gitlab = new FakeGitLab();
     gitlab.projects.set(1, project(1, { namespaceFullPath: "top/a" }));
-    const timers = new ManualTimers();
-    const changes: Array<[string, number[]]> = [];
+    const clock = new ManualClock(0);
+    const changes: Array<[string[], number[]]> = [];
     const errors: string[] = [];
-    const watcher = new InventoryWatcher({
-      inventory: new ProjectInventory(gitlab, { groups: [1], projects: [] }),
+    const inventories = new ProjectInventories({
+      gitlab,
+      clock,
       resyncIntervalMs: 60_000,
-      timers,
-      onChange: (d, cause) => changes.push([cause, changedProjectIds(d)]),
-      onError: (e, cause) => errors.push(`${cause}: ${(e as Error).message}`),
+      onChange: (keys, d) => changes.push([keys, changedProjectIds(d)]),
+      onError: (e, what) => errors.push(`${what}: ${(e as Error).message}`),
     });
-    await watcher.start();
-    assert.deepEqual(changes, [["resync", [1]]]);
+    // Two bindings with the same selector share one inventory: one listing.
     assert.deepEqual(
-      timers.pending.map((t) => t.ms),
-      [60_000],
+      (await inventories.projects("b", spec(1))).map((p) => p.id),
+      [1],
     );
+    assert.deepEqual(
+      (await inventories.projects("a", spec(1))).map((p) => p.id),
+      [1],
+    );
+    assert.equal(gitlab.calls.filter((c) => c.startsWith("list")).length, 1);
+    inventories.start();
 
     gitlab.projects.set(2, project(2, { namespaceFullPath: "top/a" }));
-    await watcher.handle({ kind: "project", projectId: 2 });
-    assert.deepEqual(changes.at(-1), ["webhook", [2]]);
+    await inventories.handle({ kind: "project", projectId: 2, event: "project_create" } as GitLabSignal);
+    assert.deepEqual(changes, [[["a", "b"], [2]]], "a webhook refreshes that project");
+
+    gitlab.projects.delete(1);
+    clock.advance(60_000);
+    await settle();
+    assert.deepEqual(changes.at(-1), [["a", "b"], [1]], "the periodic resync sees the deletion");
 
     gitlab.failListing = new Error("boom");
-    timers.fire();
-    await new Promise((r) => setImmediate(r));
-    assert.deepEqual(errors, ["resync: boom"]);
-    assert.equal(
-      timers.pending.filter((t) => !t.cancelled).length,
-      1,
-      "the next resync is scheduled after a failure",
+    clock.advance(60_000);
+    await settle();
+    assert.match(errors.join("\n"), /resync: .*boom/);
+    assert.deepEqual(
+      (await inventories.projects("a", spec(1))).map((p) => p.id),
+      [2],
+      "kept, not emptied",
     );
+    gitlab.failListing = undefined;
+    gitlab.projects.set(3, project(3, { namespaceFullPath: "top/a" }));
+    clock.advance(60_000);
+    await settle();
+    assert.deepEqual(changes.at(-1), [["a", "b"], [3]], "the next resync is scheduled after a failure");
 
-    watcher.stop();
-    assert.equal(timers.pending.filter((t) => !t.cancelled).length, 0);
-    await watcher.handle({ kind: "project", projectId: 3 });
-    assert.equal(changes.length, 2, "a stopped watcher ignores signals");
+    inventories.forget("a");
+    inventories.forget("b");
+    assert.equal(inventories.knownProjects("a"), undefined, "a scope no binding uses is dropped");
+    inventories.stop();
+    const listings = gitlab.calls.length;
+    clock.advance(600_000);
+    await settle();
+    assert.equal(gitlab.calls.length, listings, "stopped: no more resyncs");
   });
 });
