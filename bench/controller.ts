@@ -94,7 +94,7 @@ import { GitLabSimulator, type SimGroup } from "../test/support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../test/support/nats-server.ts";
 import { connectWithCreds, createTestOperator, type TestOperator } from "../test/support/operator.ts";
 import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
-import { fmt, log, median, table, verdict } from "./common.ts";
+import { fmt, log, median, pool, processCpuMs, table, verdict } from "./common.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 // Extra node flags for section 1b's child (exploring memory, e.g. "--max-old-space-size=128").
@@ -134,41 +134,10 @@ function percentile(values: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
 
-async function pool<T>(
-  items: readonly T[],
-  concurrency: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-}
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
 const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
 const mb = (bytes: number): number => bytes / (1024 * 1024);
-
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** CPU time (ms, user + system) a process used so far, from /proc; undefined off Linux. */
-function processCpuMs(pid: number): { user: number; sys: number } | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { user: (Number(fields[11]) * 1000) / CLK_TCK, sys: (Number(fields[12]) * 1000) / CLK_TCK };
-  } catch {
-    return undefined;
-  }
-}
 
 /** read/write-family system calls this process made so far (/proc/self/io); undefined off Linux. */
 function ioSyscalls(): { reads: number; writes: number } | undefined {

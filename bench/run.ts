@@ -24,7 +24,6 @@
  * throughput. The "sys" figure next to the servers' CPU shows it; on tmpfs it disappears.
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { availableParallelism, cpus } from "node:os";
 import { join } from "node:path";
@@ -44,7 +43,7 @@ import {
   type NatsServerOptions,
 } from "../test/support/nats-server.ts";
 import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
-import { fmt, log, median, table, verdict } from "./common.ts";
+import { fmt, log, median, pool, processCpuMs, table, verdict } from "./common.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 
@@ -123,45 +122,6 @@ async function measure(runs: number, fn: (run: number) => unknown): Promise<numb
   return out;
 }
 
-/** Runs `fn` over `items` with at most `concurrency` calls in flight. */
-async function pool<T>(
-  items: readonly T[],
-  concurrency: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
-}
-
-const CLK_TCK = ((): number => {
-  try {
-    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** CPU time (ms) the processes used so far, from /proc; undefined off Linux. */
-function processCpuMs(pids: readonly number[]): { user: number; sys: number } | undefined {
-  try {
-    let user = 0;
-    let sys = 0;
-    for (const pid of pids) {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      // Fields after "(comm) ": state is field 3, so utime (14) and stime (15) are at 11 and 12.
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      user += Number(fields[11]);
-      sys += Number(fields[12]);
-    }
-    return { user: (user * 1000) / CLK_TCK, sys: (sys * 1000) / CLK_TCK };
-  } catch {
-    return undefined;
-  }
-}
-
 /** CPU used by this process and by the server processes in each timed run of a series. */
 class CpuMeter {
   readonly #pids: readonly number[];
@@ -175,10 +135,10 @@ class CpuMeter {
   }
   async around<T>(fn: () => Promise<T>): Promise<T> {
     const client0 = process.cpuUsage();
-    const server0 = processCpuMs(this.#pids);
+    const server0 = processCpuMs(...this.#pids);
     const out = await fn();
     const client = process.cpuUsage(client0);
-    const server1 = processCpuMs(this.#pids);
+    const server1 = processCpuMs(...this.#pids);
     this.clientMs.push((client.user + client.system) / 1000);
     if (server0 && server1) {
       this.serverMs.push(server1.user + server1.sys - server0.user - server0.sys);
