@@ -106,6 +106,10 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   });
   const pushes = metrics.counter({ name: "natsbind_account_pushes_total", help: "Account JWTs pushed." });
   const deletes = metrics.counter({ name: "natsbind_account_deletes_total", help: "Accounts deleted." });
+  const reconcilingGauge = metrics.gauge({
+    name: "natsbind_reconciling",
+    help: "1 while this replica reconciles (local mode: always; Kubernetes mode: while it holds the lease).",
+  });
 
   const queue = new WorkQueue<string>({ name: "bindings", clock });
   const inventories = new ProjectInventories({
@@ -198,6 +202,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     url: http.url,
     setReconciling(on) {
       reconciling = on;
+      reconcilingGauge.set(on ? 1 : 0);
     },
     setFollowerWebhook(h) {
       followerWebhook = h;

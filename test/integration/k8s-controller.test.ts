@@ -192,6 +192,8 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     sim.addSystemHook(`${controller.url}/webhooks/gitlab`, SECRET);
     const apiAccount = await waitForAccount("acme", api.id);
     await waitForAccount("acme", web.id);
+    const metrics = await (await fetch(`${controller.url}/metrics`)).text();
+    assert.match(metrics, /^natsbind_reconciling 1$/m, "the leader says it reconciles");
     assert.equal(decodeJwt((await resolver.lookup(apiAccount))!).name, "acme/api");
 
     const secret = (await secretOf("acme", api.id))!;
@@ -534,6 +536,8 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
       // A delivery to the follower is relayed to the leader (resync is 1h: only the hook can do it).
       const leader = byIdentity.get(leaderId!)!;
       const followerPort = ports[leader === a ? 1 : 0]!;
+      const followerMetrics = await (await fetch(`http://127.0.0.1:${followerPort}/metrics`)).text();
+      assert.match(followerMetrics, /^natsbind_reconciling 0$/m, "the follower does not reconcile");
       sim.addSystemHook(`http://127.0.0.1:${followerPort}/webhooks/gitlab`, SECRET);
       const relayed = sim.createProject({ name: "relayed", groupId: group.id });
       const deliveries = await sim.deliverPending();
