@@ -10,6 +10,7 @@ import { hostname } from "node:os";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { BindingReconciler } from "../controllers/binding/reconciler.ts";
 import type { ModeContext, RunningMode } from "../main.ts";
+import { isPublicKey } from "../nats/keys.ts";
 import { systemClock } from "../runtime/clock.ts";
 import type { ReconcileResult, Reconciler } from "../runtime/controller.ts";
 import { LeaderElector, leaseClient } from "../runtime/leader.ts";
@@ -27,7 +28,12 @@ import { EventRecorder } from "./events.ts";
 import { fencedKeyStore, fencedResolver, type Fence } from "./fence.ts";
 import { FinalizerStep } from "./finalizer.ts";
 import { Informer } from "./informer.ts";
-import { SecretKeyStore, bindingKeyOfSecret } from "./secret-keystore.ts";
+import {
+  ANNOTATION_ACCOUNT,
+  LABEL_PROJECT_ID,
+  SecretKeyStore,
+  bindingKeyOfSecret,
+} from "./secret-keystore.ts";
 import { KubeStatusWriter } from "./status.ts";
 import { createWebhookRelay, leaderIdentity } from "./webhook-relay.ts";
 
@@ -122,6 +128,15 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   });
   const bindings = new KubeBindings(bindingInformer);
 
+  let elector: LeaderElector | undefined;
+  const fence: Fence = () => elector === undefined || elector.isLeader();
+  const recorder = new EventRecorder({
+    core,
+    clock: ctx.clock,
+    log: klog,
+    instance: identity,
+    mayWrite: fence,
+  });
   // Watch events only say "look at this key": level-based, the reconcile re-reads everything.
   bindingInformer.onEvent((type, obj, old) => {
     const key = bindingKeyOf(obj);
@@ -136,21 +151,30 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       isDeleting(obj) !== (old ? isDeleting(old) : false);
     if (changed) queue.add(key);
   });
-  // An account Secret removed by hand: its binding looks again (and recreates the slot).
+  // natsbind forgets the Secrets it deletes before the watch reports them, so a "delete" here is
+  // someone else's: the account's keys are gone. The binding looks again (a new account for the
+  // project) and says so; the old account stays on the resolver for a human to delete.
   secretInformer.onEvent((type, obj) => {
     const binding = type === "delete" ? bindingKeyOfSecret(obj) : undefined;
-    if (binding) queue.add(binding);
+    if (!binding) return;
+    queue.add(binding);
+    const owner = bindings.object(binding);
+    if (!owner || isDeleting(owner)) return;
+    // Annotations of a deleted object are not trusted into an Event: public key and id shapes only.
+    const annotated = obj.metadata?.annotations?.[ANNOTATION_ACCOUNT] ?? "";
+    const account = isPublicKey(annotated, "account") ? annotated : "(unknown)";
+    const labelled = obj.metadata?.labels?.[LABEL_PROJECT_ID] ?? "";
+    const projectId = /^[0-9]{1,15}$/.test(labelled) ? labelled : "(unknown)";
+    const message =
+      `Secret ${obj.metadata?.namespace}/${obj.metadata?.name} with the keys of account ${account} ` +
+      `(GitLab project ${projectId}) was deleted outside natsbind: the project gets a new account; ` +
+      `${account} stays on the NATS resolver until deleted (natsbind accounts delete ${account})`;
+    klog.warn({ binding, account, projectId }, "account keys deleted outside natsbind");
+    const { namespace, name } = splitBindingKey(binding);
+    const uid = owner.metadata?.uid;
+    recorder.warning({ namespace, name, ...(uid ? { uid } : {}) }, "AccountKeysLost", message);
   });
 
-  let elector: LeaderElector | undefined;
-  const fence: Fence = () => elector === undefined || elector.isLeader();
-  const recorder = new EventRecorder({
-    core,
-    clock: ctx.clock,
-    log: klog,
-    instance: identity,
-    mayWrite: fence,
-  });
   const keys = new SecretKeyStore({
     kubeConfig: kc,
     core,

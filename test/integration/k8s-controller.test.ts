@@ -292,6 +292,34 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     });
   });
 
+  it("a key Secret deleted by hand: a new account for the project and an AccountKeysLost Warning", async () => {
+    const [projectId] = acmeProjects;
+    const old = await waitForAccount("acme", projectId!);
+    const name = accountSecretName({ binding: `${NS}/acme`, projectId: projectId! });
+    await core.deleteNamespacedSecret({ namespace: NS, name });
+    let fresh: string | undefined;
+    await waitFor(
+      async () => {
+        fresh = (await secretOf("acme", projectId!))?.metadata?.annotations?.[ANNOTATION_ACCOUNT];
+        return fresh !== undefined && fresh !== old && (await resolver.lookup(fresh)) !== undefined;
+      },
+      { what: "a new account for the project", timeoutMs: 15_000, intervalMs: 50 },
+    );
+    await waitFor(
+      async () =>
+        (await core.listNamespacedEvent({ namespace: NS })).items.some(
+          (e) =>
+            e.reason === "AccountKeysLost" &&
+            e.type === "Warning" &&
+            e.involvedObject.name === "acme" &&
+            (e.message ?? "").includes(old),
+        ),
+      { what: "an AccountKeysLost event naming the old account", timeoutMs: 10_000, intervalMs: 50 },
+    );
+    assert.ok(await resolver.lookup(old), "the old account is left for a human to delete");
+    await resolver.delete([old]);
+  });
+
   it("survives an apiserver restart: a binding applied afterwards converges", async () => {
     const beta = sim.createGroup({ name: "Beta", path: "beta" });
     const one = sim.createProject({ name: "one", groupId: beta.id });
