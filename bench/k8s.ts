@@ -15,19 +15,12 @@
  *    counted separately and subtracted.
  * Medians over RUNS runs, each on fresh directories / a fresh namespace and fresh projects.
  */
-import { readFile, writeFile, mkdir } from "node:fs/promises";
+import { writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import {
-  ApiextensionsV1Api,
-  CoordinationV1Api,
-  CoreV1Api,
-  CustomObjectsApi,
-  loadYaml,
-  type V1CustomResourceDefinition,
-} from "@kubernetes/client-node";
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
 import { stringify } from "yaml";
-import { CRD_NAME, PLURAL } from "../src/api/v1alpha1/crd.ts";
+import { PLURAL } from "../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../src/api/v1alpha1/types.ts";
 import { parseConfig } from "../src/config/config.ts";
 import type { BindingStatus } from "../src/controllers/binding/status.ts";
@@ -37,7 +30,7 @@ import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
 import {
   insecureGet,
   startKubeApiserver,
-  waitForCrdEstablished,
+  installNatsBindingCrd,
   type KubeApiserver,
 } from "../test/support/kube.ts";
 import { startNatsServer } from "../test/support/nats-server.ts";
@@ -98,11 +91,7 @@ async function main(): Promise<void> {
     const core = kc.makeApiClient(CoreV1Api);
     const objects = kc.makeApiClient(CustomObjectsApi);
     const leases = kc.makeApiClient(CoordinationV1Api);
-    const crd = loadYaml<V1CustomResourceDefinition>(
-      await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
-    );
-    await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
-    await waitForCrdEstablished(kc, CRD_NAME);
+    await installNatsBindingCrd(kc);
     await core.createNamespace({ body: { metadata: { name: "natsbind" } } });
     await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
     await writeFile(join(dir, "token"), sim.token);

@@ -4,21 +4,18 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import {
-  ApiextensionsV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
-  loadYaml,
   type KubeConfig,
-  type V1CustomResourceDefinition,
   type V1Secret,
 } from "@kubernetes/client-node";
 import { stringify } from "yaml";
-import { CRD_NAME, PLURAL } from "../../src/api/v1alpha1/crd.ts";
+import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
@@ -31,7 +28,7 @@ import { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { startKubeApiserver, waitForCrdEstablished, type KubeApiserver } from "../support/kube.ts";
+import { startKubeApiserver, installNatsBindingCrd, type KubeApiserver } from "../support/kube.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
 import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
@@ -136,11 +133,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     kc = kube.kubeConfig();
     objects = kc.makeApiClient(CustomObjectsApi);
     core = kc.makeApiClient(CoreV1Api);
-    const crd = loadYaml<V1CustomResourceDefinition>(
-      await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
-    );
-    await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
-    await waitForCrdEstablished(kc, CRD_NAME);
+    await installNatsBindingCrd(kc);
     for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
 
     dir = await tempDir("k8s-run");
@@ -466,11 +459,7 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
     try {
       const kc = kube.kubeConfig();
       const core = kc.makeApiClient(CoreV1Api);
-      const crd = loadYaml<V1CustomResourceDefinition>(
-        await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
-      );
-      await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
-      await waitForCrdEstablished(kc, CRD_NAME);
+      await installNatsBindingCrd(kc);
       for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
       await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
       await writeFile(join(dir, "token"), sim.token);

@@ -1,11 +1,25 @@
 // A real etcd + kube-apiserver for integration tests (docs/design facts-kube.md step 3): no
 // controller-manager, a static admin token in system:masters, self-signed serving certs.
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join } from "node:path";
-import { ApiextensionsV1Api, KubeConfig } from "@kubernetes/client-node";
-import { freePort, httpGet, ManagedProcess, removeDir, tempDir, toolBinary, waitFor } from "./process.ts";
+import {
+  ApiextensionsV1Api,
+  KubeConfig,
+  loadYaml,
+  type V1CustomResourceDefinition,
+} from "@kubernetes/client-node";
+import {
+  REPO_ROOT,
+  freePort,
+  httpGet,
+  ManagedProcess,
+  removeDir,
+  tempDir,
+  toolBinary,
+  waitFor,
+} from "./process.ts";
 
 export interface KubeApiserverOptions {
   /** Readiness deadline for kube-apiserver's /readyz (default 60_000 ms). */
@@ -258,4 +272,14 @@ export async function waitForCrdEstablished(kc: KubeConfig, name: string, timeou
     },
     { what: `CRD ${name} to be Established`, timeoutMs, intervalMs: 100 },
   );
+}
+
+/** Creates the NatsBinding CRD from crds/natsbinding.yaml (as kubectl would read it) and waits
+ * until it is Established. loadYaml keeps the x-kubernetes-* keys a plain object would lose. */
+export async function installNatsBindingCrd(kc: KubeConfig): Promise<void> {
+  const crd = loadYaml<V1CustomResourceDefinition>(
+    await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
+  );
+  await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
+  await waitForCrdEstablished(kc, crd.metadata!.name!);
 }
