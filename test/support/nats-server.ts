@@ -195,16 +195,37 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
 
 interface Routez {
   num_routes?: number;
-  routes?: { remote_id?: string; remote_name?: string }[] | null;
+  routes?: { remote_id?: string; remote_name?: string; account?: string }[] | null;
 }
 
-/** Number of distinct peers a server has routes to (route pooling opens several per peer). */
-async function routedPeers(server: NatsServer): Promise<number> {
-  const res = await httpGet(`${server.monitorUrl}/routez`);
-  if (res.status !== 200) throw new Error(`/routez ${res.status}`);
-  const routez = JSON.parse(res.body) as Routez;
-  const peers = new Set((routez.routes ?? []).map((r) => r.remote_id ?? r.remote_name));
-  return peers.size;
+/**
+ * Number of peers a server is fully routed to. nats-server >= 2.10 opens a pool of routes per peer
+ * (cluster.pool_size, from /varz) plus one route per pinned account, and pins the system account:
+ * a peer listed by one pooled route may not carry the system account's interest yet (a
+ * $SYS.REQ.SERVER.PING then misses that server). A peer counts once it has every pooled route and
+ * the system account's route.
+ */
+async function routedPeers(server: NatsServer, systemAccount: string): Promise<number> {
+  const [routezRes, varzRes] = await Promise.all([
+    httpGet(`${server.monitorUrl}/routez`),
+    httpGet(`${server.monitorUrl}/varz`),
+  ]);
+  if (routezRes.status !== 200) throw new Error(`/routez ${routezRes.status}`);
+  if (varzRes.status !== 200) throw new Error(`/varz ${varzRes.status}`);
+  const routez = JSON.parse(routezRes.body) as Routez;
+  const poolSize = (JSON.parse(varzRes.body) as { cluster?: { pool_size?: number } }).cluster?.pool_size ?? 1;
+  const byPeer = new Map<string, { pooled: number; system: boolean }>();
+  for (const r of routez.routes ?? []) {
+    const peer = r.remote_id ?? r.remote_name ?? "";
+    const seen = byPeer.get(peer) ?? { pooled: 0, system: false };
+    if (r.account === undefined || r.account === "") seen.pooled += 1;
+    else if (r.account === systemAccount) seen.system = true;
+    byPeer.set(peer, seen);
+  }
+  // A pool size of 0 or less turns pooling off: one route per peer carries every account.
+  const complete = (p: { pooled: number; system: boolean }): boolean =>
+    poolSize < 1 ? p.pooled >= 1 : p.pooled >= poolSize && p.system;
+  return [...byPeer.values()].filter(complete).length;
 }
 
 /**
@@ -247,7 +268,7 @@ export async function startNatsCluster(n: number, opts: NatsServerOptions): Prom
     async waitForRoutes(timeoutMs = opts.readyTimeoutMs ?? 15_000) {
       await Promise.all(
         servers.map((s) =>
-          waitFor(async () => (await routedPeers(s)) >= n - 1, {
+          waitFor(async () => (await routedPeers(s, opts.systemAccount)) >= n - 1, {
             what: `nats-server ${s.name} to route to ${n - 1} peers`,
             timeoutMs,
             intervalMs: 50,
