@@ -16,12 +16,11 @@ import { connect, credsAuthenticator } from "@nats-io/transport-node";
 import { INIT_LAYOUT, initOperator } from "../src/cli/init.ts";
 import { loadConfig } from "../src/config/config.ts";
 import { DirectoryKeyStore } from "../src/keystore/directory.ts";
-import { decodeJwt, signJwt, userClaims } from "../src/nats/claims.ts";
+import { decodeJwt } from "../src/nats/claims.ts";
 import { NODE_FLAGS } from "../src/cli/node-flags.ts";
-import { formatCreds } from "../src/nats/creds.ts";
-import { NKeyPair } from "../src/nats/keys.ts";
 import { NatsResolver } from "../src/nats/resolver.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
+import { roleUserCreds } from "../test/support/operator.ts";
 
 const ROOT = join(import.meta.dirname, "..");
 const DEMO = join(ROOT, ".cache", "demo");
@@ -182,22 +181,13 @@ spec:
 
       say("a CI user signed by the ci role key of acme/platform/worker");
       const slot = (await keys.get({ binding: BINDING, projectId: worker.id }))!;
-      const user = NKeyPair.generate("user");
-      const jwt = signJwt(
-        userClaims({
-          publicKey: user.publicKey,
-          name: "demo-job",
-          account: slot.account,
-          issuer: slot.roles.ci!,
-          scoped: true,
-          expiresAt: Math.floor(Date.now() / 1000) + 300,
-        }),
-        slot.roleKeys.get("ci")!,
-        Math.floor(Date.now() / 1000),
-      );
+      const creds = roleUserCreds(slot.account, slot.roleKeys.get("ci")!, {
+        name: "demo-job",
+        expiresAt: Math.floor(Date.now() / 1000) + 300,
+      });
       const nc = await connect({
         servers: loaded.nats.servers,
-        authenticator: credsAuthenticator(new TextEncoder().encode(formatCreds(jwt, user))),
+        authenticator: credsAuthenticator(creds),
       });
       const refused: string[] = [];
       void (async () => {

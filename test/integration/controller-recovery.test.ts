@@ -11,7 +11,7 @@ import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
-import { NatsResolver } from "../../src/nats/resolver.ts";
+import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { subjectProblem } from "../../src/nats/subjects.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
@@ -19,7 +19,12 @@ import { ManualClock } from "../../src/runtime/clock.ts";
 import { StatusFiles } from "../../src/store/status-files.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
+import {
+  createTestOperator,
+  natsConfigSection,
+  operatorResolver,
+  type TestOperator,
+} from "../support/operator.ts";
 import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
 
 function binding(name: string, group: string, deletionPolicy: "Retain" | "Delete"): string {
@@ -65,11 +70,7 @@ describe("natsbind run recovers", { timeout: 240_000 }, () => {
     };
     await writeFile(join(dir, "natsbind.yaml"), stringify(doc));
     config = parseConfig(doc, "test", dir);
-    resolver = await NatsResolver.connect({
-      servers: server.url,
-      creds: op.systemCreds,
-      operatorSigningKey: op.signingKey,
-    });
+    resolver = await operatorResolver(op, server.url);
   });
 
   after(async () => {

@@ -5,10 +5,8 @@ import { mkdir, writeFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { parseConfig, type Config } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
-import { decodeJwt, signJwt, userClaims } from "../../src/nats/claims.ts";
-import { formatCreds } from "../../src/nats/creds.ts";
-import { NKeyPair } from "../../src/nats/keys.ts";
-import { NatsResolver } from "../../src/nats/resolver.ts";
+import { decodeJwt } from "../../src/nats/claims.ts";
+import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { ManualClock } from "../../src/runtime/clock.ts";
@@ -19,6 +17,8 @@ import {
   connectWithCreds,
   createTestOperator,
   natsConfigSection,
+  operatorResolver,
+  roleUserCreds,
   watchStatus,
   type TestOperator,
 } from "../support/operator.ts";
@@ -72,20 +72,7 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
 
   async function userCreds(binding: string, projectId: number): Promise<Uint8Array> {
     const slot = (await keys().get({ binding, projectId }))!;
-    const role = slot.roleKeys.get("ci")!;
-    const user = NKeyPair.generate("user");
-    const jwt = signJwt(
-      userClaims({
-        publicKey: user.publicKey,
-        name: "job",
-        account: slot.account,
-        issuer: role.publicKey,
-        scoped: true,
-      }),
-      role,
-      Math.floor(Date.now() / 1000),
-    );
-    return new TextEncoder().encode(formatCreds(jwt, user));
+    return roleUserCreds(slot.account, slot.roleKeys.get("ci")!, { name: "job" });
   }
 
   before(async () => {
@@ -105,11 +92,7 @@ describe("natsbind run (local mode)", { timeout: 180_000 }, () => {
       "test config",
       dir,
     );
-    resolver = await NatsResolver.connect({
-      servers: server.url,
-      creds: op.systemCreds,
-      operatorSigningKey: op.signingKey,
-    });
+    resolver = await operatorResolver(op, server.url);
   });
 
   after(async () => {

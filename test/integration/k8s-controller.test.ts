@@ -24,13 +24,18 @@ import { FINALIZER, type NatsBindingObject } from "../../src/k8s/bindings.ts";
 import { KubeStatusWriter } from "../../src/k8s/status.ts";
 import { accountSecretName, ANNOTATION_ACCOUNT } from "../../src/k8s/secret-keystore.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
-import { NatsResolver } from "../../src/nats/resolver.ts";
+import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startKubeApiserver, installNatsBindingCrd, type KubeApiserver } from "../support/kube.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
+import {
+  createTestOperator,
+  natsConfigSection,
+  operatorResolver,
+  type TestOperator,
+} from "../support/operator.ts";
 import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
 
 const NS = "team-a";
@@ -154,11 +159,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     };
     await writeFile(join(dir, "natsbind.yaml"), stringify(document));
     config = parseConfig(document, "test config", dir);
-    resolver = await NatsResolver.connect({
-      servers: server.url,
-      creds: op.systemCreds,
-      operatorSigningKey: op.signingKey,
-    });
+    resolver = await operatorResolver(op, server.url);
   });
 
   after(async () => {
@@ -451,11 +452,7 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
     const server = await startNatsServer(op.serverOptions);
     const dir = await tempDir("k8s-ha");
     const children: ChildProcess[] = [];
-    const resolver = await NatsResolver.connect({
-      servers: server.url,
-      creds: op.systemCreds,
-      operatorSigningKey: op.signingKey,
-    });
+    const resolver = await operatorResolver(op, server.url);
     try {
       const kc = kube.kubeConfig();
       const core = kc.makeApiClient(CoreV1Api);

@@ -21,6 +21,7 @@ import {
 import {
   connectWithCreds,
   createTestOperator,
+  operatorResolver,
   projectAccount,
   scopedUserCreds,
   type TestOperator,
@@ -276,11 +277,7 @@ describe("resolver on a 3-node cluster", TIMEOUT, () => {
     op = await createTestOperator();
     cluster = await startNatsCluster(3, op.serverOptions);
     await cluster.waitForRoutes();
-    resolver = await NatsResolver.connect({
-      servers: cluster.urls[0]!,
-      creds: op.systemCreds,
-      operatorSigningKey: op.signingKey,
-    });
+    resolver = await operatorResolver(op, cluster.urls[0]!);
   });
   after(async () => {
     await resolver?.close();

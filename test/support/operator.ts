@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { INIT_LAYOUT, initOperator } from "../../src/cli/init.ts";
 import { accountClaims, signJwt, userClaims, type DesiredAccount } from "../../src/nats/claims.ts";
+import { NatsResolver } from "../../src/nats/resolver.ts";
 import { formatCreds } from "../../src/nats/creds.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import { readSeedFile } from "../../src/store/key-directory.ts";
@@ -75,22 +76,37 @@ export function projectAccount(op: TestOperator, name: string, iat = 1_700_000_0
   };
 }
 
-/** Creds of a user signed by the account's scoped "ci" key, tagged with `tags`. */
-export function scopedUserCreds(acc: TestAccount, tags: string[]): Uint8Array {
+/** Creds of a user signed by `roleKey`, a scoped signing key of `account`. */
+export function roleUserCreds(
+  account: string,
+  roleKey: NKeyPair,
+  opts: { name?: string; tags?: string[]; expiresAt?: number } = {},
+): Uint8Array {
   const user = NKeyPair.generate("user");
   const jwt = signJwt(
     userClaims({
       publicKey: user.publicKey,
-      name: "ci-job",
-      account: acc.account.publicKey,
-      issuer: acc.ciKey.publicKey,
+      name: opts.name ?? "ci-job",
+      account,
+      issuer: roleKey.publicKey,
       scoped: true,
-      tags,
+      ...(opts.tags ? { tags: opts.tags } : {}),
+      ...(opts.expiresAt !== undefined ? { expiresAt: opts.expiresAt } : {}),
     }),
-    acc.ciKey,
+    roleKey,
     Math.floor(Date.now() / 1000),
   );
   return new TextEncoder().encode(formatCreds(jwt, user));
+}
+
+/** Creds of a user signed by the account's scoped "ci" key, tagged with `tags`. */
+export function scopedUserCreds(acc: TestAccount, tags: string[]): Uint8Array {
+  return roleUserCreds(acc.account.publicKey, acc.ciKey, { tags });
+}
+
+/** A resolver client as this operator's system user, pushing with its signing key. */
+export function operatorResolver(op: TestOperator, servers: string | string[]): Promise<NatsResolver> {
+  return NatsResolver.connect({ servers, creds: op.systemCreds, operatorSigningKey: op.signingKey });
 }
 
 /** The `nats` section of a natsbind.yaml that talks to `servers` as this operator. */
