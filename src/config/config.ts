@@ -2,11 +2,11 @@
  * natsbind's configuration file (natsbind.yaml): read and validated once, here. Every error names
  * the file and the field path. Relative paths resolve against the file's directory.
  */
-import { readFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TerminalError } from "../errors.ts";
+import { readRequiredTextFile } from "../store/files.ts";
 import { parseDuration } from "../units.ts";
 
 export class ConfigError extends TerminalError {}
@@ -151,20 +151,10 @@ export const MAX_SECRET_FILE_BYTES = 4096;
  * the file, never the content.
  */
 export async function readSecretFile(path: string, what: string): Promise<string> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (cause) {
-    throw new ConfigError(
-      `cannot read ${what} file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`,
-      {
-        cause,
-      },
-    );
-  }
-  if (Buffer.byteLength(text) > MAX_SECRET_FILE_BYTES) {
-    throw new ConfigError(`${what} file ${path} is larger than ${MAX_SECRET_FILE_BYTES} bytes`);
-  }
+  const text = await readRequiredTextFile(path, MAX_SECRET_FILE_BYTES, {
+    unreadable: (reason, cause) => new ConfigError(`cannot read ${what} file ${path}: ${reason}`, { cause }),
+    tooLarge: () => new ConfigError(`${what} file ${path} is larger than ${MAX_SECRET_FILE_BYTES} bytes`),
+  });
   const secret = text.trim();
   if (secret.length === 0) throw new ConfigError(`${what} file ${path} is empty`);
   if (/\s/.test(secret)) throw new ConfigError(`${what} file ${path} holds more than one word`);
@@ -172,16 +162,10 @@ export async function readSecretFile(path: string, what: string): Promise<string
 }
 
 export async function loadConfig(path: string): Promise<Config> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (cause) {
-    throw new ConfigError(`cannot read config ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`, {
-      cause,
-    });
-  }
-  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES)
-    throw new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`);
+  const text = await readRequiredTextFile(path, MAX_CONFIG_BYTES, {
+    unreadable: (reason, cause) => new ConfigError(`cannot read config ${path}: ${reason}`, { cause }),
+    tooLarge: () => new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`),
+  });
   let document: unknown;
   try {
     document = parseYaml(text, { maxAliasCount: 100 });

@@ -11,14 +11,15 @@
  * counter lives in the instance and survives a key's removal, so a re-added key keeps counting.
  */
 import { createHash } from "node:crypto";
-import { watch as fsWatch, constants, type FSWatcher } from "node:fs";
-import { mkdir, open, opendir } from "node:fs/promises";
+import { watch as fsWatch, type FSWatcher } from "node:fs";
+import { mkdir, opendir } from "node:fs/promises";
 import { join } from "node:path";
 import { Composer, LineCounter, Parser, type Document } from "yaml";
 import { BindingValidationError, parseBinding } from "../api/v1alpha1/schema.ts";
 import type { NatsBinding } from "../api/v1alpha1/types.ts";
 import { NatsbindError, describeError } from "../errors.ts";
 import { systemClock, type Clock, type TimerHandle } from "../runtime/clock.ts";
+import { readBoundedFile, type BoundedRead } from "./files.ts";
 
 export const MAX_BINDING_FILE_BYTES = 256 * 1024;
 export const MAX_BINDING_FILES = 1000;
@@ -90,9 +91,6 @@ interface Generation {
   specHash: string;
   generation: number;
 }
-
-type FileRead =
-  { kind: "ok"; data: Buffer } | { kind: "missing" } | { kind: "not-a-file" } | { kind: "too-large" };
 
 export class BindingFiles {
   readonly dir: string;
@@ -227,9 +225,9 @@ export class BindingFiles {
     | { kind: "file-problem"; message: string }
     | { kind: "documents"; documents: Array<ParsedDocument> }
   > {
-    let read: FileRead;
+    let read: BoundedRead;
     try {
-      read = await readBounded(join(this.dir, name), MAX_BINDING_FILE_BYTES);
+      read = await readBoundedFile(join(this.dir, name), MAX_BINDING_FILE_BYTES);
     } catch (err) {
       return { kind: "file-problem", message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` };
     }
@@ -555,33 +553,3 @@ function compareStrings(a: string, b: string): number {
  * Reads a regular file of at most `maxBytes`. Opens non-blocking (a FIFO named *.yaml cannot hang the
  * scan) and checks the opened file, not the name, so a swapped symlink cannot slip a device in.
  */
-async function readBounded(path: string, maxBytes: number): Promise<FileRead> {
-  let handle;
-  try {
-    handle = await open(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
-    throw err;
-  }
-  try {
-    const stats = await handle.stat();
-    if (!stats.isFile()) return { kind: "not-a-file" };
-    if (stats.size > maxBytes) return { kind: "too-large" };
-    let buffer = Buffer.alloc(stats.size + 1);
-    let total = 0;
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, total, buffer.length - total, total);
-      if (bytesRead === 0) return { kind: "ok", data: buffer.subarray(0, total) };
-      total += bytesRead;
-      // The file may grow while it is read: grow the buffer, within the bound.
-      if (total > maxBytes) return { kind: "too-large" };
-      if (total === buffer.length) {
-        const bigger = Buffer.alloc(Math.min(maxBytes + 1, buffer.length * 2));
-        buffer.copy(bigger);
-        buffer = bigger;
-      }
-    }
-  } finally {
-    await handle.close();
-  }
-}

@@ -2,27 +2,29 @@
  * Local-mode key store: one seed file per key, named by its public key (`<PUBKEY>.nk`, mode 0600),
  * in a directory of mode 0700. Writes are atomic, so a crash leaves either the old or the new file.
  */
-import { mkdir, readFile, readdir, rm } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { NatsbindError } from "../errors.ts";
 import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
-import { writeFileAtomic } from "./files.ts";
+import { readBoundedFile, readRequiredTextFile, writeFileAtomic, type BoundedRead } from "./files.ts";
 
 export class KeyStoreError extends NatsbindError {}
 
 /** A key store file's text, or undefined when it does not exist; bounded in size. */
 export async function readKeyStoreFile(path: string, maxBytes: number): Promise<string | undefined> {
-  let text: string;
+  let read: BoundedRead;
   try {
-    text = await readFile(path, "utf8");
+    read = await readBoundedFile(path, maxBytes);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
       cause: err,
     });
   }
-  if (text.length > maxBytes) throw new KeyStoreError(`key store: ${path} is larger than ${maxBytes} bytes`);
-  return text;
+  if (read.kind === "missing") return undefined;
+  if (read.kind === "not-a-file") throw new KeyStoreError(`key store: ${path} is not a regular file`);
+  if (read.kind === "too-large")
+    throw new KeyStoreError(`key store: ${path} is larger than ${maxBytes} bytes`);
+  return read.data.toString("utf8");
 }
 
 const MAX_SEED_FILE_BYTES = 1024;
@@ -76,16 +78,9 @@ export class KeyDirectory {
 
 /** Reads one seed file (e.g. the operator signing key) with a size bound and a kind check. */
 export async function readSeedFile(path: string, kind: KeyKind): Promise<NKeyPair> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (cause) {
-    throw new KeyStoreError(
-      `cannot read key file ${path}: ${(cause as NodeJS.ErrnoException).code ?? cause}`,
-      { cause },
-    );
-  }
-  if (text.length > MAX_SEED_FILE_BYTES)
-    throw new KeyStoreError(`key file ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`);
+  const text = await readRequiredTextFile(path, MAX_SEED_FILE_BYTES, {
+    unreadable: (reason, cause) => new KeyStoreError(`cannot read key file ${path}: ${reason}`, { cause }),
+    tooLarge: () => new KeyStoreError(`key file ${path} is larger than ${MAX_SEED_FILE_BYTES} bytes`),
+  });
   return NKeyPair.fromSeed(text, kind, `key file ${path}`);
 }

@@ -6,12 +6,11 @@
  * and reported, never fatal, because status is derived data the controller rewrites.
  */
 import { createHash } from "node:crypto";
-import { constants } from "node:fs";
-import { mkdir, open, opendir, rm, type FileHandle } from "node:fs/promises";
+import { mkdir, opendir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { BindingStatus } from "../controllers/binding/status.ts";
 import { NatsbindError, describeError } from "../errors.ts";
-import { writeFileAtomic } from "./files.ts";
+import { readBoundedFile, writeFileAtomic, type BoundedRead } from "./files.ts";
 
 export const MAX_STATUS_FILE_BYTES = 1024 * 1024;
 /** Longest key accepted; binding keys are `namespace/name`, far shorter. */
@@ -149,25 +148,25 @@ export class StatusFiles {
 
   /** The parsed file, or undefined when missing or unusable (reported). */
   async #load(path: string): Promise<StoredStatus | undefined> {
-    let read: Awaited<ReturnType<typeof readBounded>>;
+    let read: BoundedRead;
     try {
-      read = await readBounded(path, MAX_STATUS_FILE_BYTES);
+      read = await readBoundedFile(path, MAX_STATUS_FILE_BYTES);
     } catch (err) {
       this.#problem(path, `cannot read: ${(err as NodeJS.ErrnoException).code ?? describeError(err)}`);
       return undefined;
     }
-    if (read === "missing") return undefined;
-    if (read === "not-a-file") {
+    if (read.kind === "missing") return undefined;
+    if (read.kind === "not-a-file") {
       this.#problem(path, "not a regular file");
       return undefined;
     }
-    if (read === "too-large") {
+    if (read.kind === "too-large") {
       this.#problem(path, `larger than ${MAX_STATUS_FILE_BYTES} bytes`);
       return undefined;
     }
     let text: string;
     try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(read);
+      text = new TextDecoder("utf-8", { fatal: true }).decode(read.data);
     } catch {
       this.#problem(path, "not UTF-8 text");
       return undefined;
@@ -229,47 +228,4 @@ function isAccount(value: unknown): boolean {
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-/** A regular file of at most `maxBytes`, opened non-blocking and checked after opening. */
-async function readBounded(
-  path: string,
-  maxBytes: number,
-): Promise<Buffer | "missing" | "not-a-file" | "too-large"> {
-  let handle;
-  try {
-    handle = await open(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return "missing";
-    throw err;
-  }
-  try {
-    const stats = await handle.stat();
-    if (!stats.isFile()) return "not-a-file";
-    if (stats.size > maxBytes) return "too-large";
-    return await readUpTo(handle, Math.min(maxBytes, stats.size), maxBytes);
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Reads to EOF, starting with a buffer for `expected` bytes and growing it (the file may grow). */
-async function readUpTo(
-  handle: FileHandle,
-  expected: number,
-  maxBytes: number,
-): Promise<Buffer | "too-large"> {
-  let buffer = Buffer.alloc(expected + 1);
-  let total = 0;
-  for (;;) {
-    const { bytesRead } = await handle.read(buffer, total, buffer.length - total, total);
-    if (bytesRead === 0) return buffer.subarray(0, total);
-    total += bytesRead;
-    if (total > maxBytes) return "too-large";
-    if (total === buffer.length) {
-      const bigger = Buffer.alloc(Math.min(maxBytes + 1, buffer.length * 2));
-      buffer.copy(bigger);
-      buffer = bigger;
-    }
-  }
 }
