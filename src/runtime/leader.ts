@@ -24,9 +24,10 @@
  */
 import type { KubeConfig, ObservableMiddleware, V1Lease, V1LeaseSpec } from "@kubernetes/client-node";
 import { CoordinationV1Api, Observable, V1MicroTime } from "@kubernetes/client-node";
-import { describeError, NatsbindError } from "../errors.ts";
+import { NatsbindError } from "../errors.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Clock, TimerHandle } from "./clock.ts";
+import { KubernetesApiError, isNotFound } from "../k8s/api-errors.ts";
 
 /** client-go's JitterFactor: renewDeadline must leave room for more than one retry. */
 export const JITTER_FACTOR = 1.2;
@@ -70,7 +71,7 @@ export function leaseClient(kc: KubeConfig): LeaseClient {
       try {
         return normaliseLease(await api.readNamespacedLease({ namespace, name }, callOptions(signal)));
       } catch (err) {
-        if (statusOf(err) === 404) return undefined;
+        if (isNotFound(err)) return undefined;
         throw leaseApiError("read", namespace, name, err);
       }
     },
@@ -109,34 +110,11 @@ function callOptions(signal: AbortSignal | undefined) {
   return { middleware: [abortable], middlewareMergeStrategy: "append" as const };
 }
 
-function statusOf(err: unknown): number | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "number" ? code : undefined;
-}
-
-/** The apiserver's Status message when there is one (the body may arrive parsed or as text). */
-function apiMessage(err: unknown): string {
-  let body = (err as { body?: unknown } | null)?.body;
-  if (typeof body === "string") {
-    try {
-      body = JSON.parse(body) as unknown;
-    } catch {
-      // not JSON: fall back to the error's own message below
-    }
-  }
-  const message = (body as { message?: unknown } | null | undefined)?.message;
-  if (typeof message === "string" && message.length > 0) return message;
-  if ((err as { name?: unknown } | null)?.name === "AbortError") return "aborted (no answer in time)";
-  // ApiException's own message repeats the body and response headers; keep the first line.
-  return describeError(err).split("\n")[0] ?? "";
-}
-
 function leaseApiError(op: string, namespace: string, name: string, err: unknown): LeaseApiError {
-  const status = statusOf(err);
-  const message = `${op} Lease ${namespace}/${name}: ${status ? `HTTP ${status}: ` : ""}${apiMessage(err)}`;
-  return status === 409
-    ? new LeaseConflictError(message, status, { cause: err })
-    : new LeaseApiError(message, status, { cause: err });
+  const failure = new KubernetesApiError(op, `Lease ${namespace}/${name}`, err);
+  return failure.code === 409
+    ? new LeaseConflictError(failure.message, failure.code, { cause: err })
+    : new LeaseApiError(failure.message, failure.code, { cause: err });
 }
 
 function toMicroTime(value: unknown): V1MicroTime | undefined {
