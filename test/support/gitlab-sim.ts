@@ -10,7 +10,13 @@ import { HookQueue } from "./gitlab-sim/hooks.ts";
 import { OidcKeys, discoveryDocument, mintIdToken } from "./gitlab-sim/oidc.ts";
 import { BadRequest, paginate, parsePaging } from "./gitlab-sim/pagination.ts";
 import { environmentJson, groupJson, projectJson } from "./gitlab-sim/render.ts";
-import { SimStore } from "./gitlab-sim/store.ts";
+import {
+  SimStore,
+  type NewEnvironment,
+  type NewGroup,
+  type NewProject,
+  type Rename,
+} from "./gitlab-sim/store.ts";
 import type {
   Delivery,
   MintIdTokenOptions,
@@ -27,21 +33,7 @@ import type {
   StartOptions,
 } from "./gitlab-sim/types.ts";
 
-export type {
-  Delivery,
-  MintIdTokenOptions,
-  PopulateOptions,
-  PopulateResult,
-  SimEnvironment,
-  SimEnvironmentState,
-  SimFailure,
-  SimGroup,
-  SimOidcRequest,
-  SimProject,
-  SimRequest,
-  SimVisibility,
-  StartOptions,
-} from "./gitlab-sim/types.ts";
+export type * from "./gitlab-sim/types.ts";
 export type { PublicJwk } from "./gitlab-sim/oidc.ts";
 export { COUNT_LIMIT, DEFAULT_PER_PAGE, MAX_PER_PAGE } from "./gitlab-sim/pagination.ts";
 
@@ -88,7 +80,12 @@ function json(status: number, body: unknown, headers?: Record<string, string>): 
   return headers ? { status, body, headers } : { status, body };
 }
 
-function boolParam(query: URLSearchParams, name: string, fallback: boolean): boolean {
+/** `fallback` when the parameter is absent or empty (pass undefined to tell absence apart). */
+function boolParam<F extends boolean | undefined>(
+  query: URLSearchParams,
+  name: string,
+  fallback: F,
+): boolean | F {
   const raw = query.get(name);
   if (raw === null || raw === "") return fallback;
   const v = raw.toLowerCase();
@@ -97,12 +94,12 @@ function boolParam(query: URLSearchParams, name: string, fallback: boolean): boo
   throw new BadRequest({ error: `${name} is invalid` });
 }
 
-function enumParam<T extends string>(
+function enumParam<T extends string, F extends T | undefined>(
   query: URLSearchParams,
   name: string,
   allowed: readonly T[],
-  fallback: T,
-): T {
+  fallback: F,
+): T | F {
   const raw = query.get(name);
   if (raw === null || raw === "") return fallback;
   if (!(allowed as readonly string[]).includes(raw)) {
@@ -123,6 +120,11 @@ function compareBy<T>(
     if (c === 0) c = id(a) - id(b);
     return desc ? -c : c;
   };
+}
+
+/** GitLab's `search` on groups and projects: a case-insensitive substring of name or path. */
+function matchesSearch(x: { name: string; path: string }, search: string): boolean {
+  return search === "" || x.name.toLowerCase().includes(search) || x.path.toLowerCase().includes(search);
 }
 
 function sleep(ms: number): Promise<void> {
@@ -208,29 +210,16 @@ export class GitLabSimulator {
 
   // ------------------------------------------------------------------ state
 
-  createGroup(o: {
-    name: string;
-    path?: string;
-    parentId?: number;
-    visibility?: SimVisibility;
-    description?: string;
-  }): SimGroup {
+  createGroup(o: NewGroup): SimGroup {
     return this.store.createGroup(o);
   }
 
-  createProject(o: {
-    name: string;
-    path?: string;
-    groupId: number;
-    visibility?: SimVisibility;
-    description?: string;
-    defaultBranch?: string;
-  }): SimProject {
+  createProject(o: NewProject): SimProject {
     return this.store.createProject(o);
   }
 
   /** Path change: project_rename + redirect from the old path; name only: project_update. */
-  renameProject(id: number, o: { name?: string; path?: string }): void {
+  renameProject(id: number, o: Rename): void {
     this.store.renameProject(id, o);
   }
 
@@ -243,7 +232,7 @@ export class GitLabSimulator {
     this.store.deleteProject(id);
   }
 
-  renameGroup(id: number, o: { name?: string; path?: string }): void {
+  renameGroup(id: number, o: Rename): void {
     this.store.renameGroup(id, o);
   }
 
@@ -253,10 +242,7 @@ export class GitLabSimulator {
     this.hooks.removeGroupHooks(removedGroupIds);
   }
 
-  addEnvironment(
-    projectId: number,
-    o: { name: string; state?: SimEnvironmentState; tier?: string; externalUrl?: string },
-  ): SimEnvironment {
+  addEnvironment(projectId: number, o: NewEnvironment): SimEnvironment {
     return this.store.addEnvironment(projectId, o);
   }
 
@@ -590,8 +576,7 @@ export class GitLabSimulator {
     const body = groupJson(this.store, this.baseUrl, g);
     if (withProjects) {
       body.projects = this.store
-        .directProjectIds(g.id)
-        .map((pid) => this.store.project(pid))
+        .projectsOf(g.id, false)
         .filter((proj) => this.canSee(p, proj.visibility))
         .sort((a, b) => a.id - b.id)
         .slice(0, 100)
@@ -620,10 +605,7 @@ export class GitLabSimulator {
     const groups = ids
       .map((gid) => this.store.group(gid))
       .filter((x) => this.canSee(p, x.visibility))
-      .filter(
-        (x) =>
-          search === "" || x.name.toLowerCase().includes(search) || x.path.toLowerCase().includes(search),
-      )
+      .filter((x) => matchesSearch(x, search))
       .sort(compareBy(key, (x) => x.id, desc));
     const page = paginate(groups, {
       base: this.baseUrl,
@@ -642,9 +624,7 @@ export class GitLabSimulator {
     const includeSubgroups = boolParam(query, "include_subgroups", false);
     const simple = boolParam(query, "simple", false);
     boolParam(query, "with_shared", true);
-    const archivedRaw = query.get("archived");
-    const archived =
-      archivedRaw === null || archivedRaw === "" ? undefined : boolParam(query, "archived", false);
+    const archived = boolParam(query, "archived", undefined);
     const orderBy = enumParam(
       query,
       "order_by",
@@ -652,17 +632,12 @@ export class GitLabSimulator {
       "created_at",
     );
     const desc = enumParam(query, "sort", ["asc", "desc"], "desc") === "desc";
-    const visibilityRaw = query.get("visibility");
-    const visibility =
-      visibilityRaw === null || visibilityRaw === ""
-        ? undefined
-        : enumParam(query, "visibility", ["private", "internal", "public"] as const, "private");
+    const visibility = enumParam(query, "visibility", ["private", "internal", "public"], undefined);
     const search = (query.get("search") ?? "").toLowerCase();
     parsePaging(query);
     const g = this.findGroup(p, id);
     if (!g) return json(404, { message: "404 Group Not Found" });
 
-    const groupIds = includeSubgroups ? [g.id, ...this.store.descendantGroupIds(g.id)] : [g.id];
     const key = (x: SimProject): string | number => {
       switch (orderBy) {
         case "id":
@@ -678,15 +653,12 @@ export class GitLabSimulator {
           return x.createdAt;
       }
     };
-    const projects = groupIds
-      .flatMap((gid) => this.store.directProjectIds(gid).map((pid) => this.store.project(pid)))
+    const projects = this.store
+      .projectsOf(g.id, includeSubgroups)
       .filter((x) => this.canSee(p, x.visibility))
       .filter((x) => archived === undefined || x.archived === archived)
       .filter((x) => visibility === undefined || x.visibility === visibility)
-      .filter(
-        (x) =>
-          search === "" || x.name.toLowerCase().includes(search) || x.path.toLowerCase().includes(search),
-      )
+      .filter((x) => matchesSearch(x, search))
       .sort(compareBy(key, (x) => x.id, desc));
     const page = paginate(projects, {
       base: this.baseUrl,
@@ -723,11 +695,7 @@ export class GitLabSimulator {
       if (!env) return json(404, { message: "404 Not found" });
       return json(200, environmentJson(env));
     }
-    const statesRaw = query.get("states");
-    const states =
-      statesRaw === null || statesRaw === ""
-        ? undefined
-        : enumParam(query, "states", ["available", "stopping", "stopped"] as const, "available");
+    const states = enumParam(query, "states", ["available", "stopping", "stopped"], undefined);
     const name = query.get("name");
     const search = (query.get("search") ?? "").toLowerCase();
     parsePaging(query);

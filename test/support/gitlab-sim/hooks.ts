@@ -40,13 +40,15 @@ export class HookQueue {
   }
 
   addSystemHook(url: string, secretToken: string): SimHook {
-    const hook: SimHook = { id: ++this.hookSeq, kind: "system", groupId: null, url, secretToken };
-    this.hooks.push(hook);
-    return hook;
+    return this.add({ kind: "system", groupId: null, url, secretToken });
   }
 
   addGroupHook(groupId: number, url: string, secretToken: string): SimHook {
-    const hook: SimHook = { id: ++this.hookSeq, kind: "group", groupId, url, secretToken };
+    return this.add({ kind: "group", groupId, url, secretToken });
+  }
+
+  private add(o: Omit<SimHook, "id">): SimHook {
+    const hook: SimHook = { id: ++this.hookSeq, ...o };
     this.hooks.push(hook);
     return hook;
   }
@@ -58,14 +60,6 @@ export class HookQueue {
       const hook = this.hooks[i] as SimHook;
       if (hook.kind === "group" && hook.groupId !== null && gone.has(hook.groupId)) this.hooks.splice(i, 1);
     }
-  }
-
-  get hookCount(): number {
-    return this.hooks.length;
-  }
-
-  get pendingCount(): number {
-    return this.pending.length;
   }
 
   pendingSummary(): Array<{ event: string; eventName: string; url: string }> {
@@ -108,8 +102,7 @@ export class HookQueue {
     this.pending = [];
     const out: Delivery[] = [];
     for (const p of batch) {
-      const entry = { pending: p, attempts: 1 };
-      this.sent.set(p.idempotencyKey, entry);
+      this.sent.set(p.idempotencyKey, { pending: p, attempts: 1 });
       out.push(await this.post(p, 1));
     }
     return out;

@@ -26,6 +26,39 @@ export type EventSink = (events: SimEvent[]) => void;
 
 type RouteRef = { kind: "group" | "project"; id: number };
 
+/** Options of createGroup (the simulator's public createGroup takes the same). */
+export interface NewGroup {
+  name: string;
+  path?: string;
+  parentId?: number;
+  visibility?: SimVisibility;
+  description?: string;
+}
+
+/** Options of createProject. */
+export interface NewProject {
+  name: string;
+  path?: string;
+  groupId: number;
+  visibility?: SimVisibility;
+  description?: string;
+  defaultBranch?: string;
+}
+
+/** Options of addEnvironment. */
+export interface NewEnvironment {
+  name: string;
+  state?: SimEnvironmentState;
+  tier?: string;
+  externalUrl?: string;
+}
+
+/** Options of renameGroup and renameProject: what is not given stays. */
+export interface Rename {
+  name?: string;
+  path?: string;
+}
+
 /** GitLab's path rule, simplified: starts with a letter, digit or '_', then [A-Za-z0-9_.-]. */
 const PATH_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 
@@ -39,6 +72,12 @@ export function pathFromName(name: string): string {
     .replace(/-{2,}/g, "-")
     .replace(/^[-.]+|[-.]+$/g, "");
   return path === "" ? "x" : path;
+}
+
+function addTo(index: Map<number, Set<number>>, key: number, id: number): void {
+  let set = index.get(key);
+  if (!set) index.set(key, (set = new Set()));
+  set.add(id);
 }
 
 function checkPath(path: string): void {
@@ -81,9 +120,8 @@ export class SimStore {
   readonly projects = new Map<number, SimProject>();
   private readonly childGroups = new Map<number, Set<number>>();
   private readonly groupProjects = new Map<number, Set<number>>();
-  /** Routes below each group (lower-case path -> subgroup or project); top-level groups in rootRoutes. */
-  private readonly routes = new Map<number, Map<string, RouteRef>>();
-  private readonly rootRoutes = new Map<string, number>();
+  /** Routes below each group (lower-case path -> subgroup or project); top-level groups under null. */
+  private readonly routes = new Map<number | null, Map<string, RouteRef>>();
   /** Redirect routes of projects (lower-case old full path -> project id), as left by renames. */
   private readonly projectRedirects = new Map<string, number>();
   private namespaceSeq = 0;
@@ -118,28 +156,27 @@ export class SimStore {
     return p;
   }
 
-  groupFullPath(g: SimGroup): string {
-    const parts: string[] = [];
-    for (
-      let cur: SimGroup | undefined = g;
-      cur;
-      cur = cur.parentId === null ? undefined : this.groups.get(cur.parentId)
-    ) {
-      parts.push(cur.path);
+  /** The group and its ancestors, nearest first. */
+  private lineage(g: SimGroup | undefined): SimGroup[] {
+    const out: SimGroup[] = [];
+    for (let cur = g; cur; cur = cur.parentId === null ? undefined : this.groups.get(cur.parentId)) {
+      out.push(cur);
     }
-    return parts.reverse().join("/");
+    return out;
+  }
+
+  groupFullPath(g: SimGroup): string {
+    return this.lineage(g)
+      .reverse()
+      .map((x) => x.path)
+      .join("/");
   }
 
   groupFullName(g: SimGroup): string {
-    const parts: string[] = [];
-    for (
-      let cur: SimGroup | undefined = g;
-      cur;
-      cur = cur.parentId === null ? undefined : this.groups.get(cur.parentId)
-    ) {
-      parts.push(cur.name);
-    }
-    return parts.reverse().join(" / ");
+    return this.lineage(g)
+      .reverse()
+      .map((x) => x.name)
+      .join(" / ");
   }
 
   projectFullPath(p: SimProject): string {
@@ -148,15 +185,7 @@ export class SimStore {
 
   /** The group and its ancestors, nearest first. */
   selfAndAncestors(groupId: number): number[] {
-    const ids: number[] = [];
-    for (
-      let cur = this.groups.get(groupId);
-      cur;
-      cur = cur.parentId === null ? undefined : this.groups.get(cur.parentId)
-    ) {
-      ids.push(cur.id);
-    }
-    return ids;
+    return this.lineage(this.groups.get(groupId)).map((x) => x.id);
   }
 
   /** Every group below `groupId` (not itself), breadth-first. */
@@ -181,18 +210,18 @@ export class SimStore {
     return [...(this.groupProjects.get(groupId) ?? [])];
   }
 
+  /** The group's projects and, with `withSubgroups`, those of every group below it. */
+  projectsOf(groupId: number, withSubgroups: boolean): SimProject[] {
+    const groupIds = withSubgroups ? [groupId, ...this.descendantGroupIds(groupId)] : [groupId];
+    return groupIds.flatMap((gid) => this.directProjectIds(gid).map((pid) => this.project(pid)));
+  }
+
   private resolveRoute(fullPath: string): RouteRef | undefined {
-    const segments = fullPath.toLowerCase().split("/");
-    const first = segments[0];
-    if (first === undefined || first === "") return undefined;
-    const rootId = this.rootRoutes.get(first);
-    if (rootId === undefined) return undefined;
-    let ref: RouteRef = { kind: "group", id: rootId };
-    for (let i = 1; i < segments.length; i++) {
-      if (ref.kind !== "group") return undefined;
-      const next = this.routes.get(ref.id)?.get(segments[i] as string);
-      if (!next) return undefined;
-      ref = next;
+    let ref: RouteRef | undefined;
+    for (const segment of fullPath.toLowerCase().split("/")) {
+      if (ref && ref.kind !== "group") return undefined;
+      ref = this.routes.get(ref ? ref.id : null)?.get(segment);
+      if (!ref) return undefined;
     }
     return ref;
   }
@@ -214,37 +243,41 @@ export class SimStore {
 
   // ---------------------------------------------------------------- routes
 
-  private routeTable(parentId: number | null): Map<string, RouteRef> | Map<string, number> {
-    if (parentId === null) return this.rootRoutes;
-    let table = this.routes.get(parentId);
-    if (!table) {
-      table = new Map();
-      this.routes.set(parentId, table);
-    }
-    return table;
-  }
-
   private claimRoute(parentId: number | null, path: string, ref: RouteRef, fullPath: string): void {
     checkPath(path);
+    if (parentId === null && ref.kind !== "group") throw new Error("gitlab-sim: a project needs a group");
+    let table = this.routes.get(parentId);
+    if (!table) this.routes.set(parentId, (table = new Map()));
     const key = path.toLowerCase();
-    if (parentId === null) {
-      if (ref.kind !== "group") throw new Error("gitlab-sim: a project needs a group");
-      if (this.rootRoutes.has(key)) throw new Error(`gitlab-sim: path ${JSON.stringify(path)} is taken`);
-      this.rootRoutes.set(key, ref.id);
-    } else {
-      const table = this.routeTable(parentId) as Map<string, RouteRef>;
-      if (table.has(key)) {
-        throw new Error(`gitlab-sim: path ${JSON.stringify(fullPath)} is taken`);
-      }
-      table.set(key, ref);
-    }
+    if (table.has(key)) throw new Error(`gitlab-sim: path ${JSON.stringify(fullPath)} is taken`);
+    table.set(key, ref);
     // A live route wins over a redirect: GitLab deletes the redirect when the path is reclaimed.
     this.projectRedirects.delete(fullPath.toLowerCase());
     this.dropRedirectsBelow(fullPath);
   }
 
   private releaseRoute(parentId: number | null, path: string): void {
-    this.routeTable(parentId).delete(path.toLowerCase());
+    this.routes.get(parentId)?.delete(path.toLowerCase());
+  }
+
+  /**
+   * Renames the route of a group or project in place. A change of case only keeps the route (and
+   * any redirects); returns whether the lower-case path, and so the route, changed.
+   */
+  private renameRoute(
+    parentId: number | null,
+    oldPath: string,
+    newPath: string,
+    ref: RouteRef,
+    newFullPath: string,
+  ): boolean {
+    if (newPath.toLowerCase() === oldPath.toLowerCase()) {
+      checkPath(newPath);
+      return false;
+    }
+    this.claimRoute(parentId, newPath, ref, newFullPath);
+    this.releaseRoute(parentId, oldPath);
+    return true;
   }
 
   private dropRedirectsBelow(fullPath: string): void {
@@ -299,7 +332,8 @@ export class SimStore {
     };
   }
 
-  private groupSystemPayload(
+  /** System hook payload of group events; `extra` (old paths, parent fields) goes last. */
+  private groupPayload(
     g: SimGroup,
     eventName: string,
     extra: Record<string, unknown> = {},
@@ -316,56 +350,43 @@ export class SimStore {
     };
   }
 
-  private subgroupPayload(g: SimGroup, eventName: string): Record<string, unknown> {
-    const parent = this.group(g.parentId as number);
-    return {
-      created_at: hookTime(g.createdAt),
-      updated_at: hookTime(g.updatedAt),
-      event_name: eventName,
-      name: g.name,
-      path: g.path,
-      full_path: this.groupFullPath(g),
-      group_id: g.id,
-      parent_group_id: parent.id,
-      parent_name: parent.name,
-      parent_path: parent.path,
-      parent_full_path: this.groupFullPath(parent),
-    };
-  }
-
-  private projectCreatedEvents(p: SimProject): SimEvent[] {
+  /** project_create / project_destroy: system hooks, and group hooks of the group and its ancestors. */
+  private projectEvents(p: SimProject, action: "create" | "destroy"): SimEvent[] {
+    const eventName = `project_${action}`;
     return [
-      { target: "system", payload: this.projectSystemPayload(p, "project_create") },
+      { target: "system", payload: this.projectSystemPayload(p, eventName) },
       {
         target: "group",
         header: "Project Hook",
         groupIds: this.selfAndAncestors(p.groupId),
-        payload: this.projectGroupHookPayload(p, "project_create"),
+        payload: this.projectGroupHookPayload(p, eventName),
       },
     ];
   }
 
-  private projectDestroyedEvents(p: SimProject): SimEvent[] {
-    return [
-      { target: "system", payload: this.projectSystemPayload(p, "project_destroy") },
-      {
+  /** group_create / group_destroy (system hooks) and, below a parent, subgroup_create / subgroup_destroy. */
+  private groupEvents(g: SimGroup, action: "create" | "destroy"): SimEvent[] {
+    const events: SimEvent[] = [{ target: "system", payload: this.groupPayload(g, `group_${action}`) }];
+    if (g.parentId !== null) {
+      const parent = this.group(g.parentId);
+      events.push({
         target: "group",
-        header: "Project Hook",
-        groupIds: this.selfAndAncestors(p.groupId),
-        payload: this.projectGroupHookPayload(p, "project_destroy"),
-      },
-    ];
+        header: "Subgroup Hook",
+        groupIds: this.selfAndAncestors(parent.id),
+        payload: this.groupPayload(g, `subgroup_${action}`, {
+          parent_group_id: parent.id,
+          parent_name: parent.name,
+          parent_path: parent.path,
+          parent_full_path: this.groupFullPath(parent),
+        }),
+      });
+    }
+    return events;
   }
 
   // ---------------------------------------------------------------- mutations
 
-  private insertGroup(o: {
-    name: string;
-    path?: string;
-    parentId?: number | null;
-    visibility?: SimVisibility;
-    description?: string;
-  }): { group: SimGroup; events: SimEvent[] } {
+  private insertGroup(o: NewGroup): SimGroup {
     const parentId = o.parentId ?? null;
     if (parentId !== null) this.group(parentId);
     const path = o.path ?? pathFromName(o.name);
@@ -385,45 +406,17 @@ export class SimStore {
       updatedAt: at,
     };
     this.groups.set(id, group);
-    if (parentId !== null) {
-      let set = this.childGroups.get(parentId);
-      if (!set) this.childGroups.set(parentId, (set = new Set()));
-      set.add(id);
-    }
-    const events: SimEvent[] = [
-      { target: "system", payload: this.groupSystemPayload(group, "group_create") },
-    ];
-    if (parentId !== null) {
-      events.push({
-        target: "group",
-        header: "Subgroup Hook",
-        groupIds: this.selfAndAncestors(parentId),
-        payload: this.subgroupPayload(group, "subgroup_create"),
-      });
-    }
-    return { group, events };
-  }
-
-  createGroup(o: {
-    name: string;
-    path?: string;
-    parentId?: number;
-    visibility?: SimVisibility;
-    description?: string;
-  }): SimGroup {
-    const { group, events } = this.insertGroup(o);
-    this.sink(events);
+    if (parentId !== null) addTo(this.childGroups, parentId, id);
     return group;
   }
 
-  private insertProject(o: {
-    name: string;
-    path?: string;
-    groupId: number;
-    visibility?: SimVisibility;
-    description?: string;
-    defaultBranch?: string;
-  }): SimProject {
+  createGroup(o: NewGroup): SimGroup {
+    const group = this.insertGroup(o);
+    this.sink(this.groupEvents(group, "create"));
+    return group;
+  }
+
+  private insertProject(o: NewProject): SimProject {
     const group = this.group(o.groupId);
     const path = o.path ?? pathFromName(o.name);
     const id = this.projectSeq + 1;
@@ -446,22 +439,13 @@ export class SimStore {
       updatedAt: at,
     };
     this.projects.set(id, project);
-    let set = this.groupProjects.get(group.id);
-    if (!set) this.groupProjects.set(group.id, (set = new Set()));
-    set.add(id);
+    addTo(this.groupProjects, group.id, id);
     return project;
   }
 
-  createProject(o: {
-    name: string;
-    path?: string;
-    groupId: number;
-    visibility?: SimVisibility;
-    description?: string;
-    defaultBranch?: string;
-  }): SimProject {
+  createProject(o: NewProject): SimProject {
     const project = this.insertProject(o);
-    this.sink(this.projectCreatedEvents(project));
+    this.sink(this.projectEvents(project, "create"));
     return project;
   }
 
@@ -469,7 +453,7 @@ export class SimStore {
    * Path change: project_rename (with old_path_with_namespace) and a redirect from the old path.
    * Name-only change: project_update (GitLab fires project_update unless the path changed).
    */
-  renameProject(id: number, o: { name?: string; path?: string }): void {
+  renameProject(id: number, o: Rename): void {
     const p = this.project(id);
     const oldFullPath = this.projectFullPath(p);
     const newPath = o.path ?? p.path;
@@ -477,21 +461,10 @@ export class SimStore {
     const pathChanged = newPath !== p.path;
     if (!pathChanged && newName === p.name) return;
     if (pathChanged) {
-      const group = this.group(p.groupId);
-      const groupPath = this.groupFullPath(group);
-      if (newPath.toLowerCase() === p.path.toLowerCase()) {
-        checkPath(newPath);
-      } else {
-        this.claimRoute(group.id, newPath, { kind: "project", id }, `${groupPath}/${newPath}`);
-        this.releaseRoute(group.id, p.path);
-      }
-      (this.routeTable(group.id) as Map<string, RouteRef>).set(newPath.toLowerCase(), {
-        kind: "project",
-        id,
-      });
+      const newFullPath = `${this.groupFullPath(this.group(p.groupId))}/${newPath}`;
+      const moved = this.renameRoute(p.groupId, p.path, newPath, { kind: "project", id }, newFullPath);
       p.path = newPath;
-      if (this.projectFullPath(p).toLowerCase() !== oldFullPath.toLowerCase())
-        this.addProjectRedirect(oldFullPath, id);
+      if (moved) this.addProjectRedirect(oldFullPath, id);
     }
     p.name = newName;
     p.updatedAt = this.now();
@@ -515,9 +488,7 @@ export class SimStore {
     this.claimRoute(target.id, p.path, { kind: "project", id }, `${this.groupFullPath(target)}/${p.path}`);
     this.releaseRoute(p.groupId, p.path);
     this.groupProjects.get(p.groupId)?.delete(id);
-    let set = this.groupProjects.get(target.id);
-    if (!set) this.groupProjects.set(target.id, (set = new Set()));
-    set.add(id);
+    addTo(this.groupProjects, target.id, id);
     p.groupId = target.id;
     p.updatedAt = this.now();
     this.addProjectRedirect(oldFullPath, id);
@@ -530,7 +501,7 @@ export class SimStore {
   }
 
   private removeProject(p: SimProject): SimEvent[] {
-    const events = this.projectDestroyedEvents(p);
+    const events = this.projectEvents(p, "destroy");
     this.releaseRoute(p.groupId, p.path);
     this.groupProjects.get(p.groupId)?.delete(p.id);
     this.projects.delete(p.id);
@@ -548,7 +519,7 @@ export class SimStore {
    * group_rename (system hook) on any name or path change; a path change moves every descendant's
    * full path and leaves redirects for the descendant projects.
    */
-  renameGroup(id: number, o: { name?: string; path?: string }): void {
+  renameGroup(id: number, o: Rename): void {
     const g = this.group(id);
     const newPath = o.path ?? g.path;
     const newName = o.name ?? g.name;
@@ -557,33 +528,23 @@ export class SimStore {
     const oldFullPath = this.groupFullPath(g);
     if (newPath !== g.path) {
       const parentPrefix = g.parentId === null ? "" : `${this.groupFullPath(this.group(g.parentId))}/`;
-      const descendantProjects = [id, ...this.descendantGroupIds(id)].flatMap((gid) =>
-        this.directProjectIds(gid).map((pid) => this.project(pid)),
+      const oldProjectPaths = this.projectsOf(id, true).map((p) => [p.id, this.projectFullPath(p)] as const);
+      const moved = this.renameRoute(
+        g.parentId,
+        oldPath,
+        newPath,
+        { kind: "group", id },
+        parentPrefix + newPath,
       );
-      const oldProjectPaths = descendantProjects.map((p) => [p.id, this.projectFullPath(p)] as const);
-      if (newPath.toLowerCase() !== oldPath.toLowerCase()) {
-        this.claimRoute(g.parentId, newPath, { kind: "group", id }, parentPrefix + newPath);
-        this.releaseRoute(g.parentId, oldPath);
-      } else {
-        checkPath(newPath);
-      }
-      if (g.parentId === null) this.rootRoutes.set(newPath.toLowerCase(), id);
-      else
-        (this.routeTable(g.parentId) as Map<string, RouteRef>).set(newPath.toLowerCase(), {
-          kind: "group",
-          id,
-        });
       g.path = newPath;
-      if (newPath.toLowerCase() !== oldPath.toLowerCase()) {
-        for (const [pid, old] of oldProjectPaths) this.addProjectRedirect(old, pid);
-      }
+      if (moved) for (const [pid, old] of oldProjectPaths) this.addProjectRedirect(old, pid);
     }
     g.name = newName;
     g.updatedAt = this.now();
     this.sink([
       {
         target: "system",
-        payload: this.groupSystemPayload(g, "group_rename", {
+        payload: this.groupPayload(g, "group_rename", {
           old_path: oldPath,
           old_full_path: oldFullPath,
         }),
@@ -604,15 +565,7 @@ export class SimStore {
       for (const pid of this.directProjectIds(group.id))
         events.push(...this.removeProject(this.project(pid)));
       for (const child of this.directSubgroupIds(group.id)) destroy(this.group(child));
-      events.push({ target: "system", payload: this.groupSystemPayload(group, "group_destroy") });
-      if (group.parentId !== null) {
-        events.push({
-          target: "group",
-          header: "Subgroup Hook",
-          groupIds: this.selfAndAncestors(group.parentId),
-          payload: this.subgroupPayload(group, "subgroup_destroy"),
-        });
-      }
+      events.push(...this.groupEvents(group, "destroy"));
       this.releaseRoute(group.parentId, group.path);
       if (group.parentId !== null) this.childGroups.get(group.parentId)?.delete(group.id);
       this.childGroups.delete(group.id);
@@ -626,10 +579,7 @@ export class SimStore {
     return { removedGroupIds: removed };
   }
 
-  addEnvironment(
-    projectId: number,
-    o: { name: string; state?: SimEnvironmentState; tier?: string; externalUrl?: string },
-  ): SimEnvironment {
+  addEnvironment(projectId: number, o: NewEnvironment): SimEnvironment {
     const p = this.project(projectId);
     if (p.environments.some((e) => e.name === o.name)) {
       throw new Error(`gitlab-sim: project ${projectId} already has environment ${JSON.stringify(o.name)}`);
@@ -665,11 +615,10 @@ export class SimStore {
     if (!Number.isInteger(depth) || depth < 0 || !Number.isInteger(fanout) || fanout < 1) {
       throw new Error("gitlab-sim: depth must be >= 0 and fanout >= 1");
     }
-    const events: SimEvent[] = [];
     const root = this.insertGroup({ name: o.rootPath, path: o.rootPath });
-    events.push(...root.events);
-    const groups: SimGroup[] = [root.group];
-    let level: SimGroup[] = [root.group];
+    const events = this.groupEvents(root, "create");
+    const groups: SimGroup[] = [root];
+    let level: SimGroup[] = [root];
     for (let d = 1; d <= depth; d++) {
       const next: SimGroup[] = [];
       for (const parent of level) {
@@ -679,8 +628,8 @@ export class SimStore {
             path: `g${d}-${i}`,
             parentId: parent.id,
           });
-          events.push(...created.events);
-          next.push(created.group);
+          events.push(...this.groupEvents(created, "create"));
+          next.push(created);
         }
       }
       groups.push(...next);
@@ -694,10 +643,10 @@ export class SimStore {
         path: `project-${i + 1}`,
         groupId: group.id,
       });
-      events.push(...this.projectCreatedEvents(project));
+      events.push(...this.projectEvents(project, "create"));
       projects.push(project);
     }
     this.sink(events);
-    return { root: root.group, groups, projects };
+    return { root, groups, projects };
   }
 }
