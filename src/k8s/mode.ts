@@ -242,13 +242,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   const le = k.leaderElection;
   if (le.enabled) {
     ctx.setFollowerWebhook(
-      createWebhookRelay({
-        kubeConfig: kc,
-        lease: { namespace: le.namespace, name: le.name },
-        self: identity,
-        clock: systemClock,
-        log: klog,
-      }),
+      createWebhookRelay({ leader: () => elector?.holder(), self: identity, log: klog }),
     );
     elector = new LeaderElector({
       leases: leaseClient(kc),

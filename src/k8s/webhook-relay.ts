@@ -3,16 +3,15 @@
  * deliveries reach a replica that does not reconcile. Answering 503 would make GitLab disable the
  * hook; dropping them would leave changes to the next resync. A follower therefore relays each
  * delivery, unread, to the leader: the leader's holderIdentity in the Lease ends with
- * "@<its webhook base URL>" (see leaderIdentity()). The leader authenticates and validates it as
+ * "@<its webhook base URL>" (see leaderIdentity()); the follower's elector reads the Lease every
+ * retryPeriod anyway, so the relay asks it rather than the apiserver. The leader authenticates and validates it as
  * any delivery. A relayed delivery is never relayed again (no loops while the lease moves); with no
  * known leader, or when the leader does not answer, the follower answers 503.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { networkInterfaces } from "node:os";
-import { CoordinationV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { WEBHOOK_PATH, DEFAULT_MAX_BODY_BYTES } from "../gitlab/webhook.ts";
 import type { Logger } from "../observability/logger.ts";
-import type { Clock } from "../runtime/clock.ts";
 
 export const RELAYED_HEADER = "x-natsbind-relayed";
 /** Request headers a delivery keeps when relayed. */
@@ -27,8 +26,6 @@ const KEPT_HEADERS = [
   "user-agent",
 ];
 const RELAY_TIMEOUT_MS = 5_000;
-/** How long a leader URL read from the Lease is trusted. */
-const LEADER_CACHE_MS = 2_000;
 
 /**
  * This replica's holderIdentity: "<host>_<pid>@http://<address>:<port>". The address is the
@@ -56,27 +53,18 @@ export function urlOfIdentity(identity: string | undefined): string | undefined 
 }
 
 export interface WebhookRelayOptions {
-  kubeConfig: KubeConfig;
-  lease: { namespace: string; name: string };
+  /** The holder identity of the Lease as last seen (LeaderElector.holder()). */
+  leader: () => string | undefined;
   self: string;
-  clock: Clock;
   log: Logger;
 }
 
 export function createWebhookRelay(
   o: WebhookRelayOptions,
 ): (req: IncomingMessage, res: ServerResponse) => void {
-  const leases = o.kubeConfig.makeApiClient(CoordinationV1Api);
-  let cached: { url: string | undefined; at: number } | undefined;
-
-  const leaderUrl = async (): Promise<string | undefined> => {
-    const now = o.clock.now();
-    if (cached && now - cached.at < LEADER_CACHE_MS) return cached.url;
-    const lease = await leases.readNamespacedLease(o.lease);
-    const holder = lease.spec?.holderIdentity;
-    const url = holder && holder !== o.self ? urlOfIdentity(holder) : undefined;
-    cached = { url, at: now };
-    return url;
+  const leaderUrl = (): string | undefined => {
+    const holder = o.leader();
+    return holder && holder !== o.self ? urlOfIdentity(holder) : undefined;
   };
 
   const refuse = (res: ServerResponse, message: string): void => {
@@ -108,12 +96,7 @@ export function createWebhookRelay(
         }
         chunks.push(chunk);
       }
-      let url: string | undefined;
-      try {
-        url = await leaderUrl();
-      } catch (err) {
-        o.log.warn({ err }, "webhook relay: cannot read the lease");
-      }
+      const url = leaderUrl();
       if (!url) return refuse(res, "no natsbind leader to relay to");
       const headers: Record<string, string> = { [RELAYED_HEADER]: o.self };
       for (const name of KEPT_HEADERS) {
@@ -133,7 +116,6 @@ export function createWebhookRelay(
         });
         res.end(body);
       } catch (err) {
-        cached = undefined;
         o.log.warn({ err, leader: url }, "webhook relay: the leader did not answer");
         refuse(res, "the natsbind leader did not answer");
       }

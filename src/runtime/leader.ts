@@ -220,6 +220,14 @@ export class LeaderElector {
   }
 
   /**
+   * The holder identity in the lease record this replica last read or wrote (a follower reads it
+   * every retryPeriod); undefined when none is known or the lease was released.
+   */
+  holder(): string | undefined {
+    return this.#observed?.holder || undefined;
+  }
+
+  /**
    * Stops campaigning and renewing; isLeader() is false from the call on. With `release` (the
    * default, like client-go's ReleaseOnCancel) a lease this replica holds is written with no
    * holder and a 1 s duration so a successor takes over at once. Callers must have stopped the

@@ -318,6 +318,8 @@ describe("LeaderElector", HANG_GUARD, () => {
       assert.equal(b.elector.isLeader(), false);
     });
     assert.equal(b.started, 0);
+    assert.equal(b.elector.holder(), "replica-a", "the follower knows who leads");
+    assert.equal(a.elector.holder(), "replica-a");
     assert.ok(b.client.calls >= 30, `b kept trying (${b.client.calls} calls)`);
     assert.ok(
       store.writes.every((w) => w.by === "replica-a"),
