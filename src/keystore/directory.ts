@@ -15,6 +15,7 @@ import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { NKeyPair } from "../nats/keys.ts";
+import { mapLimit } from "../runtime/concurrency.ts";
 import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
 import type { AccountKeys, AccountRef, KeyStore, StoredAccount } from "./port.ts";
@@ -97,15 +98,11 @@ export class DirectoryKeyStore implements KeyStore {
       });
       const loaded = new Map<string, StoredAccount>();
       const files = names.filter((n) => n.endsWith(".json"));
-      let next = 0;
-      const worker = async (): Promise<void> => {
-        while (next < files.length) {
-          const path = join(dir, files[next++]!);
-          const slot = await this.#readSlot(path);
-          if (slot && slot.ref.binding === binding) loaded.set(path, slot);
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(32, files.length) }, worker));
+      await mapLimit(files, 32, async (name) => {
+        const path = join(dir, name);
+        const slot = await this.#readSlot(path);
+        if (slot && slot.ref.binding === binding) loaded.set(path, slot);
+      });
       slots = loaded;
       this.#cache?.set(binding, slots);
     }

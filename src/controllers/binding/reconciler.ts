@@ -17,6 +17,7 @@ import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
 import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
 import type { Clock } from "../../runtime/clock.ts";
+import { mapLimit } from "../../runtime/concurrency.ts";
 import { plan, type Plan } from "./plan.ts";
 import {
   CONDITION,
@@ -88,18 +89,6 @@ class StepError extends Error {
     this.reason = reason;
     this.condition = condition;
   }
-}
-
-async function mapLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 export class BindingReconciler implements Reconciler<string> {
