@@ -1,6 +1,17 @@
-/** Helpers shared by the benchmarks: statistics, plain-text tables, a bounded pool, process CPU. */
+/**
+ * Helpers shared by the benchmarks: statistics, plain-text tables, process CPU, the
+ * environment each run records and the results file it writes.
+ */
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { availableParallelism, cpus } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { toolBinary } from "../test/support/process.ts";
+
+/** BENCH_QUICK=1: fewer and smaller runs (a smoke test of a bench itself). */
+export const QUICK = process.env.BENCH_QUICK === "1";
 
 export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -25,17 +36,13 @@ export function log(text = ""): void {
   process.stdout.write(`${text}\n`);
 }
 
-/** Runs `fn` over `items` with at most `concurrency` calls in flight. */
-export async function pool<T>(
-  items: readonly T[],
-  concurrency: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Wall time of one call of `fn`, ms. */
+export async function timed(fn: () => unknown): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
 }
 
 const CLK_TCK = ((): number => {
@@ -62,4 +69,35 @@ export function processCpuMs(...pids: number[]): { user: number; sys: number } |
   } catch {
     return undefined;
   }
+}
+
+/** What a results file records about the machine and tools; `extra` goes before `quick`. */
+export function benchEnv<E extends object = object>(
+  extra?: E,
+): {
+  node: string;
+  natsServer: string;
+  cpus: number;
+  cpuModel: string;
+  availableParallelism: number;
+  quick: boolean;
+} & E {
+  const cpuList = cpus();
+  return {
+    node: process.version,
+    natsServer: execFileSync(toolBinary("nats-server"), ["--version"], { encoding: "utf8" }).trim(),
+    cpus: cpuList.length,
+    cpuModel: cpuList[0]?.model ?? "unknown",
+    availableParallelism: availableParallelism(),
+    ...(extra as E),
+    quick: QUICK,
+  };
+}
+
+/** Writes bench/results/<file> (git-ignored: figures belong to the machine and run that made them). */
+export async function writeResults(file: string, out: unknown): Promise<void> {
+  const dir = join(import.meta.dirname, "results");
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, file), `${JSON.stringify(out, null, 2)}\n`);
+  log(`results: ${join("bench", "results", file)}`);
 }

@@ -65,10 +65,11 @@
  *   TMPDIR=/dev/shm        key store, status files and the server's resolver dir on tmpfs (the temp
  *                          dirs come from os.tmpdir()): removes the fsync cost of the key store
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { mapLimit } from "../src/runtime/concurrency.ts";
+import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
-import { availableParallelism, cpus, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Session } from "node:inspector/promises";
 import { stringify } from "yaml";
@@ -86,17 +87,33 @@ import { DirectoryKeyStore } from "../src/keystore/directory.ts";
 import { runController, type RunningController } from "../src/main.ts";
 import { accountClaims, decodeJwt, signJwt } from "../src/nats/claims.ts";
 import { NKeyPair } from "../src/nats/keys.ts";
-import { NatsResolver } from "../src/nats/resolver.ts";
+import type { NatsResolver } from "../src/nats/resolver.ts";
 import { createLogger, type Logger } from "../src/observability/logger.ts";
 import { ManualClock } from "../src/runtime/clock.ts";
 import { BindingFiles } from "../src/store/binding-files.ts";
 import { GitLabSimulator, type SimGroup } from "../test/support/gitlab-sim.ts";
 import { startNatsServer, type NatsServer } from "../test/support/nats-server.ts";
-import { connectWithCreds, createTestOperator, type TestOperator } from "../test/support/operator.ts";
-import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
-import { fmt, log, median, pool, processCpuMs, table, verdict } from "./common.ts";
+import {
+  connectWithCreds,
+  createTestOperator,
+  operatorResolver,
+  type TestOperator,
+} from "../test/support/operator.ts";
+import { removeDir, tempDir } from "../test/support/process.ts";
+import {
+  QUICK,
+  benchEnv,
+  fmt,
+  log,
+  median,
+  processCpuMs,
+  sleep,
+  table,
+  timed,
+  verdict,
+  writeResults,
+} from "./common.ts";
 
-const QUICK = process.env.BENCH_QUICK === "1";
 // Extra node flags for section 1b's child (exploring memory, e.g. "--max-old-space-size=128").
 const CHILD_NODE_ARGS = (process.env.BENCH_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
@@ -134,7 +151,6 @@ function percentile(values: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
 const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
 const mb = (bytes: number): number => bytes / (1024 * 1024);
@@ -182,6 +198,18 @@ async function withCpu<T>(serverPid: number, fn: () => Promise<T>): Promise<{ ou
   };
 }
 
+/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
+function procMemory(pid: number): { rss: number; hwm: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (name: string): number =>
+      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
+    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+  } catch {
+    return undefined;
+  }
+}
+
 /** Peak RSS while running: sampled every 50 ms, and the kernel's high-water mark (VmHWM). */
 class RssMeter {
   readonly baseline: number;
@@ -222,13 +250,7 @@ class RssMeter {
   stop(): { baseline: number; sampledPeak: number; hwm: number | undefined; samples: number } {
     clearInterval(this.#timer);
     this.#sample();
-    let hwm: number | undefined;
-    try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
-      if (m && this.hwmReset) hwm = Number(m[1]) * 1024;
-    } catch {
-      hwm = undefined;
-    }
+    const hwm = this.hwmReset ? procMemory(process.pid)?.hwm : undefined;
     return { baseline: this.baseline, sampledPeak: this.peak, hwm, samples: this.samples };
   }
 }
@@ -386,6 +408,41 @@ async function profiled<T>(name: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** The in-process controller, reporting to `obs`. */
+function startController(w: World, obs: Observer, clock: ManualClock): Promise<RunningController> {
+  return runController(w.config, {
+    clock,
+    log: obs.logger,
+    onPushed: obs.onPushed,
+    onReconciled: obs.onReconciled,
+  });
+}
+
+/**
+ * Untimed: up to SAMPLE_LOOKUPS random accounts of `ids` are on the server (NatsResolver.lookup)
+ * and name their project; throws `${what}: only ... found` otherwise.
+ */
+async function checkSample(
+  w: World,
+  keysDir: string,
+  binding: string,
+  ids: readonly number[],
+  what: string,
+): Promise<{ checked: number; ok: number }> {
+  const keys = new DirectoryKeyStore(keysDir);
+  const checked = Math.min(SAMPLE_LOOKUPS, ids.length);
+  let ok = 0;
+  for (let i = 0; i < checked; i++) {
+    const projectId = ids[Math.floor(Math.random() * ids.length)]!;
+    const slot = await keys.get({ binding, projectId });
+    const jwt = slot && (await w.resolver.lookup(slot.account));
+    const tags = jwt ? (decodeJwt(jwt).nats.tags as string[] | undefined) : undefined;
+    if (tags?.includes(`gitlab-project-id:${projectId}`)) ok += 1;
+  }
+  if (ok !== checked) throw new Error(`${what}: only ${ok} of ${checked} accounts found on the server`);
+  return { checked, ok };
+}
+
 // --- the world: server, simulator, config -------------------------------------------------------
 
 interface World {
@@ -409,8 +466,7 @@ interface Started {
   resolver?: NatsResolver;
   wire?: WireCounter;
   controller?: RunningController;
-  /** Section 1b: the `natsbind run` child and its directory. */
-  child?: ChildProcess;
+  /** Section 1b: the `natsbind run` child's directory. */
   soloDir?: string;
 }
 
@@ -443,11 +499,7 @@ async function startWorld(started: Started): Promise<World> {
     "bench config",
     dir,
   );
-  const resolver = (started.resolver = await NatsResolver.connect({
-    servers: server.url,
-    creds: op.systemCreds,
-    operatorSigningKey: op.signingKey,
-  }));
+  const resolver = (started.resolver = await operatorResolver(op, server.url));
   const wire = (started.wire = await WireCounter.start(server.url, op.systemCreds));
   return {
     op,
@@ -485,9 +537,7 @@ async function baselines(w: World): Promise<Baselines> {
   let projects: GitLabProject[] = [];
   for (let run = 0; run <= LISTING_RUNS; run++) {
     const inventory = new ProjectInventory(gitlab, { groups: ["bench"], projects: [] });
-    const t0 = performance.now();
-    await inventory.resync();
-    const ms = performance.now() - t0;
+    const ms = await timed(() => inventory.resync());
     projects = [...inventory.snapshot().values()];
     if (projects.length !== PROJECTS) throw new Error(`listing found ${projects.length} projects`);
     if (run > 0) listingMs.push(ms);
@@ -506,7 +556,7 @@ async function baselines(w: World): Promise<Baselines> {
     `[baseline] push: warm-up ${fmt(BASELINE_WARMUP_N)}, then ${BASELINE_RUNS} run(s) of ${fmt(PROJECTS)} fresh accounts, ${PUSH_CONCURRENCY} in flight`,
   );
   const push = (batch: string[]): Promise<void> =>
-    pool(batch, PUSH_CONCURRENCY, async (jwt) => void (await w.resolver.push(jwt)));
+    mapLimit(batch, PUSH_CONCURRENCY, async (jwt) => void (await w.resolver.push(jwt)));
   await push(take(0, BASELINE_WARMUP_N));
   const pushMs: number[] = [];
   let last = "";
@@ -514,11 +564,7 @@ async function baselines(w: World): Promise<Baselines> {
   for (let run = 0; run < BASELINE_RUNS; run++) {
     const batch = take(BASELINE_WARMUP_N + run * PROJECTS, PROJECTS);
     last = batch[batch.length - 1]!;
-    ({ cpu } = await withCpu(w.serverPid, async () => {
-      const t0 = performance.now();
-      await push(batch);
-      pushMs.push(performance.now() - t0);
-    }));
+    ({ cpu } = await withCpu(w.serverPid, async () => pushMs.push(await timed(() => push(batch)))));
   }
   if ((await w.resolver.lookup(decodeJwt(last).sub)) !== last) throw new Error("baseline push not stored");
   const pushMedian = median(pushMs);
@@ -630,12 +676,7 @@ async function coldStart(w: World, obs: Observer, clock: ManualClock, started: S
   let cpu: CpuUse;
   try {
     ({ cpu } = await withCpu(w.serverPid, async () => {
-      started.controller = await runController(w.config, {
-        clock,
-        log: obs.logger,
-        onPushed: obs.onPushed,
-        onReconciled: obs.onReconciled,
-      });
+      started.controller = await startController(w, obs, clock);
       startupMs = performance.now() - t0;
       await obs.until(
         `${fmt(PROJECTS)} pushes`,
@@ -656,20 +697,13 @@ async function coldStart(w: World, obs: Observer, clock: ManualClock, started: S
 
   if (obs.pushedProjects.size !== PROJECTS)
     throw new Error(`pushed ${obs.pushedProjects.size} distinct projects, expected ${PROJECTS}`);
-  // Untimed: a random sample of accounts is on the server and names its project.
-  const keys = new DirectoryKeyStore(w.config.keys.directory);
-  const ids = [...obs.pushedProjects];
-  let ok = 0;
-  const checked = Math.min(SAMPLE_LOOKUPS, ids.length);
-  for (let i = 0; i < checked; i++) {
-    const projectId = ids[Math.floor(Math.random() * ids.length)]!;
-    const slot = await keys.get({ binding: BINDING, projectId });
-    const jwt = slot && (await w.resolver.lookup(slot.account));
-    const tags = jwt ? (decodeJwt(jwt).nats.tags as string[] | undefined) : undefined;
-    if (tags?.includes(`gitlab-project-id:${projectId}`)) ok += 1;
-  }
-  if (ok !== checked)
-    throw new Error(`sample lookups: only ${ok} of ${checked} accounts found on the server`);
+  const sample = await checkSample(
+    w,
+    w.config.keys.directory,
+    BINDING,
+    [...obs.pushedProjects],
+    "sample lookups",
+  );
 
   return {
     projects: PROJECTS,
@@ -693,7 +727,7 @@ async function coldStart(w: World, obs: Observer, clock: ManualClock, started: S
       before: memoryMb(rss.before),
       atPeak: memoryMb(rss.atPeak),
     },
-    sample: { checked, ok },
+    sample,
   };
 }
 
@@ -721,24 +755,13 @@ interface SoloResult {
   rssPass: boolean;
 }
 
-/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
-function procMemory(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (name: string): number =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
-    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * The real CLI (`node src/cli/main.ts run --config FILE`) as a child, on fresh directories, with one
  * binding on a second root group of PROJECTS new projects: the controller's RSS without the
  * simulator's or the bench's.
  */
 async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
+  let child: ChildProcess | undefined;
   const { projects } = w.sim.populate({ rootPath: "solo", projects: PROJECTS, depth: 3, fanout: 5 });
   const soloIds = new Set(projects.map((p) => p.id));
   const dir = (started.soloDir = await tempDir("bench-solo"));
@@ -788,7 +811,7 @@ async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
   try {
     log(`[solo] spawning natsbind run (own process), ${fmt(PROJECTS)} new projects in group solo`);
     const t0 = performance.now();
-    const child = (started.child = spawn(
+    const proc = (child = spawn(
       process.execPath,
       [
         ...NODE_FLAGS,
@@ -800,12 +823,12 @@ async function soloColdStart(w: World, started: Started): Promise<SoloResult> {
       ],
       { stdio: ["ignore", "ignore", "pipe"] },
     ));
-    child.stderr!.setEncoding("utf8");
-    child.stderr!.on("data", (chunk: string) => {
+    proc.stderr!.setEncoding("utf8");
+    proc.stderr!.on("data", (chunk: string) => {
       stderr = (stderr + chunk).slice(-8_192);
     });
-    child.once("exit", (code, signal) => void (exited = `code ${code}, signal ${signal}`));
-    const pid = child.pid!;
+    proc.once("exit", (code, signal) => void (exited = `code ${code}, signal ${signal}`));
+    const pid = proc.pid!;
     const sample = (): void => {
       const m = procMemory(pid);
       if (!m) return;
@@ -836,23 +859,11 @@ ${stderr}`);
     clearInterval(progress);
     const hwm = procMemory(pid)?.hwm;
     const cpu = processCpuMs(pid);
-    child.kill("SIGTERM");
-    const gone = new Promise<void>((r) => (exited !== undefined ? r() : child.once("exit", () => r())));
+    proc.kill("SIGTERM");
+    const gone = new Promise<void>((r) => (exited !== undefined ? r() : proc.once("exit", () => r())));
     await Promise.race([gone, sleep(10_000)]);
 
-    // Untimed: a random sample of accounts is on the server and names its project.
-    const keys = new DirectoryKeyStore(join(dir, "keys"));
-    const ids = [...seen];
-    const checked = Math.min(SAMPLE_LOOKUPS, ids.length);
-    let ok = 0;
-    for (let i = 0; i < checked; i++) {
-      const projectId = ids[Math.floor(Math.random() * ids.length)]!;
-      const slot = await keys.get({ binding: SOLO_BINDING, projectId });
-      const jwt = slot && (await w.resolver.lookup(slot.account));
-      const tags = jwt ? (decodeJwt(jwt).nats.tags as string[] | undefined) : undefined;
-      if (tags?.includes(`gitlab-project-id:${projectId}`)) ok += 1;
-    }
-    if (ok !== checked) throw new Error(`solo sample lookups: only ${ok} of ${checked} accounts found`);
+    const sampled = await checkSample(w, join(dir, "keys"), SOLO_BINDING, [...seen], "solo sample lookups");
 
     const peakMb = Math.max(mb(peak), hwm === undefined ? 0 : mb(hwm));
     return {
@@ -864,7 +875,7 @@ ${stderr}`);
       sampledPeakMb: mb(peak),
       samples,
       childCpuMs: cpu === undefined ? undefined : cpu.user + cpu.sys,
-      sample: { checked, ok },
+      sample: sampled,
       targetMs: COLD_TARGET_MS,
       pass: allPushedMs < COLD_TARGET_MS,
       rssTargetMb: RSS_TARGET_MB,
@@ -873,7 +884,6 @@ ${stderr}`);
   } finally {
     clearInterval(sampler);
     clearInterval(progress);
-    const child = started.child;
     if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     await nc.close().catch(() => undefined);
   }
@@ -924,6 +934,42 @@ async function waitGitLabQuiet(sim: GitLabSimulator): Promise<void> {
   }
 }
 
+/**
+ * One warm run: once GitLab is quiet, counters reset, `trigger` starts it; timed until the binding's
+ * next reconcile returned. With `settleListing`, the GitLab requests are counted once the listing
+ * that runs next to the reconcile finished.
+ */
+async function warmRun(
+  w: World,
+  obs: Observer,
+  run: number,
+  what: string,
+  trigger: () => unknown,
+  settleListing: boolean,
+): Promise<WarmRun> {
+  await waitGitLabQuiet(w.sim);
+  w.wire.reset();
+  w.sim.resetRequests();
+  obs.resetPushes();
+  const from = obs.reconciles.length;
+  const t0 = performance.now();
+  const { out: at, cpu } = await withCpu(w.serverPid, async () => {
+    await trigger();
+    return (await obs.until(what, () => obs.reconciledAfter(BINDING, from), STEP_TIMEOUT_MS)).at;
+  });
+  const wire = await w.wire.read();
+  if (settleListing) await waitGitLabQuiet(w.sim);
+  log(`[warm]   run ${run + 1}: ${fmtMs(at - t0)}, ${obs.pushes} pushes, ${fmt(wire.lookups)} lookups`);
+  return {
+    ms: at - t0,
+    pushes: obs.pushes,
+    wireUpdates: wire.updates,
+    wireLookups: wire.lookups,
+    gitlabRequests: w.sim.requests.length,
+    cpu,
+  };
+}
+
 /** a. The running controller: advance the clock past the resync interval. */
 async function periodicResync(w: World, obs: Observer, clock: ManualClock): Promise<WarmSeries> {
   const intervalMs = w.config.gitlab!.resyncInterval;
@@ -932,29 +978,8 @@ async function periodicResync(w: World, obs: Observer, clock: ManualClock): Prom
   );
   const runs: WarmRun[] = [];
   for (let run = 0; run < WARM_RUNS; run++) {
-    await waitGitLabQuiet(w.sim);
-    w.wire.reset();
-    w.sim.resetRequests();
-    obs.resetPushes();
-    const from = obs.reconciles.length;
-    const t0 = performance.now();
-    const { out: at, cpu } = await withCpu(w.serverPid, async () => {
-      clock.advance(intervalMs + 1);
-      return (
-        await obs.until("the resync reconcile", () => obs.reconciledAfter(BINDING, from), STEP_TIMEOUT_MS)
-      ).at;
-    });
-    const wire = await w.wire.read();
-    await waitGitLabQuiet(w.sim);
-    runs.push({
-      ms: at - t0,
-      pushes: obs.pushes,
-      wireUpdates: wire.updates,
-      wireLookups: wire.lookups,
-      gitlabRequests: w.sim.requests.length,
-      cpu,
-    });
-    log(`[warm]   run ${run + 1}: ${fmtMs(at - t0)}, ${obs.pushes} pushes, ${fmt(wire.lookups)} lookups`);
+    const advance = (): void => clock.advance(intervalMs + 1);
+    runs.push(await warmRun(w, obs, run, "the resync reconcile", advance, true));
   }
   return warmSeries("periodic", runs);
 }
@@ -966,33 +991,10 @@ async function restartResync(w: World, obs: Observer, started: Started): Promise
   for (let run = 0; run < RESTART_RUNS; run++) {
     await started.controller?.stop();
     started.controller = undefined;
-    await waitGitLabQuiet(w.sim);
-    w.wire.reset();
-    w.sim.resetRequests();
-    obs.resetPushes();
-    const from = obs.reconciles.length;
-    const t0 = performance.now();
-    const { out: at, cpu } = await withCpu(w.serverPid, async () => {
-      started.controller = await runController(w.config, {
-        clock: new ManualClock(Date.now()),
-        log: obs.logger,
-        onPushed: obs.onPushed,
-        onReconciled: obs.onReconciled,
-      });
-      return (
-        await obs.until("the restart reconcile", () => obs.reconciledAfter(BINDING, from), STEP_TIMEOUT_MS)
-      ).at;
-    });
-    const wire = await w.wire.read();
-    runs.push({
-      ms: at - t0,
-      pushes: obs.pushes,
-      wireUpdates: wire.updates,
-      wireLookups: wire.lookups,
-      gitlabRequests: w.sim.requests.length,
-      cpu,
-    });
-    log(`[warm]   run ${run + 1}: ${fmtMs(at - t0)}, ${obs.pushes} pushes, ${fmt(wire.lookups)} lookups`);
+    const start = async (): Promise<void> => {
+      started.controller = await startController(w, obs, new ManualClock(Date.now()));
+    };
+    runs.push(await warmRun(w, obs, run, "the restart reconcile", start, false));
   }
   return warmSeries("restart", runs);
 }
@@ -1122,18 +1124,7 @@ async function waitQueueIdle(obs: Observer): Promise<void> {
 
 async function main(): Promise<void> {
   const started = performance.now();
-  const natsServerVersion = execFileSync(toolBinary("nats-server"), ["--version"], {
-    encoding: "utf8",
-  }).trim();
-  const env = {
-    node: process.version,
-    natsServer: natsServerVersion,
-    cpus: cpus().length,
-    cpuModel: cpus()[0]?.model ?? "unknown",
-    availableParallelism: availableParallelism(),
-    tmpdir: tmpdir(),
-    quick: QUICK,
-  };
+  const env = benchEnv({ tmpdir: tmpdir() });
   log(
     `natsbind controller bench: node ${env.node}, ${env.natsServer}, ${env.availableParallelism} cores (${env.cpuModel}), temp dirs in ${env.tmpdir}`,
   );
@@ -1165,12 +1156,8 @@ async function main(): Promise<void> {
     s.controller = undefined;
     solo = await soloColdStart(w, s);
   } finally {
-    const stops: Array<Promise<unknown> | undefined> = [];
-    const child = s.child;
-    if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     await s.controller?.stop().catch(() => undefined);
-    stops.push(s.resolver?.close(), s.wire?.close(), s.sim?.stop());
-    await Promise.allSettled(stops);
+    await Promise.allSettled([s.resolver?.close(), s.wire?.close(), s.sim?.stop()]);
     await s.server?.stop().catch(() => undefined);
     await s.op?.remove().catch(() => undefined);
     if (s.dir) await removeDir(s.dir).catch(() => undefined);
@@ -1411,11 +1398,7 @@ async function main(): Promise<void> {
     controllerProblems: obs.problems,
     totalSeconds: totalS,
   };
-  const dir = join(import.meta.dirname, "results");
-  await mkdir(dir, { recursive: true });
-  // bench/results/ is git-ignored: figures belong to the machine and run that made them.
-  await writeFile(join(dir, "controller.json"), `${JSON.stringify(out, null, 2)}\n`);
-  log(`results: ${join("bench", "results", "controller.json")}`);
+  await writeResults("controller.json", out);
 }
 
 await main();

@@ -14,18 +14,12 @@ import { GitbeakerGitLab } from "../src/gitlab/client.ts";
 import { ProjectInventory, diffSnapshots, snapshotOf } from "../src/gitlab/inventory.ts";
 import type { GitLabProject } from "../src/gitlab/port.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
-import { median } from "./common.ts";
+import { median, timed, verdict } from "./common.ts";
 
 const PROJECTS = 10_000;
 const RUNS = 7;
 const DIFF_RUNS = 21;
 const DIFF_TARGET_MS = 50;
-
-async function timed(fn: () => Promise<unknown> | unknown): Promise<number> {
-  const start = performance.now();
-  await fn();
-  return performance.now() - start;
-}
 
 const fmt = (ms: number): string => `${ms.toFixed(1)} ms`;
 
@@ -105,7 +99,7 @@ function diffSection(): void {
     after[i + 2] = { ...after[i + 2]!, visibility: "internal" };
   }
   const deleted = new Set(after.filter((_, i) => i % 100 === 3).map((p) => p.id));
-  const next = [...after.filter((p) => !deleted.has(p.id))];
+  const next = after.filter((p) => !deleted.has(p.id));
   for (let i = 0; i < PROJECTS / 100; i++) next.push(project(PROJECTS + 1 + i, 7));
   const a = snapshotOf(before);
   const b = snapshotOf(next);
@@ -138,7 +132,7 @@ function diffSection(): void {
   console.log(
     `baseline: diff of identical snapshots: median ${median(unchanged).toFixed(2)} ms (ratio ${(m / median(unchanged)).toFixed(2)}x)`,
   );
-  console.log(`target < ${DIFF_TARGET_MS} ms: ${m < DIFF_TARGET_MS ? "PASS" : "MISS"}`);
+  console.log(`target < ${DIFF_TARGET_MS} ms: ${verdict(m < DIFF_TARGET_MS)}`);
 }
 
 await inventorySection();

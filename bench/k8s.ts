@@ -35,8 +35,8 @@ import {
 } from "../test/support/kube.ts";
 import { startNatsServer } from "../test/support/nats-server.ts";
 import { createTestOperator, natsConfigSection } from "../test/support/operator.ts";
-import { REPO_ROOT, removeDir, tempDir, waitFor } from "../test/support/process.ts";
-import { fmt, log, median, table } from "./common.ts";
+import { removeDir, tempDir, waitFor } from "../test/support/process.ts";
+import { fmt, log, median, table, writeResults } from "./common.ts";
 
 const PROJECTS = Number(process.env.BENCH_K8S_PROJECTS ?? 1_000);
 const RUNS = 3;
@@ -270,21 +270,12 @@ async function main(): Promise<void> {
     log(
       `total by the controller: ${fmt(total(last))} = ${fmt(total(last) / PROJECTS, 2)} per account (median over runs: ${fmt(median(k8s.map((r) => total(r) / PROJECTS)), 2)})`,
     );
-    await mkdir(join(REPO_ROOT, "bench", "results"), { recursive: true });
-    await writeFile(
-      join(REPO_ROOT, "bench", "results", "k8s.json"),
-      JSON.stringify(
-        {
-          date: new Date().toISOString(),
-          projects: PROJECTS,
-          localMs: local,
-          k8s: k8s.map((r) => ({ ...r, requests: Object.fromEntries(r.requests) })),
-        },
-        null,
-        2,
-      ),
-    );
-    log("results: bench/results/k8s.json");
+    await writeResults("k8s.json", {
+      date: new Date().toISOString(),
+      projects: PROJECTS,
+      localMs: local,
+      k8s: k8s.map((r) => ({ ...r, requests: Object.fromEntries(r.requests) })),
+    });
   } finally {
     await server.stop();
     await sim.stop();

@@ -23,9 +23,8 @@
  * that raised nats-server's system CPU from ~40 to ~450-570 µs per push and halved a run's
  * throughput. The "sys" figure next to the servers' CPU shows it; on tmpfs it disappears.
  */
-import { execFileSync } from "node:child_process";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { availableParallelism, cpus } from "node:os";
+import { mapLimit } from "../src/runtime/concurrency.ts";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { encodeAccount } from "@nats-io/jwt";
@@ -42,10 +41,20 @@ import {
   type NatsServer,
   type NatsServerOptions,
 } from "../test/support/nats-server.ts";
-import { removeDir, tempDir, toolBinary } from "../test/support/process.ts";
-import { fmt, log, median, pool, processCpuMs, table, verdict } from "./common.ts";
-
-const QUICK = process.env.BENCH_QUICK === "1";
+import { removeDir, tempDir } from "../test/support/process.ts";
+import {
+  QUICK,
+  benchEnv,
+  fmt,
+  log,
+  median,
+  processCpuMs,
+  sleep,
+  table,
+  timed,
+  verdict,
+  writeResults,
+} from "./common.ts";
 
 // --- section 1: sign ---------------------------------------------------------------------------
 const SIGN_N = QUICK ? 2_000 : 10_000;
@@ -112,13 +121,9 @@ function series(n: number, runsMs: number[]): Series {
 }
 
 /** Wall time (ms) of each of `runs` calls of `fn` (warm up before calling this). */
-async function measure(runs: number, fn: (run: number) => unknown): Promise<number[]> {
+async function measure(runs: number, fn: () => unknown): Promise<number[]> {
   const out: number[] = [];
-  for (let r = 0; r < runs; r++) {
-    const t0 = performance.now();
-    await fn(r);
-    out.push(performance.now() - t0);
-  }
+  for (let r = 0; r < runs; r++) out.push(await timed(fn));
   return out;
 }
 
@@ -133,10 +138,11 @@ class CpuMeter {
   constructor(pids: readonly number[]) {
     this.#pids = pids;
   }
-  async around<T>(fn: () => Promise<T>): Promise<T> {
+  /** Wall time of `fn`, ms; records the CPU used meanwhile. */
+  async time(fn: () => Promise<unknown>): Promise<number> {
     const client0 = process.cpuUsage();
     const server0 = processCpuMs(...this.#pids);
-    const out = await fn();
+    const out = await timed(fn);
     const client = process.cpuUsage(client0);
     const server1 = processCpuMs(...this.#pids);
     this.clientMs.push((client.user + client.system) / 1000);
@@ -158,11 +164,16 @@ class CpuMeter {
   }
 }
 
-function publicKeys(kind: "account", n: number): string[] {
-  return Array.from({ length: n }, () => NKeyPair.generate(kind).publicKey);
+function accountKeys(n: number): string[] {
+  return Array.from({ length: n }, () => NKeyPair.generate("account").publicKey);
 }
 
 const fmtMs = (ms: number): string => (ms >= 1 ? `${fmt(ms, 2)} ms` : `${fmt(ms * 1000, 1)} µs`);
+
+/** Label, items per run, runs, median run, per item, items/s: the leading cells of both tables. */
+function seriesCells(label: string, s: Series, runs: number): string[] {
+  return [label, fmt(s.n), String(runs), fmtMs(s.medianMs), fmtMs(s.msPerItem), fmt(s.perSec)];
+}
 
 // --- section 1 ---------------------------------------------------------------------------------
 
@@ -242,8 +253,8 @@ interface SignResults {
 async function benchSign(): Promise<SignResults> {
   log(`[sign] generating ${SIGN_N * 2} + ${STOCK_N * 2} public keys (untimed)`);
   const signer = NKeyPair.generate("operator");
-  const accounts = publicKeys("account", SIGN_N);
-  const signingKeys = publicKeys("account", SIGN_N);
+  const accounts = accountKeys(SIGN_N);
+  const signingKeys = accountKeys(SIGN_N);
   // The stock path gets its keys from @nats-io/nkeys, also outside the timer; passing public key
   // strings (not KeyPairs) to encodeAccount is its fastest use (a KeyPair re-derives on each call).
   const stockOperator = createOperator();
@@ -397,7 +408,7 @@ async function waitForEcho(nc: NatsConnection, replies: number): Promise<void> {
     for await (const msg of it) if (msg.headers?.code !== 503) got++;
     if (got === replies) return;
     if (Date.now() > deadline) throw new Error(`echo responders: ${got} of ${replies} reachable after 10 s`);
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
 }
 
@@ -406,8 +417,8 @@ class AccountSupply {
   readonly #jwts: string[] = [];
   #next = 0;
   constructor(signer: NKeyPair, total: number) {
-    const accounts = publicKeys("account", total);
-    const keys = publicKeys("account", total);
+    const accounts = accountKeys(total);
+    const keys = accountKeys(total);
     this.#jwts = signOurs(0, total, accounts, keys, signer, Math.floor(Date.now() / 1000));
   }
   /** The next `n` never-pushed-to-this-target JWTs (call rewind() when switching targets). */
@@ -430,7 +441,7 @@ async function pushAll(
   servers: number,
 ): Promise<void> {
   let acked = 0;
-  await pool(jwts, concurrency, async (jwt) => {
+  await mapLimit(jwts, concurrency, async (jwt) => {
     const outcome = await resolver.push(jwt);
     if (outcome.replies.length !== servers)
       throw new Error(`push: ${outcome.replies.length} of ${servers} replies`);
@@ -471,16 +482,14 @@ async function benchTarget(
     await pushAll(resolver, supply.take(PUSH_WARMUP_N), concurrency, servers);
     const echoPayload = first!;
     const echoItems = Array.from({ length: PUSH_N }, () => echoPayload);
-    await pool(echoItems.slice(0, PUSH_WARMUP_N), concurrency, () =>
+    await mapLimit(echoItems.slice(0, PUSH_WARMUP_N), concurrency, () =>
       echoRoundTrip(client, echoPayload, servers),
     );
 
     const sweepOut: Array<{ concurrency: number; perSec: number }> = [];
     for (const level of sweep) {
       const jwts = supply.take(SWEEP_N);
-      const t0 = performance.now();
-      await pushAll(resolver, jwts, level, servers);
-      const perSec = (SWEEP_N * 1000) / (performance.now() - t0);
+      const perSec = (SWEEP_N * 1000) / (await timed(() => pushAll(resolver, jwts, level, servers)));
       log(`[push ${target.name}] sweep: concurrency ${level}: ${fmt(perSec)} accounts/s`);
       sweepOut.push({ concurrency: level, perSec });
     }
@@ -496,19 +505,11 @@ async function benchTarget(
     for (let r = 0; r < PUSH_RUNS; r++) {
       const jwts = supply.take(PUSH_N);
       lastPushed = jwts[jwts.length - 1]!;
-      pushMs.push(
-        await pushCpu.around(async () => {
-          const t0 = performance.now();
-          await pushAll(resolver, jwts, concurrency, servers);
-          return performance.now() - t0;
-        }),
-      );
+      pushMs.push(await pushCpu.time(() => pushAll(resolver, jwts, concurrency, servers)));
       echoMs.push(
-        await echoCpu.around(async () => {
-          const t0 = performance.now();
-          await pool(echoItems, concurrency, () => echoRoundTrip(client, echoPayload, servers));
-          return performance.now() - t0;
-        }),
+        await echoCpu.time(() =>
+          mapLimit(echoItems, concurrency, () => echoRoundTrip(client, echoPayload, servers)),
+        ),
       );
     }
 
@@ -594,17 +595,7 @@ async function benchPush(trust: Trust): Promise<PushResults> {
 
 async function main(): Promise<void> {
   const started = performance.now();
-  const natsServerVersion = execFileSync(toolBinary("nats-server"), ["--version"], {
-    encoding: "utf8",
-  }).trim();
-  const env = {
-    node: process.version,
-    natsServer: natsServerVersion,
-    cpus: cpus().length,
-    cpuModel: cpus()[0]?.model ?? "unknown",
-    availableParallelism: availableParallelism(),
-    quick: QUICK,
-  };
+  const env = benchEnv();
   log(
     `natsbind bench: node ${env.node}, ${env.natsServer}, ${env.availableParallelism} cores (${env.cpuModel})`,
   );
@@ -630,30 +621,9 @@ async function main(): Promise<void> {
     table(
       ["path", "JWTs/run", "runs", "median run", "per JWT", "JWTs/s"],
       [
-        [
-          "natsbind accountClaims + signJwt (NKeyPair)",
-          fmt(sign.ours.n),
-          String(SIGN_RUNS),
-          fmtMs(sign.ours.medianMs),
-          fmtMs(sign.ours.msPerItem),
-          fmt(sign.ours.perSec),
-        ],
-        [
-          "stock @nats-io/jwt encodeAccount + nkeys",
-          fmt(sign.stock.n),
-          String(STOCK_RUNS),
-          fmtMs(sign.stock.medianMs),
-          fmtMs(sign.stock.msPerItem),
-          fmt(sign.stock.perSec),
-        ],
-        [
-          "(info) decodeJwt: verify one JWT",
-          fmt(sign.decodeJwt.n),
-          String(SIGN_RUNS),
-          fmtMs(sign.decodeJwt.medianMs),
-          fmtMs(sign.decodeJwt.msPerItem),
-          fmt(sign.decodeJwt.perSec),
-        ],
+        seriesCells("natsbind accountClaims + signJwt (NKeyPair)", sign.ours, SIGN_RUNS),
+        seriesCells("stock @nats-io/jwt encodeAccount + nkeys", sign.stock, STOCK_RUNS),
+        seriesCells("(info) decodeJwt: verify one JWT", sign.decodeJwt, SIGN_RUNS),
       ],
     ),
   );
@@ -674,23 +644,13 @@ async function main(): Promise<void> {
     ["3-node cluster", push.cluster],
   ] as const) {
     rows.push([
-      `${name}: push (all ${t.servers} acks 200)`,
-      fmt(PUSH_N),
-      String(PUSH_RUNS),
-      fmtMs(t.push.medianMs),
-      fmtMs(t.push.msPerItem),
-      fmt(t.push.perSec),
+      ...seriesCells(`${name}: push (all ${t.servers} acks 200)`, t.push, PUSH_RUNS),
       cpu(t.pushCpu.clientUs),
       serverCpu(t.pushCpu),
       `${fmt(t.pushVsBaseline, 2)}x`,
     ]);
     rows.push([
-      `${name}: baseline echo request/reply x${t.servers}`,
-      fmt(PUSH_N),
-      String(PUSH_RUNS),
-      fmtMs(t.baseline.medianMs),
-      fmtMs(t.baseline.msPerItem),
-      fmt(t.baseline.perSec),
+      ...seriesCells(`${name}: baseline echo request/reply x${t.servers}`, t.baseline, PUSH_RUNS),
       cpu(t.baselineCpu.clientUs),
       serverCpu(t.baselineCpu),
       "1.00x",
@@ -732,12 +692,13 @@ async function main(): Promise<void> {
 
   const totalS = (performance.now() - started) / 1000;
   log(`\ntotal bench time: ${fmt(totalS, 1)} s`);
-  const out = { date: new Date().toISOString(), env, sign, push, totalSeconds: totalS };
-  const dir = join(import.meta.dirname, "results");
-  await mkdir(dir, { recursive: true });
-  // bench/results/ is git-ignored: figures belong to the machine and run that made them.
-  await writeFile(join(dir, "latest.json"), `${JSON.stringify(out, null, 2)}\n`);
-  log(`results: ${join("bench", "results", "latest.json")}`);
+  await writeResults("latest.json", {
+    date: new Date().toISOString(),
+    env,
+    sign,
+    push,
+    totalSeconds: totalS,
+  });
 }
 
 await main();
