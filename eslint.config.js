@@ -35,6 +35,23 @@ export default tseslint.config(
     },
   },
   {
+    // The fixed test keys (test/unit/fixed-keys.ts) are for golden-file unit tests only.
+    files: ["scripts/**", "bench/**", "test/support/**", "test/integration/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/fixed-keys*"],
+              message: "The fixed test keys are for the golden-file unit tests only.",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ["src/config/**", "test/**", "bench/**", "src/cli/**"],
     rules: { "no-restricted-properties": "off" },
   },

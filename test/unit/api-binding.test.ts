@@ -15,7 +15,7 @@ import type { TemplateVars } from "../../src/api/v1alpha1/templates.ts";
 import type { NatsBinding } from "../../src/api/v1alpha1/types.ts";
 import { TerminalError } from "../../src/errors.ts";
 import { accountClaims } from "../../src/nats/claims.ts";
-import { fixedKeys } from "../support/fixed-keys.ts";
+import { fixedKeys } from "./fixed-keys.ts";
 
 const EXAMPLE = `
 apiVersion: natsbind.io/v1alpha1

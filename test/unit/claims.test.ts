@@ -17,7 +17,7 @@ import {
 } from "../../src/nats/claims.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import { subjectProblem } from "../../src/nats/subjects.ts";
-import { fixedKeys } from "../support/fixed-keys.ts";
+import { fixedKeys } from "./fixed-keys.ts";
 
 const operatorSigning = fixedKeys.operatorSigning();
 

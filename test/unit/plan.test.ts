@@ -6,7 +6,7 @@ import type { GitLabProject } from "../../src/gitlab/port.ts";
 import type { StoredAccount } from "../../src/keystore/port.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import { subjectProblem } from "../../src/nats/subjects.ts";
-import { fixedKeys } from "../support/fixed-keys.ts";
+import { fixedKeys } from "./fixed-keys.ts";
 
 const issuer = fixedKeys.operatorSigning().publicKey;
 

@@ -1,6 +1,7 @@
 // Fixed, TEST-ONLY keys so generated claims can be compared with golden files. They were generated
-// for this file, sign nothing real, and are public by being here. eslint forbids src/ to import
-// test/, and the package ships only dist/ (compiled from src/).
+// for this file, sign nothing real, and are public by being here. eslint lets only test/unit
+// import this file (not src/, scripts/, bench/, test/support or test/integration), and the package
+// and the image ship only dist/ (compiled from src/).
 import { NKeyPair } from "../../src/nats/keys.ts";
 
 export const fixedKeys = {
