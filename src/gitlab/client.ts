@@ -1,7 +1,8 @@
 /**
  * GitLabPort over @gitbeaker/rest. gitbeaker builds the requests and follows pagination; the
  * transport underneath is ours (passed as gitbeaker's `requesterFn`): a timeout on every request,
- * retries only for 429/5xx/network failures as retry.ts decides, typed errors for the rest.
+ * retries only for 429/5xx/network failures as retry.ts decides, typed errors for the rest,
+ * same-origin redirects only and a byte cap on every body (transport.ts).
  * Every response is validated before it becomes a GitLabProject/Group/Environment.
  */
 import { Gitlab } from "@gitbeaker/rest";
@@ -23,6 +24,13 @@ import {
   type GitLabRequestInfo,
 } from "./errors.ts";
 import type { GitLabEnvironment, GitLabGroup, GitLabPort, GitLabProject } from "./port.ts";
+import {
+  DEFAULT_MAX_RESPONSE_BYTES,
+  discardBody,
+  fetchSameOrigin,
+  readBodyCapped,
+  readUpTo,
+} from "./transport.ts";
 import { decideRetry, isRetryableStatus, serverDelayMs, type RetryPolicy } from "./retry.ts";
 
 export interface GitLabRequestEvent extends GitLabRequestInfo {
@@ -44,6 +52,8 @@ export interface GitLabClientOptions {
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
   random?: () => number;
+  /** Byte cap of one response body (default DEFAULT_MAX_RESPONSE_BYTES, 16 MiB). */
+  maxResponseBytes?: number;
   /** Called once per HTTP attempt: for logs and metrics. */
   onRequest?: (event: GitLabRequestEvent) => void;
 }
@@ -134,15 +144,27 @@ function parseOne<T extends z.ZodTypeAny>(
   return result.data;
 }
 
-async function readBody(response: Response): Promise<unknown> {
+function decodeBody(response: Response, bytes: Buffer, request: GitLabRequestInfo): unknown {
   const type = (response.headers.get("content-type") ?? "").split(";")[0]!.trim();
-  if (type === "application/json") return response.json().then((v: unknown) => v ?? {});
-  return response.text();
+  const text = bytes.toString("utf8");
+  if (type !== "application/json") return text;
+  if (text.trim() === "") return {};
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new GitLabResponseError(`${request.method} ${request.path}: response is not valid JSON`, {
+      ...request,
+      status: response.status,
+    });
+  }
 }
 
-/** GitLab's own words from an error body: {"message": ...} or {"error": ...}, bounded. */
+/** GitLab's own words from an error body: {"message": ...} or {"error": ...}, bounded (4 KiB read). */
 async function errorText(response: Response): Promise<string> {
-  const text = (await response.text().catch(() => "")).slice(0, 4096);
+  const text = await readUpTo(response, 4096).then(
+    (r) => r.bytes.toString("utf8"),
+    () => "",
+  );
   let said: unknown = text;
   try {
     const json = JSON.parse(text) as { message?: unknown; error?: unknown; error_description?: unknown };
@@ -208,7 +230,14 @@ export class GitbeakerGitLab implements GitLabPort {
   }
 
   async #request(endpoint: string, options: Record<string, unknown>): Promise<FormattedResponse> {
-    const { prefixUrl, searchParams, method, headers, body, signal } = options as {
+    const {
+      prefixUrl,
+      searchParams,
+      method,
+      headers,
+      body: requestBody,
+      signal,
+    } = options as {
       prefixUrl?: string;
       searchParams?: string;
       method?: string;
@@ -223,21 +252,40 @@ export class GitbeakerGitLab implements GitLabPort {
     const sleep = this.#opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
     const random = this.#opts.random ?? Math.random;
     const timeoutMs = this.#opts.timeoutMs ?? 30_000;
+    const maxBytes = this.#opts.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
     const started = now();
 
     for (let attempt = 1; ; attempt++) {
       const attemptStart = now();
       let response: Response | undefined;
+      let body: Buffer | undefined;
       let failure: string | undefined;
+      // Aborted past the byte cap: drops the connection instead of draining the rest.
+      const dropped = new AbortController();
       try {
         const timeout = AbortSignal.timeout(timeoutMs);
-        response = await fetch(url, {
-          method: request.method,
-          headers,
-          ...(body !== undefined ? { body } : {}),
-          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-        });
+        response = await fetchSameOrigin(
+          url,
+          {
+            method: request.method,
+            ...(headers ? { headers } : {}),
+            ...(requestBody !== undefined ? { body: requestBody } : {}),
+            signal: AbortSignal.any([dropped.signal, timeout, ...(signal ? [signal] : [])]),
+          },
+          request,
+        );
+        // The body is read under the same deadline; a body cut off by the network is retried.
+        if (response.ok) body = await readBodyCapped(response, maxBytes, request, () => dropped.abort());
       } catch (cause) {
+        if (cause instanceof GitLabError) {
+          this.#opts.onRequest?.({
+            ...cause.request,
+            attempt,
+            durationMs: now() - attemptStart,
+            error: cause.name,
+          });
+          throw cause;
+        }
         if (signal?.aborted)
           throw new GitLabError(`${request.method} ${request.path} was aborted`, request, { cause });
         const inner = (cause as { cause?: { code?: string; message?: string } }).cause;
@@ -246,6 +294,8 @@ export class GitbeakerGitLab implements GitLabPort {
           (cause as Error).name === "TimeoutError"
             ? `no response within ${timeoutMs} ms`
             : (code ?? describeError(cause));
+        if (response) discardBody(response);
+        response = undefined;
       }
       this.#opts.onRequest?.({
         ...request,
@@ -254,9 +304,9 @@ export class GitbeakerGitLab implements GitLabPort {
         durationMs: now() - attemptStart,
         ...(failure ? { error: failure } : {}),
       });
-      if (response?.ok) {
+      if (response?.ok && body) {
         return {
-          body: (await readBody(response)) as ResponseBodyTypes,
+          body: decodeBody(response, body, request) as ResponseBodyTypes,
           headers: Object.fromEntries(response.headers.entries()),
           status: response.status,
         };

@@ -34,3 +34,10 @@ export class GitLabRequestError extends GitLabError {}
 
 /** A scope (group or project) that cannot be resolved as configured. */
 export class GitLabScopeError extends TerminalError {}
+/**
+ * A redirect natsbind does not follow: to another origin (the token is only ever sent to the
+ * configured one), without a usable Location, or more of them than a real GitLab sends.
+ */
+export class GitLabRedirectError extends GitLabError {}
+/** A response body over the byte cap, refused while it streamed in (or from its Content-Length). */
+export class GitLabResponseTooLargeError extends GitLabResponseError {}
