@@ -7,6 +7,7 @@
  * from a complete listing (destroyed, or transferred out of the scope).
  */
 import type { GitLabGroup, GitLabPort, GitLabProject } from "./port.ts";
+import type { ScopeView } from "./relevance.ts";
 
 export type Snapshot = ReadonlyMap<number, GitLabProject>;
 
@@ -104,9 +105,13 @@ export class ProjectInventory {
   #snapshot: Snapshot = new Map();
   #roots: GitLabGroup[] = [];
   #directIds = new Set<number>();
+  #groupIds = new Set<number>();
   #synced = false;
   // Operations run one at a time so a refresh never interleaves with a resync.
   #tail: Promise<unknown> = Promise.resolve();
+  /** A resync asked for but not started yet: later requests join it (see resync()). */
+  #queuedResync: Promise<InventoryDiff> | undefined;
+  #listingsStarted = 0;
 
   constructor(gitlab: GitLabPort, scope: InventoryScope) {
     this.#gitlab = gitlab;
@@ -122,36 +127,84 @@ export class ProjectInventory {
     return this.#synced;
   }
 
+  /** Listings started so far: a project fetched before the latest one started is not newer than it. */
+  get listingsStarted(): number {
+    return this.#listingsStarted;
+  }
+
+  /** What the last listing says the scope contains, for deciding which signals concern it. */
+  view(): ScopeView {
+    const singlePaths = new Set<string>();
+    const singleIds = new Set<number>(this.#directIds);
+    for (const ref of this.#scope.projects) {
+      if (typeof ref === "number") singleIds.add(ref);
+      else singlePaths.add(ref.toLowerCase());
+    }
+    for (const id of this.#directIds) {
+      const p = this.#snapshot.get(id);
+      if (p) singlePaths.add(p.pathWithNamespace.toLowerCase());
+    }
+    return {
+      roots: this.#roots.map((g) => ({ id: g.id, fullPath: g.fullPath.toLowerCase() })),
+      directOnly: this.#scope.directOnly ?? false,
+      groupIds: this.#groupIds,
+      projectIds: this.#snapshot,
+      singleIds,
+      singlePaths: [...singlePaths],
+    };
+  }
+
   #serial<T>(op: () => Promise<T>): Promise<T> {
     const run = this.#tail.then(op, op);
     this.#tail = run.catch(() => undefined);
     return run;
   }
 
-  /** Full listing of the scope; replaces the snapshot only when every request succeeded. */
+  /**
+   * Full listing of the scope; replaces the snapshot only when every request succeeded.
+   * Coalesced: while one resync waits to start, further calls get that same resync (it starts
+   * after all of them, so it sees what each caller wanted seen). Hence at most one listing runs
+   * and one waits, however many callers ask.
+   */
   resync(): Promise<InventoryDiff> {
-    return this.#serial(async () => {
-      const roots = await Promise.all(this.#scope.groups.map((g) => this.#gitlab.group(g)));
-      const listed = await Promise.all(roots.map((g) => this.#gitlab.groupProjects(g.id)));
-      const direct = await Promise.all(this.#scope.projects.map((p) => this.#gitlab.project(p)));
-      const next = new Map<number, GitLabProject>();
-      const directOnly = this.#scope.directOnly ?? false;
-      listed.forEach((list, i) => {
-        for (const p of list) if (within(p, roots[i]!, directOnly)) next.set(p.id, p);
-      });
-      const directIds = new Set<number>();
-      for (const p of direct) {
-        if (!p) continue; // a configured project GitLab says is gone: absent, hence deleted if known
-        next.set(p.id, p);
-        directIds.add(p.id);
-      }
-      const diff = diffSnapshots(this.#snapshot, next);
-      this.#snapshot = next;
-      this.#roots = roots;
-      this.#directIds = directIds;
-      this.#synced = true;
-      return diff;
+    if (this.#queuedResync) return this.#queuedResync;
+    const run = this.#serial(() => {
+      this.#queuedResync = undefined;
+      this.#listingsStarted++;
+      return this.#list();
     });
+    this.#queuedResync = run;
+    return run;
+  }
+
+  async #list(): Promise<InventoryDiff> {
+    const roots = await Promise.all(this.#scope.groups.map((g) => this.#gitlab.group(g)));
+    const listed = await Promise.all(roots.map((g) => this.#gitlab.groupProjects(g.id)));
+    const direct = await Promise.all(this.#scope.projects.map((p) => this.#gitlab.project(p)));
+    const next = new Map<number, GitLabProject>();
+    const directOnly = this.#scope.directOnly ?? false;
+    const groupIds = new Set(roots.map((g) => g.id));
+    listed.forEach((list, i) => {
+      for (const p of list) {
+        if (!within(p, roots[i]!, directOnly)) continue;
+        next.set(p.id, p);
+        groupIds.add(p.namespaceId);
+      }
+    });
+    const directIds = new Set<number>();
+    for (const p of direct) {
+      if (!p) continue; // a configured project GitLab says is gone: absent, hence deleted if known
+      next.set(p.id, p);
+      directIds.add(p.id);
+      groupIds.add(p.namespaceId);
+    }
+    const diff = diffSnapshots(this.#snapshot, next);
+    this.#snapshot = next;
+    this.#roots = roots;
+    this.#directIds = directIds;
+    this.#groupIds = groupIds;
+    this.#synced = true;
+    return diff;
   }
 
   /**
@@ -161,18 +214,38 @@ export class ProjectInventory {
    */
   refreshProject(projectId: number): Promise<InventoryDiff> {
     if (!this.#synced) return this.resync();
-    return this.#serial(async () => {
-      const project = await this.#gitlab.project(projectId);
-      const next = new Map(this.#snapshot);
-      const inScope =
-        project !== undefined &&
-        (this.#directIds.has(project.id) ||
-          this.#roots.some((g) => within(project, g, this.#scope.directOnly ?? false)));
-      if (project && inScope) next.set(project.id, project);
-      else next.delete(projectId);
-      const diff = diffSnapshots(this.#snapshot, next);
-      this.#snapshot = next;
-      return diff;
-    });
+    return this.#serial(async () => this.#apply(projectId, await this.#gitlab.project(projectId)));
+  }
+
+  /**
+   * Applies a project fetched elsewhere (one fetch shared by every scope a signal concerns).
+   * `listingsBefore` is listingsStarted as read when the fetch began: if a listing started since,
+   * the snapshot is at least as new as the fetch, and the fetch is dropped.
+   */
+  applyProject(
+    projectId: number,
+    project: GitLabProject | undefined,
+    listingsBefore: number,
+  ): Promise<InventoryDiff> {
+    return this.#serial(async () =>
+      this.#synced && this.#listingsStarted === listingsBefore
+        ? this.#apply(projectId, project)
+        : emptyDiff(),
+    );
+  }
+
+  #apply(projectId: number, project: GitLabProject | undefined): InventoryDiff {
+    const next = new Map(this.#snapshot);
+    const inScope =
+      project !== undefined &&
+      (this.#directIds.has(project.id) ||
+        this.#roots.some((g) => within(project, g, this.#scope.directOnly ?? false)));
+    if (project && inScope) {
+      next.set(project.id, project);
+      this.#groupIds.add(project.namespaceId);
+    } else next.delete(projectId);
+    const diff = diffSnapshots(this.#snapshot, next);
+    this.#snapshot = next;
+    return diff;
   }
 }

@@ -10,3 +10,37 @@ export async function mapLimit<T>(
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
+
+/**
+ * Per key, at most one run of `fn` in flight and one queued behind it; a call made while one is
+ * queued joins that queued run (it has not started, so it will see whatever the caller wanted
+ * seen). N calls in a burst thus cost at most two runs, and none starts before its caller asked.
+ */
+export class Coalescer<K, T> {
+  readonly #running = new Map<K, Promise<T>>();
+  readonly #queued = new Map<K, Promise<T>>();
+
+  run(key: K, fn: () => Promise<T>): Promise<T> {
+    const queued = this.#queued.get(key);
+    if (queued) return queued;
+    const before = this.#running.get(key);
+    const run: Promise<T> = (before ?? Promise.resolve())
+      .catch(() => undefined)
+      .then(async () => {
+        this.#queued.delete(key);
+        this.#running.set(key, run);
+        try {
+          return await fn();
+        } finally {
+          if (this.#running.get(key) === run) this.#running.delete(key);
+        }
+      });
+    this.#queued.set(key, run);
+    return run;
+  }
+
+  /** Keys with a run in flight or queued. */
+  get size(): number {
+    return new Set([...this.#running.keys(), ...this.#queued.keys()]).size;
+  }
+}

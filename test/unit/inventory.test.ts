@@ -12,7 +12,9 @@ import type { GitLabGroup, GitLabPort, GitLabProject } from "../../src/gitlab/po
 import type { NatsBinding } from "../../src/api/v1alpha1/types.ts";
 import { parseBindingSpec } from "../../src/api/v1alpha1/schema.ts";
 import { ProjectInventories } from "../../src/controllers/binding/projects.ts";
-import type { GitLabSignal } from "../../src/gitlab/signals.ts";
+import type { GroupSignal, ProjectSignal } from "../../src/gitlab/signals.ts";
+import { signalConcerns, type ScopeView } from "../../src/gitlab/relevance.ts";
+import { Coalescer } from "../../src/runtime/concurrency.ts";
 import { ManualClock } from "../../src/runtime/clock.ts";
 
 function project(id: number, o: Partial<GitLabProject> = {}): GitLabProject {
@@ -88,6 +90,10 @@ class FakeGitLab implements GitLabPort {
   projects = new Map<number, GitLabProject>();
   failListing: Error | undefined;
   calls: string[] = [];
+  /** While set, listings wait for it (to hold requests in flight). */
+  gate: Promise<void> | undefined;
+  /** While set, project fetches wait for it, answering with what GitLab held when asked. */
+  projectGate: Promise<void> | undefined;
 
   async group(idOrPath: number | string): Promise<GitLabGroup> {
     this.calls.push(`group ${idOrPath}`);
@@ -98,10 +104,13 @@ class FakeGitLab implements GitLabPort {
   }
   async project(id: number | string): Promise<GitLabProject | undefined> {
     this.calls.push(`project ${id}`);
-    return this.projects.get(Number(id));
+    const answer = this.projects.get(Number(id));
+    await this.projectGate;
+    return answer;
   }
   async groupProjects(groupId: number): Promise<GitLabProject[]> {
     this.calls.push(`list ${groupId}`);
+    await this.gate;
     if (this.failListing) throw this.failListing;
     const root = [...this.groups.values()].find((g) => g.id === groupId)!;
     return [...this.projects.values()].filter((p) => p.pathWithNamespace.startsWith(`${root.fullPath}/`));
@@ -240,7 +249,7 @@ describe("ProjectInventories", () => {
     inventories.start();
 
     gitlab.projects.set(2, project(2, { namespaceFullPath: "top/a" }));
-    await inventories.handle({ kind: "project", projectId: 2, event: "project_create" } as GitLabSignal);
+    await inventories.handle({ kind: "project", projectId: 2, event: "project_create", path: "top/a/p2" });
     assert.deepEqual(changes, [[["a", "b"], [2]]], "a webhook refreshes that project");
 
     gitlab.projects.delete(1);
@@ -271,5 +280,329 @@ describe("ProjectInventories", () => {
     clock.advance(600_000);
     await settle();
     assert.equal(gitlab.calls.length, listings, "stopped: no more resyncs");
+  });
+});
+
+function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
+}
+
+/** Runs pending callbacks until `check` holds (the fakes answer within a few turns). */
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (check()) return;
+    await settle();
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+const scopeSpec = (group: number, includeSubgroups = true): NatsBinding["spec"] =>
+  parseBindingSpec(
+    { gitlab: { group, includeSubgroups }, roles: [{ name: "ci", publish: { allow: ["a.>"] } }] },
+    "test",
+  );
+
+/** Groups top (1) > top/a (3), and other (2); projects in top/a and other. */
+function world(): FakeGitLab {
+  const gitlab = new FakeGitLab();
+  gitlab.groups.set(2, { id: 2, name: "other", path: "other", fullPath: "other", parentId: null });
+  gitlab.groups.set(3, { id: 3, name: "a", path: "a", fullPath: "top/a", parentId: 1 });
+  gitlab.projects.set(5, project(5, { namespaceFullPath: "top/a", namespaceId: 3 }));
+  gitlab.projects.set(6, project(6, { namespaceFullPath: "other", namespaceId: 2 }));
+  return gitlab;
+}
+
+async function inventoriesOver(
+  gitlab: FakeGitLab,
+  bindings: Record<string, NatsBinding["spec"]>,
+): Promise<{ inventories: ProjectInventories; changes: Array<[string[], number[]]>; errors: string[] }> {
+  const changes: Array<[string[], number[]]> = [];
+  const errors: string[] = [];
+  const inventories = new ProjectInventories({
+    gitlab,
+    clock: new ManualClock(0),
+    resyncIntervalMs: 60_000,
+    onChange: (keys, d) => changes.push([keys, changedProjectIds(d)]),
+    onError: (e, what) => errors.push(`${what}: ${(e as Error).message}`),
+  });
+  for (const [key, s] of Object.entries(bindings)) await inventories.projects(key, s);
+  gitlab.calls.length = 0;
+  return { inventories, changes, errors };
+}
+
+describe("signalConcerns", () => {
+  const view = (o: Partial<ScopeView> = {}): ScopeView => ({
+    roots: [{ id: 1, fullPath: "top" }],
+    directOnly: false,
+    groupIds: new Set([1, 3]),
+    projectIds: new Set([5]),
+    singleIds: new Set<number>(),
+    singlePaths: [],
+    ...o,
+  });
+  const group = (o: Partial<GroupSignal>): GroupSignal => ({
+    kind: "group",
+    event: "group_rename",
+    groupId: 99,
+    ...o,
+  });
+  const proj = (o: Partial<ProjectSignal>): ProjectSignal => ({
+    kind: "project",
+    event: "project_create",
+    projectId: 99,
+    ...o,
+  });
+
+  it("ignores groups and projects outside the scope, by id and by path", () => {
+    for (const s of [
+      group({}),
+      group({ fullPath: "topology", oldFullPath: "elsewhere/top" }),
+      group({ event: "subgroup_create", groupId: 98, parentGroupId: 97, fullPath: "other/x" }),
+      proj({}),
+      proj({ namespaceId: 97, path: "topology/p", oldPath: "elsewhere/top/p" }),
+      proj({ path: "top" }), // a project at the root of the instance called "top" is not in group top
+    ])
+      assert.equal(signalConcerns(s, view()), false, JSON.stringify(s));
+  });
+
+  it("concerns the scope for its groups, their descendants and ancestors, and its projects", () => {
+    for (const s of [
+      group({ groupId: 1 }),
+      group({ groupId: 3, event: "group_destroy" }),
+      group({ event: "subgroup_create", parentGroupId: 3 }),
+      group({ event: "subgroup_create", fullPath: "Top/empty/new" }), // below an empty subgroup: path
+      group({ fullPath: "acme/top", oldFullPath: "top" }), // the root itself moved
+      group({ fullPath: "renamed", oldFullPath: "parent" }),
+      proj({ projectId: 5, event: "project_destroy" }),
+      proj({ namespaceId: 3 }),
+      proj({ path: "top/new/p9" }), // created in a subgroup natsbind has not seen
+      proj({ event: "project_transfer", path: "top/a/p9", oldPath: "other/p9" }),
+    ]) {
+      const v =
+        s.kind === "group" && s.oldFullPath === "parent"
+          ? view({ roots: [{ id: 1, fullPath: "parent/top" }] })
+          : view();
+      assert.equal(signalConcerns(s, v), true, JSON.stringify(s));
+    }
+  });
+
+  it("with direct projects only, a subgroup's events and projects do not concern the scope", () => {
+    const direct = view({ directOnly: true, groupIds: new Set([1]) });
+    assert.equal(
+      signalConcerns(group({ event: "subgroup_create", parentGroupId: 1, fullPath: "top/x" }), direct),
+      false,
+    );
+    assert.equal(signalConcerns(proj({ path: "top/a/p9" }), direct), false);
+    assert.equal(signalConcerns(proj({ path: "top/p9" }), direct), true);
+    assert.equal(signalConcerns(group({ groupId: 1 }), direct), true);
+  });
+
+  it("single projects: by id, by configured or current path, and when an ancestor group moves", () => {
+    const single = view({
+      roots: [],
+      groupIds: new Set([8]),
+      projectIds: new Set([7]),
+      singleIds: new Set([7]),
+      singlePaths: ["solo/app"],
+    });
+    assert.equal(signalConcerns(proj({ projectId: 7 }), single), true);
+    assert.equal(signalConcerns(proj({ path: "Solo/App" }), single), true);
+    assert.equal(signalConcerns(group({ oldFullPath: "solo" }), single), true);
+    assert.equal(signalConcerns(proj({ path: "solo/other" }), single), false);
+    assert.equal(signalConcerns(group({ fullPath: "solo/app-group" }), single), false);
+  });
+});
+
+describe("Coalescer", () => {
+  it("runs a burst as one run in flight plus one queued, each started after its callers asked", async () => {
+    const coalescer = new Coalescer<string, number>();
+    let runs = 0;
+    const held = gate();
+    const first = coalescer.run("k", async () => {
+      runs++;
+      await held.promise;
+      return runs;
+    });
+    await until(() => runs === 1, "the first run starts");
+    const burst = Array.from({ length: 19 }, () => coalescer.run("k", async () => ++runs));
+    assert.equal(new Set(burst).size, 1, "all later calls share the queued run");
+    assert.equal(runs, 1, "and it waits for the one in flight");
+    held.open();
+    assert.deepEqual(await Promise.all([first, ...burst.slice(0, 1)]), [1, 2]);
+    assert.equal(runs, 2);
+    assert.equal(coalescer.size, 0);
+    assert.equal(await coalescer.run("k", async () => ++runs), 3, "a later call runs again");
+  });
+});
+
+describe("webhook amplification (issue 9, finding 4)", () => {
+  it("a burst of resyncs on one inventory costs one listing in flight and one queued", async () => {
+    const gitlab = world();
+    const inventory = new ProjectInventory(gitlab, { groups: [1], projects: [] });
+    await inventory.resync();
+    const held = gate();
+    gitlab.gate = held.promise;
+    gitlab.calls.length = 0;
+    const burst = [inventory.resync()];
+    await until(() => gitlab.calls.includes("list 1"), "the first listing is in flight");
+    for (let i = 0; i < 19; i++) burst.push(inventory.resync());
+    gitlab.gate = undefined;
+    held.open();
+    await Promise.all(burst);
+    assert.equal(gitlab.calls.filter((c) => c === "list 1").length, 2);
+  });
+
+  it("signals about groups and projects outside every scope cost no GitLab request", async () => {
+    const gitlab = world();
+    const { inventories, changes } = await inventoriesOver(gitlab, { a: scopeSpec(1), b: scopeSpec(2) });
+    for (let i = 0; i < 20; i++) {
+      await inventories.handle({
+        kind: "group",
+        event: "group_rename",
+        groupId: 1000 + i,
+        fullPath: `x${i}`,
+      });
+      await inventories.handle({
+        kind: "group",
+        event: "subgroup_create",
+        groupId: 2000 + i,
+        parentGroupId: 3000 + i,
+        fullPath: `topology/y${i}`,
+      });
+      await inventories.handle({
+        kind: "project",
+        event: "project_create",
+        projectId: 4000 + i,
+        namespaceId: 5000 + i,
+        path: `nowhere/p${i}`,
+      });
+    }
+    assert.deepEqual(gitlab.calls, []);
+    assert.deepEqual(changes, []);
+  });
+
+  it("a burst of group signals for one scope resyncs it at most twice and leaves the others alone", async () => {
+    const gitlab = world();
+    const { inventories } = await inventoriesOver(gitlab, { a: scopeSpec(1), b: scopeSpec(2) });
+    const held = gate();
+    gitlab.gate = held.promise;
+    const signal = (): Promise<void> =>
+      inventories.handle({ kind: "group", event: "subgroup_create", groupId: 50, parentGroupId: 3 });
+    const burst = [signal()];
+    await until(() => gitlab.calls.includes("list 1"), "a listing in flight");
+    for (let i = 0; i < 19; i++) burst.push(signal());
+    gitlab.gate = undefined;
+    held.open();
+    await Promise.all(burst);
+    assert.deepEqual(gitlab.calls, ["group 1", "list 1", "group 1", "list 1"]);
+  });
+
+  it("a burst of signals for one project fetches it once in flight and once queued, for all scopes", async () => {
+    const gitlab = world();
+    // Two scopes hold project 5: top (with subgroups) and top/a.
+    const { inventories, changes } = await inventoriesOver(gitlab, { top: scopeSpec(1), a: scopeSpec(3) });
+    gitlab.projects.set(5, project(5, { namespaceFullPath: "top/a", namespaceId: 3, visibility: "public" }));
+    const held = gate();
+    gitlab.projectGate = held.promise;
+    const signal = (): Promise<void> =>
+      inventories.handle({ kind: "project", event: "project_update", projectId: 5 });
+    const burst = [signal()];
+    await until(() => gitlab.calls.length === 1, "one fetch in flight");
+    for (let i = 0; i < 19; i++) burst.push(signal());
+    gitlab.projectGate = undefined;
+    held.open();
+    await Promise.all(burst);
+    assert.deepEqual(gitlab.calls, ["project 5", "project 5"]);
+    assert.deepEqual(changes, [
+      [["top"], [5]],
+      [["a"], [5]],
+    ]);
+  });
+
+  it("still picks up what the signals say: new subgroup projects, transfers in, renamed ancestors", async () => {
+    const gitlab = world();
+    const { inventories, changes } = await inventoriesOver(gitlab, {
+      top: scopeSpec(1),
+      direct: scopeSpec(1, false),
+      a: scopeSpec(3),
+    });
+    // Created in a subgroup natsbind never saw (namespace id unknown): found by its path.
+    gitlab.groups.set(77, { id: 77, name: "new", path: "new", fullPath: "top/new", parentId: 1 });
+    gitlab.projects.set(9, project(9, { namespaceFullPath: "top/new", namespaceId: 77 }));
+    await inventories.handle({ kind: "project", event: "project_create", projectId: 9, path: "top/new/p9" });
+    assert.deepEqual(changes.splice(0), [[["top"], [9]]]);
+    assert.deepEqual(gitlab.calls.splice(0), ["project 9"]);
+
+    // Transferred from other into top/a: both scopes holding top/a see it, one fetch.
+    gitlab.projects.set(6, project(6, { namespaceFullPath: "top/a", namespaceId: 3 }));
+    await inventories.handle({
+      kind: "project",
+      event: "project_transfer",
+      projectId: 6,
+      namespaceId: 3,
+      path: "top/a/p6",
+      oldPath: "other/p6",
+    });
+    assert.deepEqual(changes.splice(0), [
+      [["top"], [6]],
+      [["a"], [6]],
+    ]);
+    assert.deepEqual(gitlab.calls.splice(0), ["project 6"]);
+
+    // A project created straight in top reaches the direct-only scope too.
+    gitlab.projects.set(10, project(10, { namespaceFullPath: "top", namespaceId: 1 }));
+    await inventories.handle({
+      kind: "project",
+      event: "project_create",
+      projectId: 10,
+      namespaceId: 1,
+      path: "top/p10",
+    });
+    assert.deepEqual(changes.splice(0), [
+      [["top"], [10]],
+      [["direct"], [10]],
+    ]);
+    gitlab.calls.length = 0;
+
+    // The parent of top/a renamed: the scopes below it resync and see the new paths.
+    gitlab.groups.set(1, { id: 1, name: "top", path: "top2", fullPath: "top2", parentId: null });
+    gitlab.groups.set(3, { id: 3, name: "a", path: "a", fullPath: "top2/a", parentId: 1 });
+    for (const id of [5, 6, 9, 10]) {
+      const p = gitlab.projects.get(id)!;
+      const ns = p.namespaceFullPath.replace(/^top/, "top2");
+      gitlab.projects.set(id, project(id, { namespaceFullPath: ns, namespaceId: p.namespaceId }));
+    }
+    await inventories.handle({
+      kind: "group",
+      event: "group_rename",
+      groupId: 1,
+      fullPath: "top2",
+      oldFullPath: "top",
+    });
+    assert.deepEqual(
+      changes.map(([keys]) => keys[0]).sort(),
+      ["a", "direct", "top"],
+      "every scope at or below the renamed group",
+    );
+    assert.equal(gitlab.calls.filter((c) => c.startsWith("list")).length, 3);
+  });
+
+  it("drops a fetched project when a listing started after the fetch (the listing is newer)", async () => {
+    const gitlab = world();
+    const { inventories, changes } = await inventoriesOver(gitlab, { a: scopeSpec(3) });
+    const held = gate();
+    gitlab.projectGate = held.promise;
+    const signal = inventories.handle({ kind: "project", event: "project_update", projectId: 5 });
+    await until(() => gitlab.calls.includes("project 5"), "the fetch is in flight");
+    gitlab.projects.set(5, project(5, { namespaceFullPath: "other", namespaceId: 2 }));
+    await inventories.resyncAll();
+    assert.deepEqual(changes.splice(0), [[["a"], [5]]], "the listing sees it moved out");
+    gitlab.projectGate = undefined;
+    held.open();
+    await signal;
+    assert.deepEqual(changes, [], "the older fetch does not bring it back");
+    assert.deepEqual(inventories.knownProjects("a"), []);
   });
 });

@@ -3,13 +3,21 @@
  * (bindings with the same selector share it), a periodic full resync of all of them, and
  * webhook-triggered targeted refreshes. Whenever a scope's snapshot changes, the bindings using it
  * are reported through `onChange` so the controller can enqueue them.
+ *
+ * Webhooks cannot amplify: a signal touches only the scopes it concerns (relevance.ts), so one
+ * for an unrelated group costs no GitLab request; group signals resync those scopes and project
+ * signals fetch that one project once for all of them; and both are coalesced (a burst costs at
+ * most one run in flight and one queued per scope or project id). The periodic resync remains
+ * the backstop for anything a signal did not say.
  */
 import type { GitLabSelector, NatsBinding } from "../../api/v1alpha1/types.ts";
 import { describeError } from "../../errors.ts";
 import { ProjectInventory, isEmptyDiff, type InventoryDiff } from "../../gitlab/inventory.ts";
 import type { GitLabPort, GitLabProject } from "../../gitlab/port.ts";
+import { signalConcerns } from "../../gitlab/relevance.ts";
 import type { GitLabSignal } from "../../gitlab/signals.ts";
 import type { Clock, TimerHandle } from "../../runtime/clock.ts";
+import { Coalescer } from "../../runtime/concurrency.ts";
 import type { ProjectSource } from "./reconciler.ts";
 
 function scopeKey(s: GitLabSelector): string {
@@ -21,6 +29,14 @@ function scopeKey(s: GitLabSelector): string {
 interface Scope {
   inventory: ProjectInventory;
   bindings: Set<string>;
+  /** The resync being reported: callers that joined it (ProjectInventory.resync) report it once. */
+  reporting?: { run: Promise<InventoryDiff>; done: Promise<void> };
+}
+
+/** One fetch of a project for every scope a signal concerns, with each scope's listing count then. */
+interface Fetched {
+  project: GitLabProject | undefined;
+  listingsBefore: Map<ProjectInventory, number>;
 }
 
 export interface ProjectInventoriesOptions {
@@ -36,6 +52,7 @@ export class ProjectInventories implements ProjectSource {
   readonly #o: ProjectInventoriesOptions;
   readonly #scopes = new Map<string, Scope>();
   readonly #bindingScope = new Map<string, string>();
+  readonly #fetches = new Coalescer<number, Fetched | undefined>();
   #timer: TimerHandle | undefined;
   #stopped = false;
 
@@ -94,20 +111,72 @@ export class ProjectInventories implements ProjectSource {
     if (!isEmptyDiff(diff) && scope.bindings.size > 0) this.#o.onChange([...scope.bindings].sort(), diff);
   }
 
-  /** A webhook said something changed: refresh that project (or resync on group events). */
-  async handle(signal: GitLabSignal): Promise<void> {
-    for (const scope of [...this.#scopes.values()]) {
-      if (!scope.inventory.synced) continue;
+  /** Resyncs a scope and reports the diff once, however many callers joined the same resync. */
+  #resync(scope: Scope, why: string): Promise<void> {
+    const run = scope.inventory.resync();
+    if (scope.reporting?.run === run) return scope.reporting.done;
+    const done = run.then(
+      (diff) => this.#report(scope, diff),
+      (err: unknown) => this.#o.onError?.(err, `${why}: ${describeError(err)}`),
+    );
+    scope.reporting = { run, done };
+    return done;
+  }
+
+  /** One GET /projects/:id per burst of signals for that id, shared by every scope (errors logged once). */
+  #fetchProject(projectId: number, why: string): Promise<Fetched | undefined> {
+    return this.#fetches.run(projectId, async () => {
+      const listingsBefore = new Map(
+        [...this.#scopes.values()].map((s) => [s.inventory, s.inventory.listingsStarted] as const),
+      );
       try {
-        const diff =
-          signal.kind === "project"
-            ? await scope.inventory.refreshProject(signal.projectId)
-            : await scope.inventory.resync();
-        this.#report(scope, diff);
+        return { project: await this.#o.gitlab.project(projectId), listingsBefore };
       } catch (err) {
-        this.#o.onError?.(err, `refresh after ${signal.event}: ${describeError(err)}`);
+        this.#o.onError?.(err, `${why}: ${describeError(err)}`);
+        return undefined;
       }
+    });
+  }
+
+  /**
+   * A webhook said something changed: resync the scopes a group signal concerns, or refresh the
+   * project a project signal names in the scopes it concerns. Signals that concern no scope cost
+   * nothing; scopes not listed yet are left to their first listing.
+   */
+  async handle(signal: GitLabSignal): Promise<void> {
+    const why = `refresh after ${signal.event}`;
+    const concerned = [...this.#scopes.values()]
+      .filter((scope) => scope.inventory.synced)
+      .map((scope) => ({ scope, view: scope.inventory.view() }))
+      .filter(({ view }) => signalConcerns(signal, view));
+    if (concerned.length === 0) return;
+    if (signal.kind === "group") {
+      await Promise.all(concerned.map(({ scope }) => this.#resync(scope, why)));
+      return;
     }
+    // A scope of single projects relists them (one request each), which also finds one named by
+    // a path that did not exist before; a group scope applies the one shared fetch.
+    const singles = concerned.filter(({ view }) => view.roots.length === 0);
+    const grouped = concerned.filter(({ view }) => view.roots.length > 0);
+    await Promise.all([
+      ...singles.map(({ scope }) => this.#resync(scope, why)),
+      (async () => {
+        if (grouped.length === 0) return;
+        const fetched = await this.#fetchProject(signal.projectId, why);
+        if (!fetched) return;
+        for (const { scope } of grouped) {
+          const before = fetched.listingsBefore.get(scope.inventory) ?? -1;
+          try {
+            this.#report(
+              scope,
+              await scope.inventory.applyProject(signal.projectId, fetched.project, before),
+            );
+          } catch (err) {
+            this.#o.onError?.(err, `${why}: ${describeError(err)}`);
+          }
+        }
+      })(),
+    ]);
   }
 
   /** Starts the periodic full resync of every scope. */
@@ -125,13 +194,7 @@ export class ProjectInventories implements ProjectSource {
   }
 
   async resyncAll(): Promise<void> {
-    for (const scope of [...this.#scopes.values()]) {
-      try {
-        this.#report(scope, await scope.inventory.resync());
-      } catch (err) {
-        this.#o.onError?.(err, `resync: ${describeError(err)}`);
-      }
-    }
+    for (const scope of [...this.#scopes.values()]) await this.#resync(scope, "resync");
   }
 
   stop(): void {
