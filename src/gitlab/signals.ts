@@ -29,6 +29,10 @@ export type ProjectSignal = {
   kind: "project";
   event: ProjectEvent;
   projectId: number;
+  /**
+   * `project_namespace_id`: GitLab's hook builder fills it with project.namespace_id (the parent
+   * group); the simulator sends the project's own namespace id. relevance.ts works with either.
+   */
   namespaceId?: number;
   path?: string;
   oldPath?: string;
