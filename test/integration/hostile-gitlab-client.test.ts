@@ -195,10 +195,17 @@ describe("hostile GitLab: redirects", { timeout: 60_000 }, () => {
       res.writeHead(302, { location: `/api/v4/loop/${gitlab.seen.length}` }).end("redirecting");
     await assert.rejects(client(gitlab.url).group(1), (e: Error) => {
       assert.ok(e instanceof GitLabRedirectError, String(e));
-      assert.match(e.message, new RegExp(`GET /groups/1: more than ${MAX_REDIRECTS} redirects \\(last 302\\)`));
+      assert.match(
+        e.message,
+        new RegExp(`GET /groups/1: more than ${MAX_REDIRECTS} redirects \\(last 302\\)`),
+      );
       return true;
     });
-    assert.equal(gitlab.seen.length, MAX_REDIRECTS + 1, "the first request and MAX_REDIRECTS hops, not retried");
+    assert.equal(
+      gitlab.seen.length,
+      MAX_REDIRECTS + 1,
+      "the first request and MAX_REDIRECTS hops, not retried",
+    );
   });
 });
 
