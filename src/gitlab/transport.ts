@@ -110,7 +110,7 @@ export async function readBodyCapped(
     discardBody(response);
     throw tooLarge(request, cap, response.status);
   }
-  const { bytes, truncated } = await readUpTo(response, cap);
+  const { bytes, truncated } = await readUpTo(response, cap, false);
   if (truncated) {
     abort();
     throw tooLarge(request, cap, response.status);
@@ -120,11 +120,12 @@ export async function readBodyCapped(
 
 /**
  * At most `limit` bytes of the body; `truncated` when there were more (the rest is never read:
- * the stream is cancelled).
+ * the stream is cancelled). `keepPartial: false` drops what was read when truncated.
  */
 export async function readUpTo(
   response: Response,
   limit: number,
+  keepPartial = true,
 ): Promise<{ bytes: Buffer; truncated: boolean }> {
   if (!response.body) return { bytes: Buffer.alloc(0), truncated: false };
   const reader = response.body.getReader();
@@ -134,9 +135,9 @@ export async function readUpTo(
     const { done, value } = await reader.read();
     if (done) return { bytes: Buffer.concat(chunks, total), truncated: false };
     if (total + value.byteLength > limit) {
-      const keep = limit - total;
-      if (keep > 0) chunks.push(value.subarray(0, keep));
       reader.cancel().catch(() => undefined);
+      if (!keepPartial) return { bytes: Buffer.alloc(0), truncated: true };
+      chunks.push(value.subarray(0, limit - total));
       return { bytes: Buffer.concat(chunks, limit), truncated: true };
     }
     chunks.push(value);
