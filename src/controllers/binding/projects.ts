@@ -37,6 +37,8 @@ interface Scope {
 interface Fetched {
   project: GitLabProject | undefined;
   listingsBefore: Map<ProjectInventory, number>;
+  /** Inventories it was applied to: signals that joined the same fetch apply it once. */
+  applied: Set<ProjectInventory>;
 }
 
 export interface ProjectInventoriesOptions {
@@ -130,7 +132,7 @@ export class ProjectInventories implements ProjectSource {
         [...this.#scopes.values()].map((s) => [s.inventory, s.inventory.listingsStarted] as const),
       );
       try {
-        return { project: await this.#o.gitlab.project(projectId), listingsBefore };
+        return { project: await this.#o.gitlab.project(projectId), listingsBefore, applied: new Set() };
       } catch (err) {
         this.#o.onError?.(err, `${why}: ${describeError(err)}`);
         return undefined;
@@ -165,6 +167,8 @@ export class ProjectInventories implements ProjectSource {
         const fetched = await this.#fetchProject(signal.projectId, why);
         if (!fetched) return;
         for (const { scope } of grouped) {
+          if (fetched.applied.has(scope.inventory)) continue;
+          fetched.applied.add(scope.inventory);
           const before = fetched.listingsBefore.get(scope.inventory) ?? -1;
           try {
             this.#report(
