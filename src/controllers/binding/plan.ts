@@ -75,9 +75,7 @@ export interface Plan {
 
 function desiredRefs(input: PlanInput): Array<{ ref: AccountRef; project: GitLabProject }> {
   const spec = input.binding.spec;
-  const projects = input.projects
-    .filter((p) => !input.heldElsewhere?.has(p.id))
-    .sort((a, b) => a.id - b.id);
+  const projects = input.projects.filter((p) => !input.heldElsewhere?.has(p.id)).sort((a, b) => a.id - b.id);
   if (spec.accountPer === "project") {
     return projects.map((project) => ({
       ref: { binding: input.bindingKey, projectId: project.id },
