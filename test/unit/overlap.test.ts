@@ -109,9 +109,13 @@ class Projects implements ProjectSource {
   readonly #listed = new Map<string, string>();
   listings: string[] = [];
   async projects(key: string, spec: NatsBinding["spec"]): Promise<readonly GitLabProject[]> {
-    const group = spec.gitlab.kind === "group" ? spec.gitlab.group : "";
+    const group = spec.gitlab.kind === "group" ? String(spec.gitlab.group) : "";
     this.listings.push(key);
-    if (this.failing.has(group)) throw new GitLabNotFoundError(`group ${group} not found`);
+    if (this.failing.has(group))
+      throw new GitLabNotFoundError(`group ${group} not found`, {
+        method: "GET",
+        path: `/groups/${encodeURIComponent(group)}/projects`,
+      });
     this.#listed.set(key, group);
     return this.groups.get(group) ?? [];
   }
