@@ -254,6 +254,34 @@ describe(
       await rm(join(dir, "bindings", "aaa-young.yaml"));
     });
 
+    it("a file's explicit metadata.creationTimestamp orders it: an older one takes prod's projects, prod (Delete) keeps its accounts", async () => {
+      const prod = await accountsOf("prod");
+      assert.equal(prod.size, 2);
+      const jwts = await Promise.all([...prod.values()].map((a) => resolver.lookup(a)));
+      await writeFile(
+        join(dir, "bindings", "zz-admin.yaml"),
+        bindingYaml("zz-admin", "payments", "Retain").replace(
+          "name: zz-admin",
+          'name: zz-admin\n  creationTimestamp: "2020-01-01T00:00:00Z"',
+        ),
+      );
+      const conflict = await waitForReason("prod", "Conflict");
+      assert.deepEqual(
+        conflict.accounts.map((a) => a.state),
+        ["Conflict", "Conflict"],
+      );
+      await waitForAccounts("zz-admin", [...prod.keys()]);
+      assert.deepEqual(await accountsOf("prod"), prod, "prod's keys stay");
+      assert.deepEqual(
+        await Promise.all([...prod.values()].map((a) => resolver.lookup(a))),
+        jwts,
+        "prod's accounts stay on the resolver, unchanged",
+      );
+      await rm(join(dir, "bindings", "zz-admin.yaml"));
+      await waitForReason("prod", "Reconciled");
+      assert.deepEqual(await accountsOf("prod"), prod, "prod takes its projects back with the same accounts");
+    });
+
     it("keeps first sight in the key directory (0600): prod's from the first start, removed bindings forgotten", async () => {
       const path = join(config.keys.directory, FIRST_SEEN_FILE);
       assert.equal((await stat(path)).mode & 0o777, 0o600);
