@@ -28,6 +28,7 @@ import { systemClock, type Clock } from "./runtime/clock.ts";
 import { Controller, type Reconciler } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
+import { BindingFirstSeen } from "./store/binding-first-seen.ts";
 import { StatusFiles } from "./store/status-files.ts";
 
 export class StartupError extends NatsbindError {}
@@ -243,7 +244,14 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
 async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   const { config, queue, inventories } = ctx;
   const files = new BindingFiles(config.bindings.directory);
+  // Overlapping bindings are ordered by age; a file's age is when natsbind first saw it.
+  const firstSeen = await BindingFirstSeen.load(config.keys.directory, ctx.clock);
+  const presentKeys = (s: BindingSnapshot): string[] => [
+    ...s.bindings.keys(),
+    ...s.invalid.flatMap((i) => (i.key ? [i.key] : [])),
+  ];
   let snapshot: BindingSnapshot = await files.scan();
+  await firstSeen.observe(presentKeys(snapshot));
   const lookup: BindingLookup = {
     get(key): BindingEntry | undefined {
       const valid = snapshot.bindings.get(key);
@@ -254,6 +262,10 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
         : undefined;
     },
     validKeys: () => [...snapshot.bindings.keys()],
+    createdAt(key) {
+      const explicit = snapshot.bindings.get(key)?.binding.metadata.creationTimestamp;
+      return explicit !== undefined ? Date.parse(explicit) : firstSeen.get(key);
+    },
   };
   const reconciler = new BindingReconciler({
     bindings: lookup,
@@ -265,10 +277,15 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
     clock: ctx.clock,
     driftCheckMs: config.gitlab!.resyncInterval,
     events: ctx.events,
+    requeue: (key) => queue.add(key),
   });
   // The watcher scanned already: take its snapshot rather than reading the directory again.
-  const watcher = files.watch((keys, scanned) => {
+  const watcher = files.watch(async (keys, scanned) => {
     snapshot = scanned;
+    // New keys are the youngest until recorded (memory at once); enqueue once the file has them.
+    await firstSeen
+      .observe(presentKeys(scanned))
+      .catch((err: unknown) => ctx.log.warn({ err }, "recording when bindings were first seen failed"));
     for (const key of keys) {
       if (!snapshot.bindings.has(key)) inventories.forget(key);
       queue.add(key);
@@ -276,12 +293,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   });
   const controller = ctx.startController(reconciler);
   ctx.setReconciling(true);
-  for (const key of [
-    ...snapshot.bindings.keys(),
-    ...snapshot.invalid.flatMap((i) => (i.key ? [i.key] : [])),
-  ]) {
-    queue.add(key);
-  }
+  for (const key of presentKeys(snapshot)) queue.add(key);
   ctx.log.info(
     { bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },
     "local bindings loaded",

@@ -93,6 +93,14 @@ export class KubeBindings implements BindingLookup {
       .map(([key]) => key);
   }
 
+  /** metadata.creationTimestamp in ms (set by the apiserver, 1 s resolution); undefined if unreadable. */
+  createdAt(key: string): number | undefined {
+    const created: unknown = this.object(key)?.metadata?.creationTimestamp;
+    const ms =
+      created instanceof Date ? created.getTime() : typeof created === "string" ? Date.parse(created) : NaN;
+    return Number.isFinite(ms) ? ms : undefined;
+  }
+
   #parse(key: string, obj: NatsBindingObject): Parsed {
     const resourceVersion = obj.metadata?.resourceVersion;
     const cached = this.#parsed.get(key);

@@ -198,6 +198,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     signer: ctx.signer,
     clock: ctx.clock,
     driftCheckMs: config.gitlab!.resyncInterval,
+    requeue: (key) => queue.add(key),
     events: {
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);

@@ -501,6 +501,8 @@ function keyStates(snapshot: BindingSnapshot | undefined): Map<string, string> {
       key,
       JSON.stringify([
         entry ? hashSpec(entry.binding) : null,
+        // Orders overlapping bindings: a change is reported (not a new generation: not the spec).
+        entry?.binding.metadata.creationTimestamp ?? null,
         (problems.get(key) ?? []).sort(compareStrings),
       ]),
     );

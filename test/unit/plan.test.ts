@@ -152,6 +152,44 @@ describe("plan", () => {
     assert.deepEqual(keep.remove, []);
   });
 
+  it("leaves the slots of projects an older binding holds exactly as they are, under Delete and Retain", () => {
+    const held = slot(2);
+    const heldEnv = slot(2, ["ci"], "production");
+    const gone = slot(9);
+    const mine = slot(1);
+    for (const deletionPolicy of ["Delete", "Retain"] as const) {
+      const p = plan(
+        input({
+          binding: binding({ deletionPolicy }),
+          projects: [project(1), project(2), project(3)],
+          heldElsewhere: new Set([2, 3]),
+          slots: [held, heldEnv, gone, mine],
+        }),
+      );
+      assert.deepEqual(
+        p.conflict,
+        [held, heldEnv].sort((a, b) => (a.ref.environment ?? "").localeCompare(b.ref.environment ?? "")),
+        deletionPolicy,
+      );
+      assert.deepEqual(
+        p.ensureKeys.map((e) => e.ref.projectId),
+        [],
+        "no keys for a held project (3) although this binding selects it",
+      );
+      assert.deepEqual(
+        p.push.map((x) => x.ref.projectId),
+        [1],
+        "held slots are not pushed",
+      );
+      assert.deepEqual(
+        deletionPolicy === "Delete" ? p.remove : p.retain,
+        [gone],
+        "only the unselected one goes",
+      );
+      assert.deepEqual(deletionPolicy === "Delete" ? p.retain : p.remove, []);
+    }
+  });
+
   it("asks for a role key when a role is added", () => {
     const s1 = slot(1, ["ci"]);
     const b = binding({

@@ -415,6 +415,7 @@ const ACCOUNT_STATES = [
   "Ready",
   "Pending",
   "Retained",
+  "Conflict",
   "Problem",
 ] as const satisfies readonly AccountSummary["state"][];
 type Exhaustive<Union, Listed> = [Exclude<Union, Listed>] extends [never] ? true : false;
@@ -448,8 +449,10 @@ const accountProperties: { [K in keyof AccountSummary]-?: JsonSchema } = {
   account: string("Account public key (A...)."),
   claimsHash: string("Hash of the account's claims, without iat and jti."),
   pushedAt: string("When natsbind last pushed the account JWT.", { format: "date-time" }),
-  state: string("Ready, Pending, Retained or Problem.", { enum: [...ACCOUNT_STATES] }),
-  message: string("What is wrong, for state Problem."),
+  state: string("Ready, Pending, Retained, Conflict (an older binding holds the project) or Problem.", {
+    enum: [...ACCOUNT_STATES],
+  }),
+  message: string("What is wrong, for states Conflict and Problem."),
 };
 
 const statusProperties: { [K in keyof BindingStatus]-?: JsonSchema } = {

@@ -384,6 +384,13 @@ const MetadataSchema = z
       .optional()
       .describe("Spec generation (Kubernetes); reported as observedGeneration."),
     uid: z.string().min(1).max(128).optional().describe("Object uid (Kubernetes)."),
+    creationTimestamp: z
+      .preprocess((v) => (v instanceof Date ? v.toISOString() : v), z.iso.datetime({ offset: true }))
+      .optional()
+      .describe(
+        "When the binding was created (RFC 3339). Kubernetes sets it; in a local file it is optional " +
+          "(else natsbind uses when it first saw the binding). The older binding keeps overlapping projects.",
+      ),
   })
   .describe("Object metadata; other Kubernetes metadata fields are ignored.");
 
@@ -542,5 +549,6 @@ export function parseBinding(doc: unknown, source: string): NatsBinding {
   if (metadata.namespace !== undefined) meta.namespace = metadata.namespace;
   if (metadata.generation !== undefined) meta.generation = metadata.generation;
   if (metadata.uid !== undefined) meta.uid = metadata.uid;
+  if (metadata.creationTimestamp !== undefined) meta.creationTimestamp = metadata.creationTimestamp;
   return { apiVersion: API_VERSION, kind: KIND, metadata: meta, spec: toSpec(spec) };
 }

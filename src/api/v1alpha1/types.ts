@@ -76,6 +76,8 @@ export interface BindingMetadata {
   namespace?: string;
   generation?: number;
   uid?: string;
+  /** RFC 3339; orders overlapping bindings (the older keeps the projects). */
+  creationTimestamp?: string;
 }
 
 export interface NatsBinding {

@@ -22,6 +22,11 @@ export interface PlanInput {
   binding: Pick<NatsBinding, "spec">;
   /** The projects in the binding's scope (a complete inventory snapshot). */
   projects: readonly GitLabProject[];
+  /**
+   * Ids of selected projects an older binding holds (see overlap.ts): no account is wanted for
+   * them, and this binding's existing slots for them go to `conflict`, never to remove or retain.
+   */
+  heldElsewhere?: ReadonlySet<number>;
   /** Available GitLab environments per project id; read only for environments.fromGitLab. */
   environments: ReadonlyMap<number, readonly string[]>;
   /** The binding's stored slots (public keys). */
@@ -59,13 +64,18 @@ export interface Plan {
   remove: StoredAccount[];
   /** Slots no longer desired, deletionPolicy Retain: left as they are (reported in status). */
   retain: StoredAccount[];
+  /**
+   * Slots of projects an older binding holds: left exactly as they are (not pushed, removed,
+   * released or retained) whatever the deletionPolicy; reported in status. A conflict deletes nothing.
+   */
+  conflict: StoredAccount[];
   /** Accounts that cannot be built (e.g. a subject that does not render); the rest proceeds. */
   problems: Array<{ ref: AccountRef; message: string }>;
 }
 
 function desiredRefs(input: PlanInput): Array<{ ref: AccountRef; project: GitLabProject }> {
   const spec = input.binding.spec;
-  const projects = [...input.projects].sort((a, b) => a.id - b.id);
+  const projects = input.projects.filter((p) => !input.heldElsewhere?.has(p.id)).sort((a, b) => a.id - b.id);
   if (spec.accountPer === "project") {
     return projects.map((project) => ({
       ref: { binding: input.bindingKey, projectId: project.id },
@@ -118,7 +128,15 @@ export function desiredAccount(
 }
 
 export function plan(input: PlanInput): Plan {
-  const result: Plan = { ensureKeys: [], push: [], upToDate: [], remove: [], retain: [], problems: [] };
+  const result: Plan = {
+    ensureKeys: [],
+    push: [],
+    upToDate: [],
+    remove: [],
+    retain: [],
+    conflict: [],
+    problems: [],
+  };
   const slots = new Map(input.slots.map((s) => [refKey(s.ref), s]));
   const roleNames = input.binding.spec.roles.map((r) => r.name);
   const wanted = new Set<string>();
@@ -160,6 +178,10 @@ export function plan(input: PlanInput): Plan {
 
   for (const slot of [...input.slots].sort((a, b) => refKey(a.ref).localeCompare(refKey(b.ref)))) {
     if (wanted.has(refKey(slot.ref))) continue;
+    if (input.heldElsewhere?.has(slot.ref.projectId)) {
+      result.conflict.push(slot);
+      continue;
+    }
     (input.binding.spec.deletionPolicy === "Delete" ? result.remove : result.retain).push(slot);
   }
   return result;

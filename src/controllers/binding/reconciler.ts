@@ -8,7 +8,7 @@
  * `{requeueAfterMs: driftCheckMs}` so accounts are re-checked against the resolver (drift repair).
  */
 import type { NatsBinding } from "../../api/v1alpha1/types.ts";
-import { TerminalError, describeError } from "../../errors.ts";
+import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
@@ -18,6 +18,7 @@ import type { AccountResolver } from "../../nats/resolver.ts";
 import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
 import type { Clock } from "../../runtime/clock.ts";
 import { mapLimit } from "../../runtime/concurrency.ts";
+import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
 import { plan, type Plan } from "./plan.ts";
 import {
   CONDITION,
@@ -43,6 +44,12 @@ export interface BindingLookup {
   get(key: string): BindingEntry | undefined;
   /** Keys of all valid bindings: used to decide which binding owns a project. */
   validKeys(): string[];
+  /**
+   * When the binding was created, ms since the epoch (Kubernetes: metadata.creationTimestamp;
+   * local mode: metadata.creationTimestamp of the file, else when natsbind first saw it). The
+   * older binding keeps a project several select (overlap.ts). Undefined: unknown (youngest).
+   */
+  createdAt(key: string): number | undefined;
 }
 
 /** The projects a binding selects, from a complete inventory listing (throws rather than guess). */
@@ -79,7 +86,15 @@ export interface BindingReconcilerOptions {
   /** Key slots created in parallel per reconcile. */
   keyConcurrency?: number;
   events?: ReconcilerEvents;
+  /**
+   * Asks for another reconcile of a binding soon (wired to the work queue): a binding that left
+   * projects to an older one is looked at again when that one lets them go or newly takes them.
+   */
+  requeue?: (key: string) => void;
 }
+
+/** The projects of an older, possibly overlapping binding could not be listed. */
+export class OverlapCheckError extends NatsbindError {}
 
 class StepError extends Error {
   readonly reason: string;
@@ -101,6 +116,8 @@ export class BindingReconciler implements Reconciler<string> {
   readonly #statuses = new Map<string, BindingStatus>();
   /** Built claims per binding and account, reused while their inputs are unchanged. */
   readonly #memo = new Map<string, Map<string, { inputs: string; hash: string }>>();
+  /** binding -> (project id -> older binding holding it), as of the binding's last reconcile. */
+  readonly #yielded = new Map<string, ReadonlyMap<number, string>>();
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
@@ -134,13 +151,21 @@ export class BindingReconciler implements Reconciler<string> {
       return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
     }
 
-    // First binding (by key) wins a project selected by several; the others report Conflict.
-    const conflicts = this.#conflicts(key, projects);
+    // The oldest binding keeps a project selected by several; the others report Conflict and
+    // leave their own accounts for it exactly as they are (plan: `conflict`).
+    let conflicts: Map<number, string>;
+    try {
+      conflicts = await this.#conflicts(key, projects);
+    } catch (err) {
+      return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
+    }
+    this.#yielded.set(key, conflicts);
     const owned = projects.filter((p) => !conflicts.has(p.id));
+    const held = new Set(conflicts.keys());
 
     try {
       let slots = await this.#o.keys.list(key);
-      let current = await this.#plan(key, binding, owned, environments, slots);
+      let current = await this.#plan(key, binding, owned, environments, slots, undefined, held);
       if (current.ensureKeys.length > 0) {
         const existing = new Set(slots.map((slot) => slot.account));
         // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
@@ -152,11 +177,12 @@ export class BindingReconciler implements Reconciler<string> {
         const fresh = new Set(
           slots.filter((slot) => !existing.has(slot.account)).map((slot) => slot.account),
         );
-        current = await this.#plan(key, binding, owned, environments, slots, fresh);
+        current = await this.#plan(key, binding, owned, environments, slots, fresh, held);
       }
       await this.#apply(key, current);
-      const status = this.#status(key, generation, owned, projects.length, conflicts, current);
+      const status = this.#status(key, generation, projects, projects.length, conflicts, current);
       await this.#o.statuses.write(key, status);
+      this.#overlapsChanged(key, new Set(owned.map((p) => p.id)));
       return { requeueAfterMs: this.#o.driftCheckMs };
     } catch (err) {
       if (err instanceof StepError) return this.#fail(key, generation, err);
@@ -165,16 +191,81 @@ export class BindingReconciler implements Reconciler<string> {
     }
   }
 
-  #conflicts(key: string, projects: readonly GitLabProject[]): Map<number, string> {
+  #age(key: string): { key: string; createdAt: number | undefined } {
+    return { key, createdAt: this.#o.bindings.createdAt(key) };
+  }
+
+  /**
+   * Selected project id -> the oldest older binding that selects it too. An older binding whose
+   * projects are not known yet (e.g. right after a restart) is listed first, so a younger binding
+   * never takes projects because it happened to be reconciled first; if that listing fails, this
+   * reconcile fails (retried) having changed nothing.
+   */
+  async #conflicts(key: string, projects: readonly GitLabProject[]): Promise<Map<number, string>> {
     const conflicts = new Map<number, string>();
+    if (projects.length === 0) return conflicts;
     const ids = new Set(projects.map((p) => p.id));
-    for (const other of this.#o.bindings.validKeys().sort()) {
-      if (other >= key) break;
-      for (const p of this.#o.projects.knownProjects(other) ?? []) {
+    const self = this.#age(key);
+    const older = this.#o.bindings
+      .validKeys()
+      .filter((other) => other !== key)
+      .map((other) => this.#age(other))
+      .filter((other) => compareAge(other, self) < 0)
+      .sort(compareAge);
+    for (const { key: other } of older) {
+      for (const p of await this.#projectsOf(key, other)) {
         if (ids.has(p.id) && !conflicts.has(p.id)) conflicts.set(p.id, other);
       }
     }
     return conflicts;
+  }
+
+  async #projectsOf(self: string, other: string): Promise<readonly GitLabProject[]> {
+    const known = this.#o.projects.knownProjects(other);
+    if (known) return known;
+    const entry = this.#o.bindings.get(other);
+    if (entry?.kind !== "valid") return [];
+    try {
+      return await this.#o.projects.projects(other, entry.binding.spec);
+    } catch (err) {
+      // The cause may name another tenant's GitLab group: only the same namespace sees it.
+      const label = holderLabel(self, other);
+      const detail = label === "another binding" ? "" : `: ${describeError(err)}`;
+      throw new OverlapCheckError(
+        `cannot check overlaps: the projects of ${label}, older than this one, could not be listed${detail}`,
+        { cause: err },
+      );
+    }
+  }
+
+  /**
+   * After `key` was reconciled (owning `owned`) or went away (undefined): requeue the bindings
+   * whose overlap with it changed, so a younger binding takes projects over, or reports that it
+   * leaves them, without waiting for its next drift check.
+   */
+  #overlapsChanged(key: string, owned: ReadonlySet<number> | undefined): void {
+    const requeue = this.#o.requeue;
+    if (!requeue) return;
+    const wanted = new Set<string>();
+    for (const [other, held] of this.#yielded) {
+      if (other === key) continue;
+      for (const [id, holder] of held) {
+        if (holder === key && !owned?.has(id)) {
+          wanted.add(other);
+          break;
+        }
+      }
+    }
+    if (owned && owned.size > 0) {
+      const self = this.#age(key);
+      for (const other of this.#o.bindings.validKeys()) {
+        if (other === key || wanted.has(other) || compareAge(this.#age(other), self) <= 0) continue;
+        const held = this.#yielded.get(other);
+        const known = this.#o.projects.knownProjects(other) ?? [];
+        if (known.some((p) => owned.has(p.id) && !held?.has(p.id))) wanted.add(other);
+      }
+    }
+    for (const other of [...wanted].sort()) requeue(other);
   }
 
   async #resolverHashes(
@@ -216,14 +307,18 @@ export class BindingReconciler implements Reconciler<string> {
     environments: ReadonlyMap<number, readonly string[]>,
     slots: readonly StoredAccount[],
     fresh: ReadonlySet<string> = new Set(),
+    heldElsewhere: ReadonlySet<number> = new Set(),
   ): Promise<Plan> {
+    // Slots of projects an older binding holds are left alone: not even looked up.
+    const managed = slots.filter((s) => !heldElsewhere.has(s.ref.projectId));
     return plan({
       bindingKey: key,
       binding,
       projects,
+      heldElsewhere,
       environments,
       slots,
-      resolverHashes: await this.#resolverHashes(slots, fresh),
+      resolverHashes: await this.#resolverHashes(managed, fresh),
       issuer: this.#o.signer.getPublicKey(),
       memo: this.#memoFor(key),
     });
@@ -274,7 +369,9 @@ export class BindingReconciler implements Reconciler<string> {
     this.#lastSpec.delete(key);
     this.#statuses.delete(key);
     this.#memo.delete(key);
+    this.#yielded.delete(key);
     await this.#o.statuses.remove(key);
+    this.#overlapsChanged(key, undefined);
   }
 
   async #fail(key: string, generation: number, err: StepError): Promise<never> {
@@ -315,12 +412,12 @@ export class BindingReconciler implements Reconciler<string> {
   #status(
     key: string,
     generation: number,
-    owned: readonly GitLabProject[],
+    projects: readonly GitLabProject[],
     selected: number,
     conflicts: ReadonlyMap<number, string>,
     p: Plan,
   ): BindingStatus {
-    const byId = new Map(owned.map((x) => [x.id, x]));
+    const byId = new Map(projects.map((x) => [x.id, x]));
     const summary = (
       ref: AccountRef,
       account: string,
@@ -347,19 +444,20 @@ export class BindingReconciler implements Reconciler<string> {
           message: "no longer selected; kept (deletionPolicy Retain)",
         }),
       ),
+      ...p.conflict.map((x) =>
+        summary(x.ref, x.account, "Conflict", {
+          message:
+            `project held by an older ${holderLabel(key, conflicts.get(x.ref.projectId) ?? "")}; ` +
+            "this account is left as it is (not updated, not deleted)",
+        }),
+      ),
       ...p.problems.map((x) => ({ ...summary(x.ref, "", "Problem"), message: x.message })),
     ].sort((a, b) => a.projectId - b.projectId || (a.environment ?? "").localeCompare(b.environment ?? ""));
 
     const now = this.#nowIso();
     const previous = this.#statuses.get(key)?.conditions ?? [];
     const problems = p.problems.length;
-    const conflictMessage =
-      conflicts.size > 0
-        ? `${conflicts.size} selected project(s) belong to another binding: ${[...conflicts]
-            .slice(0, 5)
-            .map(([id, other]) => `${id} (${other})`)
-            .join(", ")}`
-        : "";
+    const conflictText = conflicts.size > 0 ? conflictMessage(key, conflicts) : "";
     const ready = problems === 0 && conflicts.size === 0;
     let conditions = setCondition(
       previous,
@@ -378,7 +476,9 @@ export class BindingReconciler implements Reconciler<string> {
         type: CONDITION.ResolverSynced,
         status: "True",
         reason: REASON.Reconciled,
-        message: `${p.push.length} pushed, ${p.upToDate.length} up to date, ${p.remove.length} removed`,
+        message:
+          `${p.push.length} pushed, ${p.upToDate.length} up to date, ${p.remove.length} removed` +
+          (p.conflict.length > 0 ? `, ${p.conflict.length} left as they are (conflict)` : ""),
         observedGeneration: generation,
       },
       now,
@@ -392,7 +492,7 @@ export class BindingReconciler implements Reconciler<string> {
         message: ready
           ? `${p.push.length + p.upToDate.length} account(s) ready`
           : [
-              conflictMessage,
+              conflictText,
               problems ? `${problems} account(s) cannot be built: ${p.problems[0]!.message}` : "",
             ]
               .filter(Boolean)

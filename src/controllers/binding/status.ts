@@ -40,7 +40,8 @@ export interface AccountSummary {
   claimsHash?: string;
   /** ISO 8601 of the last push natsbind made, if any. */
   pushedAt?: string;
-  state: "Ready" | "Pending" | "Retained" | "Problem";
+  /** Conflict: an older binding holds the project; this account is left exactly as it is. */
+  state: "Ready" | "Pending" | "Retained" | "Conflict" | "Problem";
   message?: string;
 }
 
