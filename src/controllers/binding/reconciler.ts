@@ -79,7 +79,15 @@ export interface BindingReconcilerOptions {
   /** Key slots created in parallel per reconcile. */
   keyConcurrency?: number;
   events?: ReconcilerEvents;
+  /**
+   * Kubernetes mode: may this binding select what it selects (NatsBindingPolicy)? Asked before
+   * anything else; a refusal reconciles nothing. Absent (local mode: admin-owned files): allowed.
+   * Throws when it cannot tell (GitLab unavailable): retried like a GitLab failure.
+   */
+  authorize?: (key: string, binding: NatsBinding) => Promise<GateVerdict>;
 }
+
+export type GateVerdict = { allowed: true } | { allowed: false; message: string };
 
 class StepError extends Error {
   readonly reason: string;
@@ -113,7 +121,7 @@ export class BindingReconciler implements Reconciler<string> {
   async reconcile(key: string): Promise<ReconcileResult> {
     const entry = this.#o.bindings.get(key);
     if (!entry) return this.#bindingGone(key);
-    if (entry.kind === "deleting") return this.#bindingGone(key, entry.spec);
+    if (entry.kind === "deleting") return this.#bindingGone(key, await this.#authorizedSpec(key, entry.spec));
     if (entry.kind === "invalid") {
       await this.#writeStatus(key, entry.generation, [
         { type: CONDITION.Ready, status: "False", reason: REASON.InvalidSpec, message: entry.message },
@@ -121,6 +129,16 @@ export class BindingReconciler implements Reconciler<string> {
       throw new TerminalError(entry.message);
     }
     const { binding, generation } = entry;
+    if (this.#o.authorize) {
+      let verdict: GateVerdict;
+      try {
+        verdict = await this.#o.authorize(key, binding);
+      } catch (err) {
+        return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
+      }
+      if (!verdict.allowed) return this.#forbidden(key, generation, verdict.message);
+    }
+    // Only an authorized spec is remembered: it is what applies when the binding goes.
     this.#lastSpec.set(key, binding.spec);
 
     let projects: readonly GitLabProject[];
@@ -163,6 +181,59 @@ export class BindingReconciler implements Reconciler<string> {
       const reason = err instanceof KeyStoreError ? REASON.KeyStoreError : REASON.ResolverError;
       return this.#fail(key, generation, new StepError(reason, CONDITION.ResolverSynced, err));
     }
+  }
+
+  /**
+   * A binding being deleted: its own spec applies only if the gate allows it (a refused spec, e.g.
+   * deletionPolicy Delete above a Retain-only ceiling, must not delete on the way out); otherwise
+   * undefined, so the last authorized spec (or Retain) applies.
+   */
+  async #authorizedSpec(
+    key: string,
+    spec: NatsBinding["spec"] | undefined,
+  ): Promise<NatsBinding["spec"] | undefined> {
+    if (!spec || !this.#o.authorize) return spec;
+    const slash = key.indexOf("/");
+    const namespace = key.slice(0, Math.max(slash, 0));
+    const name = key.slice(slash + 1);
+    const binding: NatsBinding = {
+      apiVersion: "natsbind.io/v1alpha1",
+      kind: "NatsBinding",
+      metadata: { name, ...(namespace ? { namespace } : {}) },
+      spec,
+    };
+    return (await this.#o.authorize(key, binding)).allowed ? spec : undefined;
+  }
+
+  /**
+   * Refused by the gate: status says Forbidden and why, with no project, no account and zero
+   * counts; nothing is created or deleted, and accounts made while it was allowed stay as they are.
+   * Looked at again when a policy or the namespace changes, and at the drift interval.
+   */
+  async #forbidden(key: string, generation: number, message: string): Promise<ReconcileResult> {
+    const now = this.#nowIso();
+    let conditions = this.#statuses.get(key)?.conditions ?? [];
+    const notChecked = "not checked: the binding is not authorized (see Ready)";
+    for (const c of [
+      { type: CONDITION.Ready, status: "False" as const, message },
+      { type: CONDITION.GitLabSynced, status: "Unknown" as const, message: notChecked },
+      { type: CONDITION.ResolverSynced, status: "Unknown" as const, message: notChecked },
+    ]) {
+      conditions = setCondition(
+        conditions,
+        { ...c, reason: REASON.Forbidden, observedGeneration: generation },
+        now,
+      );
+    }
+    const status: BindingStatus = {
+      observedGeneration: generation,
+      conditions,
+      counts: { projects: 0, accounts: 0, pushed: 0, upToDate: 0, retained: 0, problems: 0 },
+      accounts: [],
+    };
+    this.#statuses.set(key, status);
+    await this.#o.statuses.write(key, status);
+    return { requeueAfterMs: this.#o.driftCheckMs };
   }
 
   #conflicts(key: string, projects: readonly GitLabProject[]): Map<number, string> {
