@@ -23,6 +23,7 @@ function binding(spec: NatsBindingSpecDocument, namespace = "team-a"): NatsBindi
   );
 }
 
+const REQ = { method: "GET", path: "/groups/x" };
 const ALL: LabelSelector = { matchLabels: {}, matchExpressions: [] };
 const teamA: LabelSelector = {
   matchLabels: { "kubernetes.io/metadata.name": "team-a" },
@@ -244,12 +245,12 @@ class FakeGitLab implements GitLabPort {
   }
   async group(ref: number | string): Promise<GitLabGroup> {
     this.calls += 1;
-    if (this.down) throw new GitLabUnavailableError("GitLab unavailable");
+    if (this.down) throw new GitLabUnavailableError("GitLab unavailable", REQ);
     const g =
       typeof ref === "number"
         ? this.groups.get(ref)
         : [...this.groups.values()].find((x) => x.fullPath === ref);
-    if (!g) throw new GitLabNotFoundError(`group ${ref} not found`);
+    if (!g) throw new GitLabNotFoundError(`group ${ref} not found`, REQ);
     return g;
   }
   async project(ref: number | string): Promise<GitLabProject | undefined> {
@@ -415,7 +416,7 @@ describe("BindingReconciler gate", () => {
         generation: 3,
       },
     );
-    assert.deepEqual(await r.reconcile("team-a/b", new AbortController().signal), { requeueAfterMs: 60_000 });
+    assert.deepEqual(await r.reconcile("team-a/b"), { requeueAfterMs: 60_000 });
     assert.deepEqual(touched, []);
     const s = statuses.at(-1)!;
     const ready = s.conditions.find((c) => c.type === "Ready")!;
@@ -436,7 +437,7 @@ describe("BindingReconciler gate", () => {
   it("a refused binding being deleted with Delete does not delete (its spec was never authorized)", async () => {
     const b = binding({ gitlab: { group: "acme/team-b" }, deletionPolicy: "Delete" });
     const { r, touched } = reconciler(forbidding("ceiling"), { kind: "deleting", spec: b.spec });
-    await r.reconcile("team-a/b", new AbortController().signal);
+    await r.reconcile("team-a/b");
     assert.deepEqual(touched, ["keys.release"], "Retain applies: keys released, nothing removed");
   });
 
@@ -444,11 +445,11 @@ describe("BindingReconciler gate", () => {
     const b = binding({ gitlab: { group: "acme/team-a" } });
     const { r, touched, statuses } = reconciler(
       async () => {
-        throw new GitLabUnavailableError("GitLab unavailable");
+        throw new GitLabUnavailableError("GitLab unavailable", REQ);
       },
       { kind: "valid", binding: b, generation: 1 },
     );
-    await assert.rejects(r.reconcile("team-a/b", new AbortController().signal), GitLabUnavailableError);
+    await assert.rejects(r.reconcile("team-a/b"), GitLabUnavailableError);
     assert.deepEqual(touched, []);
     assert.equal(statuses.at(-1)!.conditions.find((c) => c.type === "Ready")!.reason, "GitLabError");
   });
