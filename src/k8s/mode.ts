@@ -263,6 +263,10 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     recheckMs: config.gitlab!.resyncInterval,
     mayWrite: fence,
     log: klog,
+    onWritten: () => {
+      gate.invalidate();
+      for (const b of bindingInformer.list()) queue.add(bindingKeyOf(b));
+    },
   });
 
   let stopping = false;

@@ -171,6 +171,11 @@ export interface PolicyStatusReconcilerOptions {
   recheckMs: number;
   mayWrite?: () => boolean;
   log?: Logger;
+  /**
+   * A status was written (new ids): the informer's upsert emits no event, so the writer says it,
+   * and every binding is authorized again.
+   */
+  onWritten?: (name: string) => void;
 }
 
 function conditionsOf(status: unknown): PolicyCondition[] {
@@ -264,6 +269,7 @@ export class PolicyStatusReconciler implements Reconciler<string> {
       })) as NatsBindingPolicyObject;
       this.writes += 1;
       this.#o.cache.upsert(written);
+      this.#o.onWritten?.(name);
     } catch (err) {
       if (apiStatusCode(err) === 404) return; // deleted meanwhile
       // 409: the watch brings the newer object and enqueues the policy again; the retry backs off.
