@@ -15,7 +15,6 @@ import {
   setHeaderOptions,
   type KubeConfig,
 } from "@kubernetes/client-node";
-import { stringify } from "yaml";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { POLICY_PLURAL } from "../../src/api/v1alpha1/policy.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
