@@ -39,8 +39,13 @@ import { Informer } from "./informer.ts";
 
 export const POLICIES_PATH = `/apis/${GROUP}/${VERSION}/${POLICY_PLURAL}`;
 export const NAMESPACES_PATH = "/api/v1/namespaces";
-/** How long the ancestor chain of a selector is reused (also dropped on any policy or namespace change). */
+/**
+ * How long a group's parent link is reused (also dropped on any policy or namespace change): a group
+ * transferred out of a granted group is refused at most this long after. The group or project a
+ * binding selects is looked up on every authorization.
+ */
 export const CHAIN_TTL_MS = 30_000;
+const MAX_CACHED_PARENTS = 10_000;
 
 export interface NatsBindingPolicyObject extends KubernetesObject {
   spec?: unknown;
@@ -74,15 +79,16 @@ export interface KubePolicyGateOptions {
 export class KubePolicyGate {
   readonly #o: KubePolicyGateOptions;
   readonly #parsed = new Map<string, { resourceVersion: string | undefined; parsed: ParsedPolicy }>();
-  readonly #chains = new Map<string, { chain: number[]; at: number }>();
+  /** Parent links of groups (never the binding's own selector, which is resolved on every call). */
+  readonly #parents = new Map<number, { parentId: number | null; at: number }>();
 
   constructor(o: KubePolicyGateOptions) {
     this.#o = o;
   }
 
-  /** A policy or a namespace changed: forget cached chains (a binding is re-authorized from scratch). */
+  /** A policy or a namespace changed: forget cached parent links (re-authorize from scratch). */
   invalidate(): void {
-    this.#chains.clear();
+    this.#parents.clear();
   }
 
   /** A policy's spec, validated once per resourceVersion. */
@@ -124,14 +130,20 @@ export class KubePolicyGate {
     return out;
   }
 
-  async #chain(binding: NatsBinding): Promise<number[]> {
-    const key = JSON.stringify(binding.spec.gitlab);
-    const now = this.#o.clock.now();
-    const cached = this.#chains.get(key);
-    if (cached && now - cached.at < (this.#o.chainTtlMs ?? CHAIN_TTL_MS)) return cached.chain;
-    const chain = await ancestorChain(this.#o.gitlab, binding.spec.gitlab);
-    this.#chains.set(key, { chain, at: now });
-    return chain;
+  #chain(binding: NatsBinding): Promise<number[]> {
+    const ttl = this.#o.chainTtlMs ?? CHAIN_TTL_MS;
+    const parents = this.#parents;
+    const clock = this.#o.clock;
+    if (parents.size > MAX_CACHED_PARENTS) parents.clear();
+    return ancestorChain(this.#o.gitlab, binding.spec.gitlab, {
+      get(id) {
+        const hit = parents.get(id);
+        return hit && clock.now() - hit.at < ttl ? hit.parentId : undefined;
+      },
+      set(id, parentId) {
+        parents.set(id, { parentId, at: clock.now() });
+      },
+    });
   }
 
   /** The reconciler's gate. Throws when GitLab cannot answer (retried); refuses otherwise. */

@@ -23,12 +23,23 @@ async function groupOrUndefined(gitlab: GitLabPort, ref: number | string) {
   }
 }
 
+/** Parent links of groups by id, remembered for a while (a transfer is seen once an entry expires). */
+export interface ParentCache {
+  get(groupId: number): number | null | undefined;
+  set(groupId: number, parentId: number | null): void;
+}
+
 /**
  * Group ids from what `selector` selects up to its top-level group; empty when the group or project
  * does not exist (or natsbind's token cannot see it), or the project lives in a user's namespace.
- * Other GitLab failures throw (the reconcile is retried).
+ * The selector itself is always looked up afresh (a path may now name another group); parent links
+ * above it may come from `parents`. Other GitLab failures throw (the reconcile is retried).
  */
-export async function ancestorChain(gitlab: GitLabPort, selector: GitLabSelector): Promise<number[]> {
+export async function ancestorChain(
+  gitlab: GitLabPort,
+  selector: GitLabSelector,
+  parents?: ParentCache,
+): Promise<number[]> {
   let start: number | string;
   if (selector.kind === "group") {
     start = selector.group;
@@ -37,16 +48,25 @@ export async function ancestorChain(gitlab: GitLabPort, selector: GitLabSelector
     if (!project) return [];
     start = project.namespaceId;
   }
-  const chain: number[] = [];
-  let next: number | string | null = start;
+  const first = await groupOrUndefined(gitlab, start);
+  if (!first) return [];
+  parents?.set(first.id, first.parentId);
+  const chain: number[] = [first.id];
+  let next = first.parentId;
   while (next !== null) {
     if (chain.length >= MAX_GROUP_DEPTH) return []; // not a tree: grant nothing
-    const group = await groupOrUndefined(gitlab, next);
-    // A parent the token cannot see ends the chain (grants above it are not seen: refuse, not guess).
-    if (!group) return chain;
-    if (chain.includes(group.id)) return []; // a cycle: not a tree, grant nothing
-    chain.push(group.id);
-    next = group.parentId;
+    if (chain.includes(next)) return []; // a cycle: not a tree, grant nothing
+    const id: number = next;
+    let parent = parents?.get(id);
+    if (parent === undefined) {
+      const group = await groupOrUndefined(gitlab, id);
+      // A parent the token cannot see ends the chain (grants above it are not seen: refuse, not guess).
+      if (!group) return chain;
+      parent = group.parentId;
+      parents?.set(id, parent);
+    }
+    chain.push(id);
+    next = parent;
   }
   return chain;
 }

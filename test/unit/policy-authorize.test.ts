@@ -303,6 +303,22 @@ describe("ancestorChain()", () => {
     assert.deepEqual(await ancestorChain(g, { kind: "project", project: "acme/team-b/billing" }), [20, 1]);
     assert.deepEqual(await ancestorChain(g, { kind: "project", project: 100 }), [11, 10, 1]);
   });
+  it("resolves the selector afresh every time (a path re-used by another group); parents may be cached", async () => {
+    const g = acme();
+    const links = new Map<number, number | null>();
+    const cache = {
+      get: (id: number) => links.get(id),
+      set: (id: number, p: number | null) => void links.set(id, p),
+    };
+    const selector = { kind: "group" as const, group: "acme/team-a", includeSubgroups: true };
+    assert.deepEqual(await ancestorChain(g, selector, cache), [10, 1]);
+    g.addGroup(10, "acme/team-alpha", 1); // renamed away
+    g.addGroup(30, "acme/team-a", 1); // someone else's group at the old path
+    g.calls = 0;
+    assert.deepEqual(await ancestorChain(g, selector, cache), [30, 1], "not the cached 10");
+    assert.equal(g.calls, 1, "only the selector was looked up; acme's parent link came from the cache");
+  });
+
   it("missing group or project, or a project in a user namespace: empty", async () => {
     const g = acme();
     assert.deepEqual(await ancestorChain(g, { kind: "group", group: "nope", includeSubgroups: true }), []);
