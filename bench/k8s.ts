@@ -30,10 +30,11 @@ import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
 import {
   insecureGet,
   startKubeApiserver,
-  installNatsBindingCrd,
+  installNatsbindCrds,
   type KubeApiserver,
 } from "../test/support/kube.ts";
 import { startNatsServer } from "../test/support/nats-server.ts";
+import { applyPermissivePolicy, waitForPolicyResolved } from "../test/support/policy.ts";
 import { createTestOperator, natsConfigSection } from "../test/support/operator.ts";
 import { removeDir, tempDir, waitFor } from "../test/support/process.ts";
 import { fmt, log, median, table, writeResults } from "./common.ts";
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
     const core = kc.makeApiClient(CoreV1Api);
     const objects = kc.makeApiClient(CustomObjectsApi);
     const leases = kc.makeApiClient(CoordinationV1Api);
-    await installNatsBindingCrd(kc);
+    await installNatsbindCrds(kc);
     await core.createNamespace({ body: { metadata: { name: "natsbind" } } });
     await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
     await writeFile(join(dir, "token"), sim.token);
@@ -139,6 +140,8 @@ async function main(): Promise<void> {
         const group = `k8s${run}`;
         sim.populate({ rootPath: group, projects: PROJECTS, depth: 2, fanout: 5 });
         await core.createNamespace({ body: { metadata: { name: ns } } });
+        // natsbind refuses bindings no NatsBindingPolicy grants.
+        await applyPermissivePolicy(kc, group, [group]);
         const document = {
           mode: "kubernetes",
           nats,
@@ -167,6 +170,7 @@ async function main(): Promise<void> {
             )?.spec?.holderIdentity === `bench-${run}`,
           { what: "k8s: lease held", timeoutMs: 30_000, intervalMs: 50 },
         );
+        await waitForPolicyResolved(kc, group, [group]);
         const before = await requestCounts(kube);
         let benchRequests = 0;
         const t0 = performance.now();

@@ -16,6 +16,7 @@ import {
 import { ProjectInventories } from "./controllers/binding/projects.ts";
 import { NatsbindError } from "./errors.ts";
 import { GitbeakerGitLab } from "./gitlab/client.ts";
+import type { GitLabPort } from "./gitlab/port.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
@@ -65,6 +66,8 @@ export interface ModeContext {
   opts: RunOptions;
   queue: WorkQueue<string>;
   inventories: ProjectInventories;
+  /** GitLab, for what the inventories do not cover (Kubernetes mode: the NatsBindingPolicy gate). */
+  gitlab: GitLabPort;
   resolver: AccountResolver;
   signer: KeyPair;
   events: ReconcilerEvents;
@@ -174,6 +177,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     opts,
     queue,
     inventories,
+    gitlab,
     resolver,
     signer,
     events,

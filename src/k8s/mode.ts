@@ -7,12 +7,14 @@
  * exits so the pod restarts as a follower (as client-go controllers do).
  */
 import { hostname } from "node:os";
+import { isDeepStrictEqual } from "node:util";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { BindingReconciler } from "../controllers/binding/reconciler.ts";
 import type { ModeContext, RunningMode } from "../main.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { systemClock } from "../runtime/clock.ts";
-import type { ReconcileResult, Reconciler } from "../runtime/controller.ts";
+import { Controller, type ReconcileResult, type Reconciler } from "../runtime/controller.ts";
+import { WorkQueue } from "../runtime/workqueue.ts";
 import { LeaderElector, leaseClient } from "../runtime/leader.ts";
 import {
   GROUP,
@@ -34,6 +36,7 @@ import {
   SecretKeyStore,
   bindingKeyOfSecret,
 } from "./secret-keystore.ts";
+import { KubePolicyGate, PolicyStatusReconciler, namespaceInformer, policyInformer } from "./policies.ts";
 import { KubeStatusWriter } from "./status.ts";
 import { createWebhookRelay, leaderIdentity } from "./webhook-relay.ts";
 
@@ -127,6 +130,17 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     log: klog,
   });
   const bindings = new KubeBindings(bindingInformer);
+  // NatsBindingPolicy gate: policies and namespace labels from informers, group ids from GitLab.
+  const policies = policyInformer({ kubeConfig: kc, clock: systemClock, log: klog });
+  const namespaces = namespaceInformer({ kubeConfig: kc, clock: systemClock, log: klog });
+  const gate = new KubePolicyGate({
+    policies,
+    namespaces,
+    gitlab: ctx.gitlab,
+    clock: ctx.clock,
+    log: klog,
+  });
+  const policyQueue = new WorkQueue<string>({ name: "policies", clock: ctx.clock });
 
   let elector: LeaderElector | undefined;
   const fence: Fence = () => elector === undefined || elector.isLeader();
@@ -150,6 +164,28 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       obj.metadata?.generation !== old?.metadata?.generation ||
       isDeleting(obj) !== (old ? isDeleting(old) : false);
     if (changed) queue.add(key);
+  });
+  // A policy changed (grants, ceilings, resolved ids): every binding is authorized again. Its status
+  // is resolved again when it is new, its spec changed, or an admin touched its annotations.
+  policies.onEvent((type, obj, old) => {
+    gate.invalidate();
+    const name = obj.metadata?.name;
+    if (
+      name &&
+      type !== "delete" &&
+      (type === "add" ||
+        obj.metadata?.generation !== old?.metadata?.generation ||
+        !isDeepStrictEqual(obj.metadata?.annotations, old?.metadata?.annotations))
+    ) {
+      policyQueue.add(name);
+    }
+    for (const b of bindingInformer.list()) queue.add(bindingKeyOf(b));
+  });
+  // A namespace's labels decide which policies apply to its bindings.
+  namespaces.onEvent((type, obj, old) => {
+    if (type === "update" && isDeepStrictEqual(obj.metadata?.labels, old?.metadata?.labels)) return;
+    gate.invalidate();
+    for (const b of bindingInformer.list(obj.metadata?.name)) queue.add(bindingKeyOf(b));
   });
   // natsbind forgets the Secrets it deletes before the watch reports them, so a "delete" here is
   // someone else's: the account's keys are gone. The binding looks again (a new account for the
@@ -199,6 +235,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     clock: ctx.clock,
     driftCheckMs: config.gitlab!.resyncInterval,
     requeue: (key) => queue.add(key),
+    authorize: (key, binding) => gate.authorize(key, binding),
     events: {
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);
@@ -218,14 +255,44 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     mayWrite: fence,
   });
 
+  const policyStatus = new PolicyStatusReconciler({
+    cache: policies,
+    api: customObjects,
+    gate,
+    gitlab: ctx.gitlab,
+    clock: ctx.clock,
+    recheckMs: config.gitlab!.resyncInterval,
+    mayWrite: fence,
+    log: klog,
+    onWritten: () => {
+      gate.invalidate();
+      for (const b of bindingInformer.list()) queue.add(bindingKeyOf(b));
+    },
+  });
+
   let stopping = false;
   let controller: { stop(): Promise<void> } | undefined;
-  const synced = Promise.all([bindingInformer.start(), secretInformer.start()]);
+  let policyController: Controller<string> | undefined;
+  const synced = Promise.all([
+    bindingInformer.start(),
+    secretInformer.start(),
+    policies.start(),
+    namespaces.start(),
+  ]);
   synced.catch(() => undefined); // stop() before the first list: nothing to report
 
   const lead = async (): Promise<void> => {
     await synced;
     if (stopping || !fence()) return;
+    policyController = new Controller<string>({
+      name: "policy",
+      reconciler: policyStatus,
+      queue: policyQueue,
+      clock: ctx.clock,
+      log: klog,
+    });
+    policyController.start();
+    for (const p of policies.list()) if (p.metadata?.name) policyQueue.add(p.metadata.name);
     controller = ctx.startController(step);
     ctx.setReconciling(true);
     for (const obj of bindingInformer.list()) queue.add(bindingKeyOf(obj));
@@ -237,6 +304,8 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     klog.error({ reason }, "lost the leader lease: stopping");
     await controller?.stop();
     controller = undefined;
+    await policyController?.stop();
+    policyController = undefined;
     ctx.stoppedOnItsOwn(`lost the leader lease (${reason})`);
   };
 
@@ -268,9 +337,12 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       stopping = true;
       ctx.setReconciling(false);
       await controller?.stop();
+      await policyController?.stop();
       await elector?.stop({ release: true });
       bindingInformer.stop();
       secretInformer.stop();
+      policies.stop();
+      namespaces.stop();
     },
   };
 }

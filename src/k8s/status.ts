@@ -32,6 +32,7 @@ export interface KubeStatusWriterOptions {
 /** Events for Ready transitions into these reasons. */
 const WARN_ON: Record<string, string> = {
   [REASON.Conflict]: "Conflict",
+  [REASON.Forbidden]: "Forbidden",
   [REASON.InvalidSpec]: "InvalidSpec",
   [REASON.ResolverError]: "PushFailed",
   [REASON.KeyStoreError]: "KeyStoreFailed",

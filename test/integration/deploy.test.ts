@@ -30,6 +30,7 @@ import {
 import { parse as parseYaml, parseAllDocuments } from "yaml";
 import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig } from "../../src/config/config.ts";
+import { parsePolicySpec } from "../../src/api/v1alpha1/policy.ts";
 import { parseBinding } from "../../src/api/v1alpha1/schema.ts";
 import { startKubeApiserver, waitForCrdEstablished } from "../support/kube.ts";
 import type { KubeApiserver } from "../support/kube.ts";
@@ -360,6 +361,13 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     );
     for (const { source, object } of samples) {
       const sample = structuredClone(object);
+      if (sample.kind === "NatsBindingPolicy") {
+        // Cluster-scoped: natsbind's validation agrees with the CRD's, and nothing is pruned.
+        parsePolicySpec(sample.spec, source);
+        await create(objects, sample, false);
+        assertContains((await objects.get(sample)).spec, sample.spec, `${source}: spec`);
+        continue;
+      }
       sample.metadata!.namespace ??= SAMPLE_NAMESPACE;
       if (sample.kind !== "NatsBinding") {
         await create(objects, sample, true);
@@ -375,6 +383,10 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     assert.ok(
       samples.some((s) => s.object.kind === "NatsBinding"),
       "deploy/samples holds a NatsBinding",
+    );
+    assert.ok(
+      samples.some((s) => s.object.kind === "NatsBindingPolicy" && s.object.metadata?.name === "permissive"),
+      "deploy/samples holds the permissive NatsBindingPolicy docs/install.md names",
     );
   });
 
@@ -407,6 +419,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       "natsbind.io/natsbindings/finalizers": ["update"],
       "core/secrets": ["create", "delete", "get", "list", "update", "watch"],
       "core/events": ["create", "patch"],
+      "natsbind.io/natsbindingpolicies": ["get", "list", "watch"],
+      "natsbind.io/natsbindingpolicies/status": ["update"],
+      "core/namespaces": ["get", "list", "watch"],
     });
     const leaderRole = only<V1Role & Manifest>(base, "Role", "natsbind-leader-election");
     assert.equal(leaderRole.metadata?.namespace, NAMESPACE);
@@ -465,11 +480,25 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       ]),
       ["create", "events", SAMPLE_NAMESPACE],
       ["patch", "events", SAMPLE_NAMESPACE],
+      ...["get", "list", "watch"].map((v): [string, string, string] => [
+        v,
+        "natsbind.io/natsbindingpolicies",
+        "",
+      ]),
+      ["update", "natsbind.io/natsbindingpolicies/status", ""],
+      ...["get", "list", "watch"].map((v): [string, string, string] => [v, "namespaces", ""]),
       ["create", "coordination.k8s.io/leases", NAMESPACE],
       ["get", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
       ["update", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
     ];
     const denied: Array<[string, string, string, string?]> = [
+      // natsbind must not grant itself (or anyone) GitLab groups, nor relabel namespaces.
+      ["create", "natsbind.io/natsbindingpolicies", ""],
+      ["update", "natsbind.io/natsbindingpolicies", ""],
+      ["patch", "natsbind.io/natsbindingpolicies", ""],
+      ["delete", "natsbind.io/natsbindingpolicies", ""],
+      ["update", "namespaces", ""],
+      ["patch", "namespaces", ""],
       ["create", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
       ["update", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
       ["delete", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],

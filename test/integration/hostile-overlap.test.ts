@@ -25,7 +25,8 @@ import { ManualClock } from "../../src/runtime/clock.ts";
 import { StatusFiles } from "../../src/store/status-files.ts";
 import { FIRST_SEEN_FILE } from "../../src/store/binding-first-seen.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { installNatsBindingCrd, startKubeApiserver, type KubeApiserver } from "../support/kube.ts";
+import { installNatsbindCrds, startKubeApiserver, type KubeApiserver } from "../support/kube.ts";
+import { applyPermissivePolicy } from "../support/policy.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import {
   connectWithCreds,
@@ -382,10 +383,9 @@ describe("overlapping bindings, Kubernetes mode (real kube-apiserver)", { timeou
     kc = kube.kubeConfig();
     objects = kc.makeApiClient(CustomObjectsApi);
     core = kc.makeApiClient(CoreV1Api);
-    await installNatsBindingCrd(kc);
+    await installNatsbindCrds(kc);
     for (const name of [VICTIM_NS, ATTACKER_NS, "natsbind"])
       await core.createNamespace({ body: { metadata: { name } } });
-    // H2a's NatsBindingPolicy gate: when merged, apply the permissive policy here (one line).
     dir = await tempDir("overlap-k8s");
     await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
     await writeFile(join(dir, "token"), sim.token);
@@ -422,6 +422,9 @@ describe("overlapping bindings, Kubernetes mode (real kube-apiserver)", { timeou
     const ledger = sim.createProject({ name: "ledger", groupId: payments.id });
     const gateway = sim.createProject({ name: "gateway", groupId: payments.id });
     const ids = [ledger.id, gateway.id];
+    // A policy that lets every namespace bind payments (a mistake, or a shared group): overlap by
+    // age is then the line of defence this test is about.
+    await applyPermissivePolicy(kc, "payments", ["payments"]);
     const prodObj = await applyBinding(VICTIM_NS, "prod", "payments", "Delete");
     controller = await runController(config, { log: nullLogger, identity: "overlap-test" });
     const prod = await Promise.all(ids.map((id) => accountOf(VICTIM_NS, "prod", id)));

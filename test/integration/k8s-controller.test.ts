@@ -28,7 +28,8 @@ import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { startKubeApiserver, installNatsBindingCrd, type KubeApiserver } from "../support/kube.ts";
+import { startKubeApiserver, installNatsbindCrds, type KubeApiserver } from "../support/kube.ts";
+import { applyPermissivePolicy } from "../support/policy.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import {
   createTestOperator,
@@ -138,7 +139,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     kc = kube.kubeConfig();
     objects = kc.makeApiClient(CustomObjectsApi);
     core = kc.makeApiClient(CoreV1Api);
-    await installNatsBindingCrd(kc);
+    await installNatsbindCrds(kc);
     for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
 
     dir = await tempDir("k8s-run");
@@ -174,6 +175,8 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
 
   it("binding -> accounts pushed, Secrets owned by the binding, finalizer, Ready status, Events", async () => {
     const acme = sim.createGroup({ name: "Acme", path: "acme" });
+    // Every binding needs a NatsBindingPolicy granting its group (these tests are not about policies).
+    await applyPermissivePolicy(kc, "acme", ["acme"]);
     const api = sim.createProject({ name: "api", groupId: acme.id });
     const web = sim.createProject({ name: "web", groupId: acme.id });
     acmeProjects.push(api.id, web.id);
@@ -316,6 +319,8 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
 
   it("survives an apiserver restart: a binding applied afterwards converges", async () => {
     const beta = sim.createGroup({ name: "Beta", path: "beta" });
+    // Every binding needs a NatsBindingPolicy granting its group (these tests are not about policies).
+    await applyPermissivePolicy(kc, "beta", ["beta"]);
     const one = sim.createProject({ name: "one", groupId: beta.id });
     await kube.restartApiserver();
     await applyBinding("beta", spec("beta", "Retain"));
@@ -391,6 +396,8 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
     controller = undefined;
     await core.createNamespace({ body: { metadata: { name: "team-b" } } });
     const gamma = sim.createGroup({ name: "Gamma", path: "gamma" });
+    // Every binding needs a NatsBindingPolicy granting its group (these tests are not about policies).
+    await applyPermissivePolicy(kc, "gamma", ["gamma"]);
     const project = sim.createProject({ name: "svc", groupId: gamma.id });
     await applyBinding("outside", spec("gamma")); // in team-a: not watched by the scoped controller
     await objects.createNamespacedCustomObject({
@@ -456,7 +463,7 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
     try {
       const kc = kube.kubeConfig();
       const core = kc.makeApiClient(CoreV1Api);
-      await installNatsBindingCrd(kc);
+      await installNatsbindCrds(kc);
       for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
       await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
       await writeFile(join(dir, "token"), sim.token);
@@ -479,6 +486,7 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
         );
       }
       const group = sim.createGroup({ name: "HA", path: "ha" });
+      await applyPermissivePolicy(kc, "ha", ["ha"]);
       const first = sim.createProject({ name: "first", groupId: group.id });
       await kc.makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
         group: GROUP,

@@ -277,9 +277,21 @@ export async function waitForCrdEstablished(kc: KubeConfig, name: string, timeou
 /** Creates the NatsBinding CRD from crds/natsbinding.yaml (as kubectl would read it) and waits
  * until it is Established. loadYaml keeps the x-kubernetes-* keys a plain object would lose. */
 export async function installNatsBindingCrd(kc: KubeConfig): Promise<void> {
-  const crd = loadYaml<V1CustomResourceDefinition>(
-    await readFile(join(REPO_ROOT, "crds", "natsbinding.yaml"), "utf8"),
-  );
+  await installCrdFile(kc, "natsbinding.yaml");
+}
+
+/** Creates the NatsBindingPolicy CRD from crds/natsbindingpolicy.yaml and waits until Established. */
+export async function installNatsBindingPolicyCrd(kc: KubeConfig): Promise<void> {
+  await installCrdFile(kc, "natsbindingpolicy.yaml");
+}
+
+/** Every CRD natsbind run needs in Kubernetes mode (it watches NatsBindingPolicies too). */
+export async function installNatsbindCrds(kc: KubeConfig): Promise<void> {
+  await Promise.all([installNatsBindingCrd(kc), installNatsBindingPolicyCrd(kc)]);
+}
+
+async function installCrdFile(kc: KubeConfig, file: string): Promise<void> {
+  const crd = loadYaml<V1CustomResourceDefinition>(await readFile(join(REPO_ROOT, "crds", file), "utf8"));
   await kc.makeApiClient(ApiextensionsV1Api).createCustomResourceDefinition({ body: crd });
   await waitForCrdEstablished(kc, crd.metadata!.name!);
 }

@@ -87,7 +87,7 @@ describe("crds/natsbinding.yaml", () => {
     const kustomization = parse(
       await readFile(new URL("../../crds/kustomization.yaml", import.meta.url), "utf8"),
     );
-    assert.deepEqual(kustomization.resources, ["natsbinding.yaml"]);
+    assert.deepEqual(kustomization.resources, ["natsbinding.yaml", "natsbindingpolicy.yaml"]);
   });
 });
 
@@ -216,12 +216,30 @@ describe("toStructuralSchema()", () => {
     assert.deepEqual(out, { type: "object", properties: { a: { type: "string", default: "b" } } });
   });
 
+  it("keeps a map (zod record: additionalProperties with a schema, no properties)", () => {
+    assert.deepEqual(
+      toStructuralSchema({
+        type: "object",
+        additionalProperties: { type: "string", maxLength: 3 },
+        propertyNames: { type: "string" },
+      }),
+      { type: "object", additionalProperties: { type: "string", maxLength: 3 } },
+    );
+  });
+
   it("refuses what a structural schema cannot say, naming the path", () => {
     const cases: [unknown, RegExp][] = [
       [{ type: "object", properties: { a: { description: "untyped" } } }, /spec\.a: every node needs a type/],
       [{ type: "object", properties: { a: { oneOf: [] } } }, /spec\.a: "oneOf"/],
       [{ anyOf: [{ type: "string" }, { type: "boolean" }] }, /one integer and one string/],
-      [{ type: "object", additionalProperties: { type: "string" } }, /closed objects/],
+      [
+        { type: "object", properties: { a: { type: "string" } }, additionalProperties: { type: "string" } },
+        /closed objects/,
+      ],
+      [
+        { type: "object", additionalProperties: { type: "string" }, propertyNames: { type: "integer" } },
+        /propertyNames/,
+      ],
       [{ type: "string", format: "email" }, /"format" has no structural translation/],
       [{ type: "array" }, /array without items/],
     ];

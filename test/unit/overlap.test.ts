@@ -149,7 +149,9 @@ afterEach(async () => {
   for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
 });
 
-async function rig() {
+async function rig(
+  authorize?: (key: string) => Promise<{ allowed: true } | { allowed: false; message: string }>,
+) {
   const dir = await mkdtemp(join(tmpdir(), "natsbind-overlap-"));
   dirs.push(dir);
   const clock = new ManualClock(T0 + 10 * HOUR);
@@ -177,6 +179,7 @@ async function rig() {
     clock,
     driftCheckMs: HOUR,
     requeue: (key) => requeued.push(key),
+    ...(authorize ? { authorize } : {}),
   });
   // What another process reading the key directory sees (not the reconciler's cache).
   const onDisk = (b: string) => new DirectoryKeyStore(join(dir, "keys")).list(b);
@@ -387,6 +390,39 @@ describe("BindingReconciler: overlapping bindings", () => {
     assert.match(r.statuses.ready("unknown-age")!.message, /1 \(binding a-first\)/);
     assert.deepEqual(await r.onDisk("b-second"), []);
     assert.deepEqual(await r.onDisk("unknown-age"), []);
+  });
+
+  it("an older binding the policy gate refuses holds no project: the younger allowed one keeps them", async () => {
+    // Kubernetes mode: team-a created a binding on team-b's group first; no policy grants it.
+    const refused = new Set(["team-a/squat"]);
+    const asked: string[] = [];
+    const r = await rig(async (key) => {
+      asked.push(key);
+      return refused.has(key) ? { allowed: false, message: "not granted" } : { allowed: true };
+    });
+    r.projects.groups.set("team-b", [project(1), project(2)]);
+    r.bindings.set("team-a/squat", binding("team-a/squat", "team-b", { deletionPolicy: "Delete" }), T0);
+    r.bindings.set("team-b/prod", binding("team-b/prod", "team-b"), T0 + HOUR);
+
+    // prod is reconciled before the squatter ever was: the gate is asked about it, not assumed.
+    await r.reconciler.reconcile("team-b/prod");
+    assert.ok(asked.includes("team-a/squat"), "the older binding's verdict was asked for");
+    assert.ok(!r.projects.listings.includes("team-a/squat"), "a refused binding's projects are not listed");
+    assert.equal(r.statuses.ready("team-b/prod")!.status, "True");
+    assert.equal((await accountsOf(r, "team-b/prod")).size, 2);
+
+    await r.reconciler.reconcile("team-a/squat");
+    assert.equal(r.statuses.ready("team-a/squat")!.reason, "Forbidden");
+    assert.deepEqual(await r.onDisk("team-a/squat"), []);
+
+    // Granted later: the squatter is older, so it now holds the projects; prod keeps its accounts.
+    refused.clear();
+    await r.reconciler.reconcile("team-a/squat");
+    assert.ok(r.requeued.includes("team-b/prod"), "the younger binding is looked at again");
+    await r.reconciler.reconcile("team-b/prod");
+    assert.equal(r.statuses.ready("team-b/prod")!.reason, "Conflict");
+    assert.equal((await accountsOf(r, "team-b/prod")).size, 2, "a conflict deletes nothing");
+    assert.deepEqual(r.resolver.deleted, []);
   });
 
   it("fails, creating nothing, when an older binding's projects cannot be listed; no other tenant's names", async () => {

@@ -68,7 +68,7 @@ const ENVIRONMENT_NAME_RE2 = String.raw`^[^\x00-\x20\x7f${JS_WHITESPACE}]([^\x00
 
 const MAX_SAFE_INTEGER = Number.MAX_SAFE_INTEGER;
 
-interface CelRule {
+export interface CelRule {
   rule: string;
   message: string;
   fieldPath?: string;
@@ -98,7 +98,7 @@ const SUBJECT_RULES: CelRule[] = [
  * are checked through asApproximateFloat(): exact for whole numbers up to 2^53, it may call a value
  * within about 1e-7 of a whole number whole. The bound comes first: past int64, int() would fail.
  */
-const QUANTITY_RULE: CelRule = {
+export const QUANTITY_RULE: CelRule = {
   rule:
     "type(self) == int || !isQuantity(self) || " +
     `(quantity(self).compareTo(quantity('${MAX_SAFE_INTEGER}')) <= 0 && (quantity(self).isInteger() || ` +
@@ -267,6 +267,8 @@ const KEY_ORDER = [
   "required",
   "properties",
   "items",
+  "additionalProperties",
+  "maxProperties",
   "x-kubernetes-validations",
 ];
 
@@ -343,10 +345,26 @@ function structural(value: unknown, path: string): JsonSchema {
     throw new CrdSchemaError(`${path}: every node needs a type, got ${JSON.stringify(node.type)}`);
   }
   // The apiserver forbids additionalProperties next to properties; it prunes unknown fields instead.
-  if (node.additionalProperties !== undefined && node.additionalProperties !== false) {
-    throw new CrdSchemaError(`${path}: only closed objects (additionalProperties: false) are supported`);
+  // A map (zod record: additionalProperties is a schema, no properties) is structural as it is.
+  const isMap =
+    typeof node.additionalProperties === "object" &&
+    node.additionalProperties !== null &&
+    node.properties === undefined;
+  if (node.additionalProperties !== undefined && node.additionalProperties !== false && !isMap) {
+    throw new CrdSchemaError(
+      `${path}: only closed objects (additionalProperties: false) and maps are supported`,
+    );
   }
-  const out = plainKeywords(node, path, ["properties", "items", "additionalProperties", "$schema"]);
+  const out = plainKeywords(node, path, [
+    "properties",
+    "items",
+    "additionalProperties",
+    "$schema",
+    "propertyNames",
+  ]);
+  if (node.propertyNames !== undefined && !(isMap && asSchema(node.propertyNames, path).type === "string"))
+    throw new CrdSchemaError(`${path}: propertyNames other than strings has no structural translation`);
+  if (isMap) out.additionalProperties = structural(node.additionalProperties, `${path}{}`);
   if (node.properties !== undefined) {
     const properties = asSchema(node.properties, `${path}.properties`);
     out.properties = Object.fromEntries(
@@ -383,8 +401,12 @@ function nodeAt(root: JsonSchema, path: string): JsonSchema {
 
 /** The spec's structural schema with the CEL rules and patterns of SPEC_OVERLAYS. */
 export function natsBindingSpecSchema(): JsonSchema {
-  const spec = toStructuralSchema(natsBindingSpecJsonSchema());
-  for (const [path, additions] of Object.entries(SPEC_OVERLAYS)) {
+  return withOverlays(toStructuralSchema(natsBindingSpecJsonSchema()), SPEC_OVERLAYS);
+}
+
+/** Adds `overlays` (by path, see SPEC_OVERLAYS) to a structural spec schema; a key zod set is an error. */
+export function withOverlays(spec: JsonSchema, overlays: Record<string, JsonSchema>): JsonSchema {
+  for (const [path, additions] of Object.entries(overlays)) {
     const node = nodeAt(spec, path);
     for (const [key, value] of Object.entries(additions)) {
       if (node[key] !== undefined) throw new CrdSchemaError(`spec.${path}: ${key} is already set by zod`);

@@ -91,10 +91,18 @@ export interface BindingReconcilerOptions {
    * projects to an older one is looked at again when that one lets them go or newly takes them.
    */
   requeue?: (key: string) => void;
+  /**
+   * Kubernetes mode: may this binding select what it selects (NatsBindingPolicy)? Asked before
+   * anything else; a refusal reconciles nothing. Absent (local mode: admin-owned files): allowed.
+   * Throws when it cannot tell (GitLab unavailable): retried like a GitLab failure.
+   */
+  authorize?: (key: string, binding: NatsBinding) => Promise<GateVerdict>;
 }
 
 /** The projects of an older, possibly overlapping binding could not be listed. */
 export class OverlapCheckError extends NatsbindError {}
+
+export type GateVerdict = { allowed: true } | { allowed: false; message: string };
 
 class StepError extends Error {
   readonly reason: string;
@@ -118,6 +126,8 @@ export class BindingReconciler implements Reconciler<string> {
   readonly #memo = new Map<string, Map<string, { inputs: string; hash: string }>>();
   /** binding -> (project id -> older binding holding it), as of the binding's last reconcile. */
   readonly #yielded = new Map<string, ReadonlyMap<number, string>>();
+  /** binding -> the gate's last verdict (Kubernetes mode): a refused binding holds no project. */
+  readonly #allowed = new Map<string, boolean>();
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
@@ -130,7 +140,7 @@ export class BindingReconciler implements Reconciler<string> {
   async reconcile(key: string): Promise<ReconcileResult> {
     const entry = this.#o.bindings.get(key);
     if (!entry) return this.#bindingGone(key);
-    if (entry.kind === "deleting") return this.#bindingGone(key, entry.spec);
+    if (entry.kind === "deleting") return this.#bindingGone(key, await this.#authorizedSpec(key, entry.spec));
     if (entry.kind === "invalid") {
       await this.#writeStatus(key, entry.generation, [
         { type: CONDITION.Ready, status: "False", reason: REASON.InvalidSpec, message: entry.message },
@@ -138,6 +148,21 @@ export class BindingReconciler implements Reconciler<string> {
       throw new TerminalError(entry.message);
     }
     const { binding, generation } = entry;
+    if (this.#o.authorize) {
+      let verdict: GateVerdict;
+      try {
+        verdict = await this.#o.authorize(key, binding);
+      } catch (err) {
+        return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
+      }
+      this.#allowed.set(key, verdict.allowed);
+      if (!verdict.allowed) {
+        // Projects it held in overlaps go to the next oldest binding.
+        this.#overlapsChanged(key, undefined);
+        return this.#forbidden(key, generation, verdict.message);
+      }
+    }
+    // Only an authorized spec is remembered: it is what applies when the binding goes.
     this.#lastSpec.set(key, binding.spec);
 
     let projects: readonly GitLabProject[];
@@ -191,6 +216,59 @@ export class BindingReconciler implements Reconciler<string> {
     }
   }
 
+  /**
+   * A binding being deleted: its own spec applies only if the gate allows it (a refused spec, e.g.
+   * deletionPolicy Delete above a Retain-only ceiling, must not delete on the way out); otherwise
+   * undefined, so the last authorized spec (or Retain) applies.
+   */
+  async #authorizedSpec(
+    key: string,
+    spec: NatsBinding["spec"] | undefined,
+  ): Promise<NatsBinding["spec"] | undefined> {
+    if (!spec || !this.#o.authorize) return spec;
+    const slash = key.indexOf("/");
+    const namespace = key.slice(0, Math.max(slash, 0));
+    const name = key.slice(slash + 1);
+    const binding: NatsBinding = {
+      apiVersion: "natsbind.io/v1alpha1",
+      kind: "NatsBinding",
+      metadata: { name, ...(namespace ? { namespace } : {}) },
+      spec,
+    };
+    return (await this.#o.authorize(key, binding)).allowed ? spec : undefined;
+  }
+
+  /**
+   * Refused by the gate: status says Forbidden and why, with no project, no account and zero
+   * counts; nothing is created or deleted, and accounts made while it was allowed stay as they are.
+   * Looked at again when a policy or the namespace changes, and at the drift interval.
+   */
+  async #forbidden(key: string, generation: number, message: string): Promise<ReconcileResult> {
+    const now = this.#nowIso();
+    let conditions = this.#statuses.get(key)?.conditions ?? [];
+    const notChecked = "not checked: the binding is not authorized (see Ready)";
+    for (const c of [
+      { type: CONDITION.Ready, status: "False" as const, message },
+      { type: CONDITION.GitLabSynced, status: "Unknown" as const, message: notChecked },
+      { type: CONDITION.ResolverSynced, status: "Unknown" as const, message: notChecked },
+    ]) {
+      conditions = setCondition(
+        conditions,
+        { ...c, reason: REASON.Forbidden, observedGeneration: generation },
+        now,
+      );
+    }
+    const status: BindingStatus = {
+      observedGeneration: generation,
+      conditions,
+      counts: { projects: 0, accounts: 0, pushed: 0, upToDate: 0, retained: 0, problems: 0 },
+      accounts: [],
+    };
+    this.#statuses.set(key, status);
+    await this.#o.statuses.write(key, status);
+    return { requeueAfterMs: this.#o.driftCheckMs };
+  }
+
   #age(key: string): { key: string; createdAt: number | undefined } {
     return { key, createdAt: this.#o.bindings.createdAt(key) };
   }
@@ -213,11 +291,34 @@ export class BindingReconciler implements Reconciler<string> {
       .filter((other) => compareAge(other, self) < 0)
       .sort(compareAge);
     for (const { key: other } of older) {
+      // Age counts only among bindings the gate allows: a refused binding (e.g. created early by
+      // a tenant naming someone else's group) must not block the rightful one.
+      if (!(await this.#isAllowed(key, other))) continue;
       for (const p of await this.#projectsOf(key, other)) {
         if (ids.has(p.id) && !conflicts.has(p.id)) conflicts.set(p.id, other);
       }
     }
     return conflicts;
+  }
+
+  /** The gate's verdict on another binding: its last one, or asked now when there is none yet. */
+  async #isAllowed(self: string, other: string): Promise<boolean> {
+    if (!this.#o.authorize) return true;
+    const known = this.#allowed.get(other);
+    if (known !== undefined) return known;
+    const entry = this.#o.bindings.get(other);
+    if (entry?.kind !== "valid") return false;
+    try {
+      const verdict = await this.#o.authorize(other, entry.binding);
+      this.#allowed.set(other, verdict.allowed);
+      return verdict.allowed;
+    } catch (err) {
+      throw new OverlapCheckError(
+        `cannot check overlaps: whether ${holderLabel(self, other)}, older than this one, may bind its ` +
+          `projects could not be decided`,
+        { cause: err },
+      );
+    }
   }
 
   async #projectsOf(self: string, other: string): Promise<readonly GitLabProject[]> {
@@ -354,7 +455,6 @@ export class BindingReconciler implements Reconciler<string> {
     this.#o.events?.deleted?.(key, slot.account, slot.ref);
   }
 
-  /** The binding is gone: apply its last known deletionPolicy (Retain when unknown). */
   /**
    * The binding is gone (or being deleted): apply its deletionPolicy. The last spec is forgotten
    * only once that succeeded, so a failed removal is retried with the same policy.
@@ -370,6 +470,7 @@ export class BindingReconciler implements Reconciler<string> {
     this.#statuses.delete(key);
     this.#memo.delete(key);
     this.#yielded.delete(key);
+    this.#allowed.delete(key);
     await this.#o.statuses.remove(key);
     this.#overlapsChanged(key, undefined);
   }

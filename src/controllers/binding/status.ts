@@ -15,6 +15,8 @@ export const REASON = {
   Reconciled: "Reconciled",
   InvalidSpec: "InvalidSpec",
   Conflict: "Conflict",
+  /** No NatsBindingPolicy allows it (Kubernetes mode): nothing was read, created or deleted. */
+  Forbidden: "Forbidden",
   GitLabError: "GitLabError",
   ResolverError: "ResolverError",
   KeyStoreError: "KeyStoreError",
