@@ -207,6 +207,13 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
         ctx.events.deleted?.(key, account, ref);
         accountEvents.note(key, "deleted", ref.projectId);
       },
+      // Forged key Secrets and accounts natsbind does not own: a Warning on the binding.
+      refused: (key, refusal) => {
+        ctx.events.refused?.(key, refusal);
+        const { namespace, name } = splitBindingKey(key);
+        const uid = bindings.object(key)?.metadata?.uid;
+        recorder.warning({ namespace, name, ...(uid ? { uid } : {}) }, refusal.reason, refusal.message);
+      },
     },
   });
   const step = new FinalizerStep({
