@@ -32,6 +32,15 @@
  * and returns only after the apiserver accepted the write; the result goes into the informer at
  * once. Secrets are checked before use: a Secret natsbind did not write, or one with missing or bad
  * labels, annotations or seeds, is a KeyStoreError naming the Secret, never showing its data.
+ *
+ * Trust: anyone who may edit Secrets in the namespace can write these, so the annotations are
+ * claims. A Secret is trusted only when account.nk derives natsbind.io/account and each
+ * role-<role>.nk derives its key in natsbind.io/roles, and its labels, name and (when it has one)
+ * NatsBinding ownerReference agree with the binding its annotation names in its own namespace
+ * (checkAccountSecret; derived once per Secret version). list() leaves untrusted Secrets out and
+ * reports them to the caller; get(), ensure() and remove() refuse them. The reconciler never
+ * signs, pushes or deletes with an untrusted slot, and checks on the resolver that an account is
+ * natsbind's own before pushing over or deleting it (src/controllers/binding/ownership.ts).
  */
 import { createHash } from "node:crypto";
 import { CoreV1Api } from "@kubernetes/client-node";
