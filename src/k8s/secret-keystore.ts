@@ -586,7 +586,7 @@ export class SecretKeyStore implements KeyStore {
     }
     this.#secrets.upsert(created);
     this.#log.info({ secret: what, account: keys.account, roles: keys.roles }, "stored new account keys");
-    return keys;
+    return { ...keys, created: true };
   }
 
   /** Adds keys for `missing` roles with the resourceVersion seen; undefined on a conflict. */

@@ -205,6 +205,7 @@ export class DirectoryKeyStore implements KeyStore {
       roleKeys,
     };
     if (fresh.length === 0) return result;
+    if (!current) result.created = true;
     // Seeds first, then the slot file that names them.
     for (const key of fresh) await this.#seeds.save(key);
     await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });

@@ -28,6 +28,8 @@ export interface StoredAccount {
 export interface AccountKeys extends StoredAccount {
   accountKey: NKeyPair;
   roleKeys: ReadonlyMap<string, NKeyPair>;
+  /** Set by ensure() when it generated the account key itself: no JWT can name it yet. */
+  created?: boolean;
 }
 
 /**

@@ -185,6 +185,7 @@ describe("BindingReconciler ownership", () => {
     await h.reconciler.reconcile(KEY);
     const [slot] = await h.keys.list(KEY);
     assert.ok(h.resolver.held.has(slot!.account), "pushed");
+    assert.ok(!h.resolver.calls.includes(`lookup ${slot!.account}`), "keys it generated: no lookup");
     assert.equal(ready(h.status())?.status, "True");
     h.resolver.calls.length = 0;
     await h.reconciler.reconcile(KEY);
@@ -217,6 +218,18 @@ describe("BindingReconciler ownership", () => {
     await h.reconciler.reconcile(KEY);
     assert.equal(h.refusals.length, 1, "reported once while it stays the same");
     assert.equal(h.resolver.held.get(keys.account), finance);
+  });
+
+  it("looks up keys ensure() found rather than generated, and refuses a foreign account there", async () => {
+    const h = harness([project(1)]);
+    // A slot with an account key but no role key yet: ensure() completes it and generates no account.
+    const keys = await h.keys.ensure(ref(1), []);
+    const finance = accountJwt(keys.account, operator, []);
+    h.resolver.held.set(keys.account, finance);
+    await h.reconciler.reconcile(KEY);
+    assert.ok(h.resolver.calls.includes(`lookup ${keys.account}`));
+    assert.equal(h.resolver.held.get(keys.account), finance);
+    assert.equal(ready(h.status())?.reason, "AccountNotOwned");
   });
 
   it("never pushes over or deletes the account of another binding for the same project id", async () => {

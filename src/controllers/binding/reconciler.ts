@@ -173,17 +173,16 @@ export class BindingReconciler implements Reconciler<string> {
       let slots = await this.#o.keys.list(key, untrusted);
       let current = await this.#plan(key, binding, owned, environments, slots, untrusted);
       if (current.ensureKeys.length > 0) {
-        const existing = new Set(slots.map((slot) => slot.account));
+        // Accounts whose keys ensure() just generated cannot be on the resolver: no lookup for
+        // them. Keys it found (another writer's, maybe not natsbind's) are looked up as any.
+        const fresh = new Set<string>();
         // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
         await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
-          await this.#o.keys.ensure(ref, roles);
+          const keys = await this.#o.keys.ensure(ref, roles);
+          if (keys.created) fresh.add(keys.account);
         });
         untrusted = [];
         slots = await this.#o.keys.list(key, untrusted);
-        // Accounts whose keys were just made cannot be on the resolver: no lookup for them.
-        const fresh = new Set(
-          slots.filter((slot) => !existing.has(slot.account)).map((slot) => slot.account),
-        );
         current = await this.#plan(key, binding, owned, environments, slots, untrusted, fresh);
       }
       await this.#apply(key, current);
