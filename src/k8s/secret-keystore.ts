@@ -292,7 +292,7 @@ export function checkAccountSecret(secret: V1Secret): StoredAccount {
   return slot;
 }
 
-/** The slot an untrusted Secret claims to be, when its labels and annotations say that much. */
+/** The slot an untrusted Secret claims to be and sits in, when its metadata says that much. */
 function claimedRef(secret: V1Secret): AccountRef | undefined {
   const idText = secret.metadata?.labels?.[LABEL_PROJECT_ID];
   const name = secret.metadata?.annotations?.[ANNOTATION_BINDING];
@@ -303,7 +303,13 @@ function claimedRef(secret: V1Secret): AccountRef | undefined {
     return undefined;
   const binding = `${secret.metadata?.namespace ?? ""}/${name}`;
   const projectId = Number(idText);
-  return environment === undefined ? { binding, projectId } : { binding, projectId, environment };
+  const ref = environment === undefined ? { binding, projectId } : { binding, projectId, environment };
+  // Only the slot whose place (Secret name) it takes: a mislabelled Secret blocks no other slot.
+  try {
+    return secret.metadata?.name === accountSecretName(ref) ? ref : undefined;
+  } catch {
+    return undefined; // not even a valid binding key
+  }
 }
 
 /** A slot's keys from its Secret: the public view plus every seed it names, checked. */
