@@ -282,7 +282,10 @@ describe("SecretKeyStore trusts only Secrets whose seeds derive their annotation
     const billing = NKeyPair.generate("account").publicKey;
     const fake = secretOf(own(), { ...ref, projectId: 999 });
     fake.metadata!.annotations!["natsbind.io/account"] = billing;
-    const objects = [good, forged, fake];
+    // Relabelled to another project: it claims project 10 but sits in project 9's place.
+    const mislabelled = secretOf(own(), { ...ref, projectId: 9 });
+    mislabelled.metadata!.labels!["natsbind.io/project-id"] = "10";
+    const objects = [good, forged, mislabelled, fake];
     const cache: SecretCache = {
       hasSynced: () => true,
       get: (namespace, name) =>
@@ -307,10 +310,12 @@ describe("SecretKeyStore trusts only Secrets whose seeds derive their annotation
       untrusted.map((u) => [u.source, u.ref?.projectId]),
       [
         [`Secret ${ns}/${forged.metadata!.name}`, 8],
+        [`Secret ${ns}/${mislabelled.metadata!.name}`, undefined],
         [`Secret ${ns}/${fake.metadata!.name}`, 999],
       ],
     );
-    assert.match(untrusted[1]!.message, new RegExp(`not ${billing}`));
+    assert.match(untrusted[1]!.message, /its name is not the name of its slot/);
+    assert.match(untrusted[2]!.message, new RegExp(`not ${billing}`));
     assertNoSeed(untrusted);
     // get() and remove() refuse it as well: never used to sign or to delete.
     await assert.rejects(store.get({ ...ref, projectId: 8 }), KeyStoreError);
