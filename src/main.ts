@@ -133,6 +133,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       deletes.inc();
       log.info({ binding: key, account, projectId: ref.projectId }, "account deleted");
     },
+    refused: (key, { reason, message, account, ref }) => {
+      log.warn({ binding: key, reason, account, projectId: ref?.projectId }, message);
+    },
   };
 
   let reconciling = false;

@@ -5,7 +5,7 @@
  * callback runs. Reads pass through.
  */
 import { NatsbindError } from "../errors.ts";
-import type { AccountRef, AccountKeys, KeyStore, StoredAccount } from "../keystore/port.ts";
+import type { AccountRef, AccountKeys, KeyStore, StoredAccount, UntrustedSlot } from "../keystore/port.ts";
 import type { AccountResolver, ResolverOutcome } from "../nats/resolver.ts";
 
 export class NotLeaderError extends NatsbindError {}
@@ -33,7 +33,8 @@ export function fencedResolver(inner: AccountResolver, fence: Fence): AccountRes
 
 export function fencedKeyStore(inner: KeyStore, fence: Fence): KeyStore {
   return {
-    list: (binding: string): Promise<StoredAccount[]> => inner.list(binding),
+    list: (binding: string, untrusted?: UntrustedSlot[]): Promise<StoredAccount[]> =>
+      inner.list(binding, untrusted),
     get: (ref: AccountRef): Promise<AccountKeys | undefined> => inner.get(ref),
     ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys> {
       check(fence, "store account keys");

@@ -191,9 +191,12 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   // someone else's: the account's keys are gone. The binding looks again (a new account for the
   // project) and says so; the old account stays on the resolver for a human to delete.
   secretInformer.onEvent((type, obj) => {
-    const binding = type === "delete" ? bindingKeyOfSecret(obj) : undefined;
+    const binding = bindingKeyOfSecret(obj);
     if (!binding) return;
     queue.add(binding);
+    // natsbind's own writes enter the cache first and raise no event: an add or update is someone
+    // else's Secret, looked at now (a forged one is reported at once, not at the next resync).
+    if (type !== "delete") return;
     const owner = bindings.object(binding);
     if (!owner || isDeleting(owner)) return;
     // Annotations of a deleted object are not trusted into an Event: public key and id shapes only.
@@ -244,6 +247,13 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       deleted: (key, account, ref) => {
         ctx.events.deleted?.(key, account, ref);
         accountEvents.note(key, "deleted", ref.projectId);
+      },
+      // Forged key Secrets and accounts natsbind does not own: a Warning on the binding.
+      refused: (key, refusal) => {
+        ctx.events.refused?.(key, refusal);
+        const { namespace, name } = splitBindingKey(key);
+        const uid = bindings.object(key)?.metadata?.uid;
+        recorder.warning({ namespace, name, ...(uid ? { uid } : {}) }, refusal.reason, refusal.message);
       },
     },
   });

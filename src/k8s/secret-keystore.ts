@@ -32,11 +32,20 @@
  * and returns only after the apiserver accepted the write; the result goes into the informer at
  * once. Secrets are checked before use: a Secret natsbind did not write, or one with missing or bad
  * labels, annotations or seeds, is a KeyStoreError naming the Secret, never showing its data.
+ *
+ * Trust: anyone who may edit Secrets in the namespace can write these, so the annotations are
+ * claims. A Secret is trusted only when account.nk derives natsbind.io/account and each
+ * role-<role>.nk derives its key in natsbind.io/roles, and its labels, name and (when it has one)
+ * NatsBinding ownerReference agree with the binding its annotation names in its own namespace
+ * (checkAccountSecret; derived once per Secret version). list() leaves untrusted Secrets out and
+ * reports them to the caller; get(), ensure() and remove() refuse them. The reconciler never
+ * signs, pushes or deletes with an untrusted slot, and checks on the resolver that an account is
+ * natsbind's own before pushing over or deleting it (src/controllers/binding/ownership.ts).
  */
 import { createHash } from "node:crypto";
 import { CoreV1Api } from "@kubernetes/client-node";
 import type { KubeConfig, V1OwnerReference, V1Secret } from "@kubernetes/client-node";
-import type { AccountKeys, AccountRef, KeyStore, StoredAccount } from "../keystore/port.ts";
+import type { AccountKeys, AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "../keystore/port.ts";
 import { isPublicKey, NKeyPair } from "../nats/keys.ts";
 import type { Logger } from "../observability/logger.ts";
 import { nullLogger } from "../observability/logger.ts";
@@ -212,6 +221,11 @@ export function parseAccountSecret(secret: V1Secret): StoredAccount {
   }
   if (secret.metadata?.name !== accountSecretName(ref))
     fail(`its name is not the name of its slot (${describeRef(ref)})`);
+  // The binding it claims must be the one that owns it, when one does (release() drops the owner).
+  for (const owner of secret.metadata?.ownerReferences ?? []) {
+    if (owner.kind === KIND && owner.apiVersion?.startsWith(`${GROUP}/`) && owner.name !== bindingName)
+      fail(`it is owned by binding ${JSON.stringify(owner.name?.slice(0, MAX_NAME))}, not ${bindingName}`);
+  }
 
   const account = annotations[ANNOTATION_ACCOUNT];
   if (account === undefined || !isPublicKey(account, "account"))
@@ -266,6 +280,38 @@ function loadSeed(secret: V1Secret, dataKey: string, publicKey: string): NKeyPai
   return key;
 }
 
+/**
+ * The slot a Secret holds, trusted: parseAccountSecret's checks, and every seed it holds derives
+ * the public key its annotations name (account.nk the account key, role-<role>.nk each role key).
+ * Annotations are writable by anyone who may edit Secrets in the namespace; the seeds prove which
+ * keys the slot really has, so a Secret naming an account it has no seed for is never used.
+ */
+export function checkAccountSecret(secret: V1Secret): StoredAccount {
+  const slot = parseAccountSecret(secret);
+  loadAccountKeys(secret, slot);
+  return slot;
+}
+
+/** The slot an untrusted Secret claims to be and sits in, when its metadata says that much. */
+function claimedRef(secret: V1Secret): AccountRef | undefined {
+  const idText = secret.metadata?.labels?.[LABEL_PROJECT_ID];
+  const name = secret.metadata?.annotations?.[ANNOTATION_BINDING];
+  const environment = secret.metadata?.annotations?.[ANNOTATION_ENVIRONMENT];
+  if (idText === undefined || !PROJECT_ID.test(idText)) return undefined;
+  if (name === undefined || name.length > MAX_NAME || !DNS_SUBDOMAIN.test(name)) return undefined;
+  if (environment !== undefined && (environment.length === 0 || environment.length > MAX_ENVIRONMENT))
+    return undefined;
+  const binding = `${secret.metadata?.namespace ?? ""}/${name}`;
+  const projectId = Number(idText);
+  const ref = environment === undefined ? { binding, projectId } : { binding, projectId, environment };
+  // Only the slot whose place (Secret name) it takes: a mislabelled Secret blocks no other slot.
+  try {
+    return secret.metadata?.name === accountSecretName(ref) ? ref : undefined;
+  } catch {
+    return undefined; // not even a valid binding key
+  }
+}
+
 /** A slot's keys from its Secret: the public view plus every seed it names, checked. */
 function loadAccountKeys(secret: V1Secret, slot: StoredAccount): AccountKeys {
   const accountKey = loadSeed(secret, ACCOUNT_SEED_KEY, slot.account);
@@ -304,7 +350,8 @@ export class SecretKeyStore implements KeyStore {
   readonly #log: Logger;
   // ensure()/remove() of one slot run one at a time in this process: no needless conflicts.
   readonly #locks = new Map<string, Promise<unknown>>();
-  // Parsed public views per Secret object (objects are replaced, never changed, on update).
+  // Checked public views per Secret object (objects are replaced, never changed, on update): the
+  // seeds are derived once per version of a Secret, not on every list().
   readonly #parsed = new WeakMap<V1Secret, StoredAccount | KeyStoreError>();
 
   constructor(opts: SecretKeyStoreOptions) {
@@ -343,7 +390,7 @@ export class SecretKeyStore implements KeyStore {
     let parsed = this.#parsed.get(secret);
     if (parsed === undefined) {
       try {
-        parsed = parseAccountSecret(secret);
+        parsed = checkAccountSecret(secret);
       } catch (err) {
         if (!(err instanceof KeyStoreError)) throw err;
         parsed = err;
@@ -364,14 +411,24 @@ export class SecretKeyStore implements KeyStore {
     return slot;
   }
 
-  async list(binding: string): Promise<StoredAccount[]> {
+  async list(binding: string, untrusted?: UntrustedSlot[]): Promise<StoredAccount[]> {
     const { namespace, name } = parseBindingKey(binding);
     this.#requireSynced();
     const label = labelValue(name);
     const slots: StoredAccount[] = [];
     for (const secret of this.#secrets.list(namespace)) {
       if (secret.metadata?.labels?.[LABEL_BINDING] !== label) continue;
-      const slot = this.#parse(secret);
+      let slot: StoredAccount;
+      try {
+        slot = this.#parse(secret);
+      } catch (err) {
+        if (!(err instanceof KeyStoreError)) throw err;
+        // Never used; reported to the binding it claims (its labels name it), by name, no data.
+        const ref = claimedRef(secret);
+        if (!ref || ref.binding === binding)
+          untrusted?.push({ source: secretName(secret), ...(ref ? { ref } : {}), message: err.message });
+        continue;
+      }
       // A hashed label is shared by long names with the same readable part and hash: check the owner.
       if (slot.ref.binding === binding) slots.push(slot);
     }
@@ -535,7 +592,7 @@ export class SecretKeyStore implements KeyStore {
     }
     this.#secrets.upsert(created);
     this.#log.info({ secret: what, account: keys.account, roles: keys.roles }, "stored new account keys");
-    return keys;
+    return { ...keys, created: true };
   }
 
   /** Adds keys for `missing` roles with the resourceVersion seen; undefined on a conflict. */

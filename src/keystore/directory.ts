@@ -9,16 +9,21 @@
  * no slot names; the next ensure() generates fresh ones and pushes only those. Seeds named by a
  * slot are never regenerated: a slot whose seed is missing is an error, not a new key, because a
  * JWT may already name it.
+ *
+ * A slot is trusted only when it is where its ref puts it (the binding's directory, the slot's file
+ * name) and every key it names has a seed file whose seed derives that key. list() leaves other
+ * slots out and reports them (path and problem, never data), so they are never signed with,
+ * pushed or deleted, and do not stop the binding's other slots.
  */
 import { createHash } from "node:crypto";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { NKeyPair } from "../nats/keys.ts";
+import { KeyError, NKeyPair } from "../nats/keys.ts";
 import { mapLimit } from "../runtime/concurrency.ts";
 import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
-import type { AccountKeys, AccountRef, KeyStore, StoredAccount } from "./port.ts";
+import type { AccountKeys, AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "./port.ts";
 
 export { KeyStoreError };
 
@@ -44,6 +49,12 @@ function sameRef(a: AccountRef, b: AccountRef): boolean {
   return a.binding === b.binding && a.projectId === b.projectId && a.environment === b.environment;
 }
 
+/** A binding's slots as read: trusted ones by path, and the untrusted ones reported by list(). */
+interface Listing {
+  slots: Map<string, StoredAccount>;
+  untrusted: Map<string, UntrustedSlot>;
+}
+
 export class DirectoryKeyStore implements KeyStore {
   readonly #seeds: KeyDirectory;
   readonly #accounts: string;
@@ -52,7 +63,7 @@ export class DirectoryKeyStore implements KeyStore {
   // With `owner`, slots per binding as this store last read or wrote them: the process that owns
   // a key directory is its only writer, so after the first list() the files change only through
   // this object. Other readers (status tools, tests, the demo) must see the files as they are.
-  readonly #cache: Map<string, Map<string, StoredAccount>> | undefined;
+  readonly #cache: Map<string, Listing> | undefined;
 
   constructor(dir: string, opts: { owner?: boolean } = {}) {
     this.#seeds = new KeyDirectory(dir);
@@ -88,25 +99,48 @@ export class DirectoryKeyStore implements KeyStore {
     return result.data as StoredAccount;
   }
 
-  async list(binding: string): Promise<StoredAccount[]> {
-    let slots = this.#cache?.get(binding);
-    if (!slots) {
+  /**
+   * A slot file checked: in its own place, every key it names backed by a seed that derives it;
+   * else what is wrong (with the slot it claims to be, when it is in its own place).
+   */
+  async #checkSlot(binding: string, path: string): Promise<StoredAccount | UntrustedSlot | undefined> {
+    let ref: AccountRef | undefined;
+    try {
+      const slot = await this.#readSlot(path);
+      if (!slot) return undefined;
+      if (slot.ref.binding !== binding || this.#slotPath(slot.ref) !== path)
+        throw new KeyStoreError(`key store: ${path} names a slot that does not belong in this file`);
+      ref = slot.ref;
+      await this.#load(slot, path);
+      return slot;
+    } catch (err) {
+      if (!(err instanceof KeyStoreError || err instanceof KeyError)) throw err;
+      const message = err instanceof KeyStoreError ? err.message : `key store: ${err.message}`;
+      return { source: path, ...(ref ? { ref } : {}), message };
+    }
+  }
+
+  async list(binding: string, untrusted?: UntrustedSlot[]): Promise<StoredAccount[]> {
+    let listing = this.#cache?.get(binding);
+    if (!listing) {
       const dir = this.#bindingDir(binding);
       const names = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
         if (err.code === "ENOENT") return [] as string[];
         throw err;
       });
-      const loaded = new Map<string, StoredAccount>();
+      const loaded: Listing = { slots: new Map(), untrusted: new Map() };
       const files = names.filter((n) => n.endsWith(".json"));
       await mapLimit(files, 32, async (name) => {
         const path = join(dir, name);
-        const slot = await this.#readSlot(path);
-        if (slot && slot.ref.binding === binding) loaded.set(path, slot);
+        const checked = await this.#checkSlot(binding, path);
+        if (checked && "source" in checked) loaded.untrusted.set(path, checked);
+        else if (checked) loaded.slots.set(path, checked);
       });
-      slots = loaded;
-      this.#cache?.set(binding, slots);
+      listing = loaded;
+      this.#cache?.set(binding, listing);
     }
-    return [...slots.values()].sort(
+    untrusted?.push(...[...listing.untrusted.values()].sort((a, b) => a.source.localeCompare(b.source)));
+    return [...listing.slots.values()].sort(
       (a, b) =>
         a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
     );
@@ -171,12 +205,14 @@ export class DirectoryKeyStore implements KeyStore {
       roleKeys,
     };
     if (fresh.length === 0) return result;
+    if (!current) result.created = true;
     // Seeds first, then the slot file that names them.
     for (const key of fresh) await this.#seeds.save(key);
     await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });
     const slot: StoredAccount = { ref: result.ref, account: result.account, roles: result.roles };
     await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
-    this.#cache?.get(ref.binding)?.set(path, slot);
+    this.#cache?.get(ref.binding)?.slots.set(path, slot);
+    this.#cache?.get(ref.binding)?.untrusted.delete(path);
     return result;
   }
 
@@ -186,7 +222,7 @@ export class DirectoryKeyStore implements KeyStore {
     if (!slot) return;
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
-    this.#cache?.get(ref.binding)?.delete(path);
+    this.#cache?.get(ref.binding)?.slots.delete(path);
     for (const pub of [slot.account, ...Object.values(slot.roles)]) await this.#seeds.remove(pub);
   }
 }

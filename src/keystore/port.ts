@@ -28,11 +28,29 @@ export interface StoredAccount {
 export interface AccountKeys extends StoredAccount {
   accountKey: NKeyPair;
   roleKeys: ReadonlyMap<string, NKeyPair>;
+  /** Set by ensure() when it generated the account key itself: no JWT can name it yet. */
+  created?: boolean;
+}
+
+/**
+ * A slot the store will not use: it claims keys its seeds do not derive, or it is malformed or in
+ * the wrong place. Public text only (where it is, what is wrong), never its data.
+ */
+export interface UntrustedSlot {
+  /** Where it lives: "Secret <namespace>/<name>" or a slot file path. */
+  source: string;
+  /** The slot it claims to be, when its metadata says that much. */
+  ref?: AccountRef;
+  message: string;
 }
 
 export interface KeyStore {
-  /** Every slot of a binding, public view. */
-  list(binding: string): Promise<StoredAccount[]>;
+  /**
+   * Every trusted slot of a binding, public view: only slots whose seeds derive the public keys
+   * they name. Slots that fail that (or any other check) are left out and, when `untrusted` is
+   * given, reported into it, so one forged or broken slot neither stops nor steers the others.
+   */
+  list(binding: string, untrusted?: UntrustedSlot[]): Promise<StoredAccount[]>;
   /** The slot's keys, or undefined when there is no slot. */
   get(ref: AccountRef): Promise<AccountKeys | undefined>;
   /**

@@ -38,6 +38,9 @@ export function keyStoreContract(fixture: KeyStoreContractFixture): void {
 
     const again = await store.ensure(ref, ["ci", "deploy"]);
     assert.equal(again.account, first.account);
+    // Only a generated account key is "created" (the reconciler skips the resolver lookup for it).
+    assert.equal(first.created, true);
+    assert.ok(!again.created, "keys found, not created");
     assert.deepEqual(again.roles, first.roles);
 
     const reopened = await reopen();
@@ -58,6 +61,7 @@ export function keyStoreContract(fixture: KeyStoreContractFixture): void {
     const ref = { binding: bindings[0], projectId: 42 };
     const first = await store.ensure(ref, ["ci"]);
     const second = await store.ensure(ref, ["ci", "deploy"]);
+    assert.ok(!second.created, "a new role key, not a new account key");
     assert.equal(second.account, first.account);
     assert.equal(second.roles.ci, first.roles.ci);
     assert.ok(second.roles.deploy);

@@ -1,6 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { parseBinding } from "../../src/api/v1alpha1/schema.ts";
+import { ownerKey, type HeldOwner } from "../../src/controllers/binding/ownership.ts";
 import { plan, type PlanInput } from "../../src/controllers/binding/plan.ts";
 import type { GitLabProject } from "../../src/gitlab/port.ts";
 import type { StoredAccount } from "../../src/keystore/port.ts";
@@ -133,8 +134,15 @@ describe("plan", () => {
     const s1 = slot(1);
     const first = plan(input({ projects: [project(1, "api")], slots: [s1] }));
     const held = new Map([[s1.account, first.push[0]!.hash]]);
+    // natsbind's own JWT for this slot is on the resolver (ownership.ts): it may be pushed over.
+    const resolverOwners = new Map([[s1.account, { owner: ownerKey("natsbind/acme-ci", s1.ref) }]]);
     const moved = plan(
-      input({ projects: [project(1, "api-v2", "acme/other", 11)], slots: [s1], resolverHashes: held }),
+      input({
+        projects: [project(1, "api-v2", "acme/other", 11)],
+        slots: [s1],
+        resolverHashes: held,
+        resolverOwners,
+      }),
     );
     assert.equal(moved.push.length, 1);
     assert.equal(moved.push[0]!.reason, "stale");
@@ -251,5 +259,93 @@ describe("plan", () => {
       assert.equal(subjectProblem(subject, false), undefined, subject);
       assert.ok(subject.startsWith("build.") && subject.endsWith(".x"), subject);
     }
+  });
+
+  describe("ownership", () => {
+    const foreign: HeldOwner = { problem: "it was issued by OXXX, not by natsbind's operator signing key" };
+
+    it("pushes an account the resolver lacks, and never pushes over one that is not the slot's", () => {
+      const s1 = slot(1);
+      const s2 = slot(2);
+      const s3 = slot(3);
+      const hashes = new Map([
+        [s2.account, "their-hash"],
+        [s3.account, "other-binding-hash"],
+      ]);
+      const owners = new Map([
+        [s2.account, foreign],
+        // natsbind's own account, but of another binding's slot for the same project id.
+        [s3.account, { owner: ownerKey("team-b/app", { binding: "team-b/app", projectId: 3 }) } as HeldOwner],
+      ]);
+      const p = plan(
+        input({
+          projects: [project(1), project(2), project(3)],
+          slots: [s1, s2, s3],
+          resolverHashes: hashes,
+          resolverOwners: owners,
+        }),
+      );
+      assert.deepEqual(
+        p.push.map((x) => [x.account, x.reason]),
+        [[s1.account, "missing"]],
+      );
+      assert.deepEqual(
+        p.notOwned.map((x) => x.account),
+        [s2.account, s3.account],
+      );
+      assert.match(p.notOwned[0]!.message, new RegExp(`account ${s2.account} on the NATS resolver is not`));
+      assert.match(p.notOwned[1]!.message, /belongs to another binding, project or environment/);
+    });
+
+    it("counts an account held without a checked owner as not natsbind's", () => {
+      const s1 = slot(1);
+      const p = plan(
+        input({ projects: [project(1)], slots: [s1], resolverHashes: new Map([[s1.account, "x"]]) }),
+      );
+      assert.deepEqual(p.push, []);
+      assert.match(p.notOwned[0]!.message, /natsbind has not checked its owner/);
+    });
+
+    it("removes under Delete only accounts that are absent or the slot's own", () => {
+      const absent = slot(7);
+      const mine = slot(8);
+      const theirs = slot(9);
+      const p = plan(
+        input({
+          binding: binding({ deletionPolicy: "Delete" }),
+          slots: [absent, mine, theirs],
+          resolverHashes: new Map([
+            [mine.account, "h8"],
+            [theirs.account, "h9"],
+          ]),
+          resolverOwners: new Map([
+            [mine.account, { owner: ownerKey("natsbind/acme-ci", mine.ref) } as HeldOwner],
+            [theirs.account, foreign],
+          ]),
+        }),
+      );
+      assert.deepEqual(p.remove, [absent, mine]);
+      assert.deepEqual(
+        p.notOwned.map((x) => x.account),
+        [theirs.account],
+      );
+    });
+
+    it("makes no keys in the place of an untrusted slot, and reports it", () => {
+      const untrusted = [
+        {
+          source: "Secret natsbind/nb-acme-ci-1",
+          ref: { binding: "natsbind/acme-ci", projectId: 1 },
+          message: "m",
+        },
+        { source: "Secret natsbind/nb-acme-ci-x", message: "no ref" },
+      ];
+      const p = plan(input({ projects: [project(1), project(2)], untrusted }));
+      assert.deepEqual(
+        p.ensureKeys.map((e) => e.ref.projectId),
+        [2],
+      );
+      assert.deepEqual(p.untrusted, untrusted);
+    });
   });
 });

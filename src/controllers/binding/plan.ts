@@ -6,15 +6,20 @@
  * `ensureKeys`. The reconciler applies that, re-reads the slots and plans again, so every account
  * JWT it pushes names keys that are already stored. An account is pushed only when the claims
  * hash of what it should say differs from what the resolver holds.
+ *
+ * Ownership (ownership.ts): an account the resolver holds is pushed over or removed only when the
+ * JWT there is natsbind's own for the same slot; otherwise it is listed in `notOwned` and left
+ * alone. Slots the key store does not trust are never planned for (no keys made in their place).
  */
 import { accountLimits, desiredRoles } from "../../api/v1alpha1/desired.ts";
 import { safeToken } from "../../api/v1alpha1/templates.ts";
 import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
-import type { AccountRef, StoredAccount } from "../../keystore/port.ts";
+import type { AccountRef, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
 import { refKey } from "../../keystore/port.ts";
 import { accountClaims, claimsHash, type DesiredAccount, type JwtClaims } from "../../nats/claims.ts";
 import { describeError } from "../../errors.ts";
+import { notOwnedProblem, type HeldOwner } from "./ownership.ts";
 
 export interface PlanInput {
   /** The binding's key, "namespace/name" (or "name" in local mode). */
@@ -33,6 +38,14 @@ export interface PlanInput {
   slots: readonly StoredAccount[];
   /** account public key -> claims hash the resolver holds (absent: the resolver has none). */
   resolverHashes: ReadonlyMap<string, string>;
+  /**
+   * account public key -> whose the JWT the resolver holds is (ownership.ts heldOwner). An account
+   * the resolver holds with a different hash is pushed over or removed only when this says it is
+   * the slot's own; without an entry it counts as not natsbind's.
+   */
+  resolverOwners?: ReadonlyMap<string, HeldOwner>;
+  /** Slots the key store did not trust (KeyStore.list): reported, and no keys made in their place. */
+  untrusted?: readonly UntrustedSlot[];
   /** Operator signing public key that issues the account JWTs. */
   issuer: string;
   /**
@@ -71,6 +84,10 @@ export interface Plan {
   conflict: StoredAccount[];
   /** Accounts that cannot be built (e.g. a subject that does not render); the rest proceeds. */
   problems: Array<{ ref: AccountRef; message: string }>;
+  /** Accounts on the resolver that are not natsbind's for their slot: not pushed, not removed. */
+  notOwned: Array<{ ref: AccountRef; account: string; message: string }>;
+  /** Slots the key store did not trust, as it reported them. */
+  untrusted: UntrustedSlot[];
 }
 
 function desiredRefs(input: PlanInput): Array<{ ref: AccountRef; project: GitLabProject }> {
@@ -136,14 +153,25 @@ export function plan(input: PlanInput): Plan {
     retain: [],
     conflict: [],
     problems: [],
+    notOwned: [],
+    untrusted: [...(input.untrusted ?? [])],
   };
+  const untrusted = new Set(result.untrusted.flatMap((u) => (u.ref ? [refKey(u.ref)] : [])));
   const slots = new Map(input.slots.map((s) => [refKey(s.ref), s]));
   const roleNames = input.binding.spec.roles.map((r) => r.name);
   const wanted = new Set<string>();
   const specKey = `${input.issuer}\u0000${input.bindingKey}\u0000${JSON.stringify(input.binding.spec)}`;
 
+  const notOwned = (ref: AccountRef, account: string): string | undefined => {
+    if (!input.resolverHashes.has(account)) return undefined; // absent: nobody's account to take
+    const owner = input.resolverOwners?.get(account) ?? { problem: "natsbind has not checked its owner" };
+    return notOwnedProblem(account, input.bindingKey, ref, owner);
+  };
+
   for (const { ref, project } of desiredRefs(input)) {
     wanted.add(refKey(ref));
+    // A forged or broken slot in this place: its keys are not used, and none are made to replace it.
+    if (untrusted.has(refKey(ref))) continue;
     const slot = slots.get(refKey(ref));
     const missingRoles = roleNames.filter((r) => !slot?.roles[r]);
     if (!slot || missingRoles.length > 0) {
@@ -165,7 +193,9 @@ export function plan(input: PlanInput): Plan {
       input.memo?.set(slot.account, { inputs, hash });
     }
     const held = input.resolverHashes.get(slot.account);
+    const foreign = held === hash ? undefined : notOwned(ref, slot.account);
     if (held === hash) result.upToDate.push({ ref, account: slot.account, hash });
+    else if (foreign) result.notOwned.push({ ref, account: slot.account, message: foreign });
     else
       result.push.push({
         ref,
@@ -182,7 +212,13 @@ export function plan(input: PlanInput): Plan {
       result.conflict.push(slot);
       continue;
     }
-    (input.binding.spec.deletionPolicy === "Delete" ? result.remove : result.retain).push(slot);
+    if (input.binding.spec.deletionPolicy !== "Delete") {
+      result.retain.push(slot);
+      continue;
+    }
+    const foreign = notOwned(slot.ref, slot.account);
+    if (foreign) result.notOwned.push({ ref: slot.ref, account: slot.account, message: foreign });
+    else result.remove.push(slot);
   }
   return result;
 }

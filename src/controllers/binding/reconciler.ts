@@ -6,11 +6,18 @@
  * TerminalError (no retry until it changes); a GitLab, key store or resolver failure writes status
  * and throws (retried with backoff), having deleted nothing; success returns
  * `{requeueAfterMs: driftCheckMs}` so accounts are re-checked against the resolver (drift repair).
+ *
+ * Ownership (ownership.ts): an account the resolver holds is pushed over or deleted only when its
+ * JWT is natsbind's own for the slot (trusted issuer, this binding's, project's and environment's
+ * tags). The check rides on the claims-hash lookups (no extra request in the steady state); a
+ * delete looks the account up again first. Refused accounts and slots the key store does not
+ * trust change nothing: they show in status (Ready=False, AccountNotOwned / UntrustedKeys) and
+ * are reported once through events.refused.
  */
 import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
-import type { AccountRef, KeyStore, StoredAccount } from "../../keystore/port.ts";
+import type { AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
 import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
@@ -19,6 +26,7 @@ import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
 import type { Clock } from "../../runtime/clock.ts";
 import { mapLimit } from "../../runtime/concurrency.ts";
 import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
+import { heldOwner, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
 import { plan, type Plan } from "./plan.ts";
 import {
   CONDITION,
@@ -65,9 +73,19 @@ export interface StatusWriter {
   remove(key: string): Promise<void>;
 }
 
+/** Something natsbind refused to touch: public text only (account keys, Secret names, paths). */
+export interface Refusal {
+  reason: "AccountNotOwned" | "UntrustedKeys";
+  message: string;
+  account?: string;
+  ref?: AccountRef;
+}
+
 export interface ReconcilerEvents {
   pushed?(key: string, account: string, ref: AccountRef): void;
   deleted?(key: string, account: string, ref: AccountRef): void;
+  /** A refusal not reported for this binding by its previous reconcile (a Warning, a log line). */
+  refused?(key: string, refusal: Refusal): void;
 }
 
 export interface BindingReconcilerOptions {
@@ -85,6 +103,11 @@ export interface BindingReconcilerOptions {
   pushConcurrency?: number;
   /** Key slots created in parallel per reconcile. */
   keyConcurrency?: number;
+  /**
+   * Keys whose account JWTs natsbind takes as its own (with its tags): default the signer alone.
+   * Add the operator's other keys only if they never sign accounts natsbind must not touch.
+   */
+  trustedIssuers?: readonly string[];
   events?: ReconcilerEvents;
   /**
    * Asks for another reconcile of a binding soon (wired to the work queue): a binding that left
@@ -116,8 +139,14 @@ class StepError extends Error {
 
 export class BindingReconciler implements Reconciler<string> {
   readonly #o: BindingReconcilerOptions;
-  /** account -> claims hash the resolver was last seen or made to hold; cleared by drift checks. */
-  readonly #held = new Map<string, { hash: string; checkedAt: number }>();
+  /**
+   * account -> claims hash the resolver was last seen or made to hold, and whose that JWT is
+   * (ownership.ts); cleared by drift checks.
+   */
+  readonly #held = new Map<string, { hash: string; checkedAt: number; owner: HeldOwner }>();
+  /** Refusals reported per binding by its last reconcile: each is reported once, not every time. */
+  readonly #refusals = new Map<string, Set<string>>();
+  readonly #issuers: ReadonlySet<string>;
   readonly #pushedAt = new Map<string, string>();
   /** Last valid spec per binding: what to apply when the binding disappears. */
   readonly #lastSpec = new Map<string, NatsBinding["spec"]>();
@@ -131,6 +160,7 @@ export class BindingReconciler implements Reconciler<string> {
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
+    this.#issuers = new Set(o.trustedIssuers ?? [o.signer.getPublicKey()]);
   }
 
   #nowIso(): string {
@@ -189,22 +219,24 @@ export class BindingReconciler implements Reconciler<string> {
     const held = new Set(conflicts.keys());
 
     try {
-      let slots = await this.#o.keys.list(key);
-      let current = await this.#plan(key, binding, owned, environments, slots, undefined, held);
+      let untrusted: UntrustedSlot[] = [];
+      let slots = await this.#o.keys.list(key, untrusted);
+      let current = await this.#plan(key, binding, owned, environments, slots, untrusted, undefined, held);
       if (current.ensureKeys.length > 0) {
-        const existing = new Set(slots.map((slot) => slot.account));
+        // Accounts whose keys ensure() just generated cannot be on the resolver: no lookup for
+        // them. Keys it found (another writer's, maybe not natsbind's) are looked up as any.
+        const fresh = new Set<string>();
         // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
         await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
-          await this.#o.keys.ensure(ref, roles);
+          const keys = await this.#o.keys.ensure(ref, roles);
+          if (keys.created) fresh.add(keys.account);
         });
-        slots = await this.#o.keys.list(key);
-        // Accounts whose keys were just made cannot be on the resolver: no lookup for them.
-        const fresh = new Set(
-          slots.filter((slot) => !existing.has(slot.account)).map((slot) => slot.account),
-        );
-        current = await this.#plan(key, binding, owned, environments, slots, fresh, held);
+        untrusted = [];
+        slots = await this.#o.keys.list(key, untrusted);
+        current = await this.#plan(key, binding, owned, environments, slots, untrusted, fresh, held);
       }
       await this.#apply(key, current);
+      this.#reportRefusals(key, current);
       const status = this.#status(key, generation, projects, projects.length, conflicts, current);
       await this.#o.statuses.write(key, status);
       this.#overlapsChanged(key, new Set(owned.map((p) => p.id)));
@@ -369,17 +401,20 @@ export class BindingReconciler implements Reconciler<string> {
     for (const other of [...wanted].sort()) requeue(other);
   }
 
+  /** What the resolver holds for `slots` (hash and owner), from lookups cached until the drift check. */
   async #resolverHashes(
     slots: readonly StoredAccount[],
     fresh: ReadonlySet<string>,
-  ): Promise<Map<string, string>> {
+  ): Promise<{ hashes: Map<string, string>; owners: Map<string, HeldOwner> }> {
     const now = this.#o.clock.now();
     const hashes = new Map<string, string>();
+    const owners = new Map<string, HeldOwner>();
     const stale = slots.filter((s) => {
       if (fresh.has(s.account)) return false;
       const held = this.#held.get(s.account);
       if (held && now - held.checkedAt < this.#o.driftCheckMs) {
         hashes.set(s.account, held.hash);
+        owners.set(s.account, held.owner);
         return false;
       }
       return true;
@@ -391,14 +426,16 @@ export class BindingReconciler implements Reconciler<string> {
           this.#held.delete(s.account);
           return;
         }
+        const owner = heldOwner(jwt, s.account, this.#issuers);
         const hash = jwtClaimsHash(jwt);
-        this.#held.set(s.account, { hash, checkedAt: now });
+        this.#held.set(s.account, { hash, checkedAt: now, owner });
         hashes.set(s.account, hash);
+        owners.set(s.account, owner);
       });
     } catch (err) {
       throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
     }
-    return hashes;
+    return { hashes, owners };
   }
 
   async #plan(
@@ -407,11 +444,13 @@ export class BindingReconciler implements Reconciler<string> {
     projects: readonly GitLabProject[],
     environments: ReadonlyMap<number, readonly string[]>,
     slots: readonly StoredAccount[],
+    untrusted: readonly UntrustedSlot[],
     fresh: ReadonlySet<string> = new Set(),
     heldElsewhere: ReadonlySet<number> = new Set(),
   ): Promise<Plan> {
     // Slots of projects an older binding holds are left alone: not even looked up.
     const managed = slots.filter((s) => !heldElsewhere.has(s.ref.projectId));
+    const held = await this.#resolverHashes(managed, fresh);
     return plan({
       bindingKey: key,
       binding,
@@ -419,7 +458,9 @@ export class BindingReconciler implements Reconciler<string> {
       heldElsewhere,
       environments,
       slots,
-      resolverHashes: await this.#resolverHashes(managed, fresh),
+      untrusted,
+      resolverHashes: held.hashes,
+      resolverOwners: held.owners,
       issuer: this.#o.signer.getPublicKey(),
       memo: this.#memoFor(key),
     });
@@ -436,23 +477,70 @@ export class BindingReconciler implements Reconciler<string> {
     try {
       await mapLimit(p.push, this.#o.pushConcurrency ?? 16, async (push) => {
         await this.#o.resolver.push(signJwt(push.claims(), this.#o.signer, iat));
-        this.#held.set(push.account, { hash: push.hash, checkedAt: this.#o.clock.now() });
+        this.#held.set(push.account, {
+          hash: push.hash,
+          checkedAt: this.#o.clock.now(),
+          owner: { owner: ownerKey(key, push.ref) },
+        });
         this.#pushedAt.set(push.account, this.#nowIso());
         this.#o.events?.pushed?.(key, push.account, push.ref);
       });
-      for (const slot of p.remove) await this.#removeAccount(key, slot);
+      const removed: StoredAccount[] = [];
+      for (const slot of p.remove) {
+        const refused = await this.#removeAccount(key, slot);
+        if (refused) p.notOwned.push({ ref: slot.ref, account: slot.account, message: refused });
+        else removed.push(slot);
+      }
+      p.remove = removed;
     } catch (err) {
       throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
     }
   }
 
-  async #removeAccount(key: string, slot: StoredAccount): Promise<void> {
+  /**
+   * Deletes the slot's account from the resolver, then its keys; returns why not when the account
+   * the resolver holds is not natsbind's own for this slot (then nothing is changed). Deletes are
+   * rare and final, so the owner is looked up afresh rather than taken from the cache.
+   */
+  async #removeAccount(key: string, slot: StoredAccount): Promise<string | undefined> {
+    const jwt = await this.#o.resolver.lookup(slot.account);
+    if (jwt !== undefined) {
+      const owner = heldOwner(jwt, slot.account, this.#issuers);
+      const refused = notOwnedProblem(slot.account, key, slot.ref, owner);
+      if (refused) {
+        this.#held.delete(slot.account);
+        return refused;
+      }
+    }
     // Resolver first: if that fails the keys stay, and the next reconcile tries again.
     await this.#o.resolver.delete([slot.account]);
     await this.#o.keys.remove(slot.ref);
     this.#held.delete(slot.account);
     this.#pushedAt.delete(slot.account);
     this.#o.events?.deleted?.(key, slot.account, slot.ref);
+    return undefined;
+  }
+
+  /** Reports the plan's refusals that the binding's previous reconcile did not report. */
+  #reportRefusals(key: string, p: Plan, all = false): void {
+    const refusals: Refusal[] = [
+      ...p.notOwned.map((x) => ({
+        reason: REASON.AccountNotOwned,
+        message: x.message,
+        account: x.account,
+        ref: x.ref,
+      })),
+      ...p.untrusted.map((u) => ({
+        reason: REASON.UntrustedKeys,
+        message: `${u.message}: natsbind does not use this slot`,
+        ...(u.ref ? { ref: u.ref } : {}),
+      })),
+    ];
+    const before = this.#refusals.get(key) ?? new Set<string>();
+    const now = new Set(refusals.map((r) => r.message));
+    if (now.size > 0) this.#refusals.set(key, now);
+    else this.#refusals.delete(key);
+    for (const r of refusals) if (all || !before.has(r.message)) this.#o.events?.refused?.(key, r);
   }
 
   /**
@@ -461,12 +549,31 @@ export class BindingReconciler implements Reconciler<string> {
    */
   async #bindingGone(key: string, spec = this.#lastSpec.get(key)): Promise<ReconcileResult> {
     if (spec?.deletionPolicy === "Delete") {
-      for (const slot of await this.#o.keys.list(key)) await this.#removeAccount(key, slot);
+      // Only trusted slots, and only accounts that are this binding's own: the rest is reported.
+      const untrusted: UntrustedSlot[] = [];
+      const notOwned: Plan["notOwned"] = [];
+      for (const slot of await this.#o.keys.list(key, untrusted)) {
+        const refused = await this.#removeAccount(key, slot);
+        if (refused) notOwned.push({ ref: slot.ref, account: slot.account, message: refused });
+      }
+      const none: Plan = {
+        ensureKeys: [],
+        push: [],
+        upToDate: [],
+        remove: [],
+        retain: [],
+        conflict: [],
+        problems: [],
+        notOwned,
+        untrusted,
+      };
+      this.#reportRefusals(key, none, true);
     } else {
       // Retain, or a policy never seen: the accounts stay, and so must their keys.
       await this.#o.keys.release?.(key);
     }
     this.#lastSpec.delete(key);
+    this.#refusals.delete(key);
     this.#statuses.delete(key);
     this.#memo.delete(key);
     this.#yielded.delete(key);
@@ -553,11 +660,17 @@ export class BindingReconciler implements Reconciler<string> {
         }),
       ),
       ...p.problems.map((x) => ({ ...summary(x.ref, "", "Problem"), message: x.message })),
+      ...p.notOwned.map((x) => ({ ...summary(x.ref, x.account, "Problem"), message: x.message })),
+      ...p.untrusted.flatMap((u) =>
+        u.ref
+          ? [{ ...summary(u.ref, "", "Problem"), message: `${u.message}: natsbind does not use this slot` }]
+          : [],
+      ),
     ].sort((a, b) => a.projectId - b.projectId || (a.environment ?? "").localeCompare(b.environment ?? ""));
 
     const now = this.#nowIso();
     const previous = this.#statuses.get(key)?.conditions ?? [];
-    const problems = p.problems.length;
+    const problems = p.problems.length + p.notOwned.length + p.untrusted.length;
     const conflictText = conflicts.size > 0 ? conflictMessage(key, conflicts) : "";
     const ready = problems === 0 && conflicts.size === 0;
     let conditions = setCondition(
@@ -589,12 +702,20 @@ export class BindingReconciler implements Reconciler<string> {
       {
         type: CONDITION.Ready,
         status: ready ? "True" : "False",
-        reason: ready ? REASON.Reconciled : conflicts.size > 0 ? REASON.Conflict : REASON.AccountProblems,
+        reason: ready ? REASON.Reconciled : conflicts.size > 0 ? REASON.Conflict : problemReason(p),
         message: ready
           ? `${p.push.length + p.upToDate.length} account(s) ready`
           : [
               conflictText,
-              problems ? `${problems} account(s) cannot be built: ${p.problems[0]!.message}` : "",
+              p.notOwned.length
+                ? `${p.notOwned.length} account(s) left alone: ${p.notOwned[0]!.message}`
+                : "",
+              p.untrusted.length
+                ? `${p.untrusted.length} key slot(s) not trusted: ${p.untrusted[0]!.message}`
+                : "",
+              p.problems.length
+                ? `${p.problems.length} account(s) cannot be built: ${p.problems[0]!.message}`
+                : "",
             ]
               .filter(Boolean)
               .join("; "),
@@ -621,4 +742,11 @@ export class BindingReconciler implements Reconciler<string> {
     this.#statuses.set(key, status);
     return status;
   }
+}
+
+/** The Ready reason for a plan with problems: refusals first, they need a human most. */
+function problemReason(p: Plan): string {
+  if (p.notOwned.length > 0) return REASON.AccountNotOwned;
+  if (p.untrusted.length > 0) return REASON.UntrustedKeys;
+  return REASON.AccountProblems;
 }

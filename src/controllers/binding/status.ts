@@ -21,6 +21,10 @@ export const REASON = {
   ResolverError: "ResolverError",
   KeyStoreError: "KeyStoreError",
   AccountProblems: "AccountProblems",
+  /** An account on the resolver is not natsbind's for its slot: not pushed over, not deleted. */
+  AccountNotOwned: "AccountNotOwned",
+  /** A key slot's seeds do not derive the keys it names (or it is broken): not used. */
+  UntrustedKeys: "UntrustedKeys",
   Progressing: "Progressing",
 } as const;
 
