@@ -28,6 +28,7 @@ import { systemClock, type Clock } from "./runtime/clock.ts";
 import { Controller, type Reconciler } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
+import { secureKeyDirectory } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
 
 export class StartupError extends NatsbindError {}
@@ -242,6 +243,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
 /** Local mode: bindings from a directory of YAML files, keys in a directory, status files. */
 async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   const { config, queue, inventories } = ctx;
+  for (const change of await secureKeyDirectory(config.keys.directory)) {
+    ctx.log.warn({ ...change }, "key directory was open to other users: mode tightened");
+  }
   const files = new BindingFiles(config.bindings.directory);
   let snapshot: BindingSnapshot = await files.scan();
   const lookup: BindingLookup = {
