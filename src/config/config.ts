@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TerminalError } from "../errors.ts";
 import { readRequiredTextFile } from "../store/files.ts";
+import { yamlNestingProblem } from "../nesting.ts";
 import { parseDuration } from "../units.ts";
 
 export class ConfigError extends TerminalError {}
@@ -187,6 +188,8 @@ export async function loadConfig(path: string): Promise<Config> {
     unreadable: (reason, cause) => new ConfigError(`cannot read config ${path}: ${reason}`, { cause }),
     tooLarge: () => new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`),
   });
+  const tooDeep = yamlNestingProblem(text);
+  if (tooDeep !== undefined) throw new ConfigError(`${path}: ${tooDeep}`);
   let document: unknown;
   try {
     document = parseYaml(text, { maxAliasCount: 100 });

@@ -268,6 +268,15 @@ describe("config", () => {
     const broken = join(root, "broken.yaml");
     await writeFile(broken, "nats: [unclosed\n");
     await assert.rejects(loadConfig(broken), /broken\.yaml: not valid YAML/);
+    // Issue 9, finding 9: nesting is bounded before the YAML parser runs.
+    const deep = join(root, "deep.yaml");
+    await writeFile(deep, `nats: ${"[".repeat(240 * 1024)}\n`);
+    await assert.rejects(
+      loadConfig(deep),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message === `${deep}: nests deeper than 64 levels at line 1; not parsed`,
+    );
   });
 });
 
