@@ -118,6 +118,11 @@ describe("DirectoryKeyStore", () => {
     await assert.rejects(store.get(ref), /key store: .*\.json: account: /);
     await writeFile(slotFile, "{");
     await assert.rejects(store.get(ref), /is not JSON/);
+    await writeFile(slotFile, `{"ref": ${"[".repeat(60_000)}`);
+    await assert.rejects(
+      store.get(ref),
+      /key store: .*\.json nests deeper than 64 levels at line 1; not parsed/,
+    );
   });
 
   it("removes the slot file and its seeds", async () => {
