@@ -30,6 +30,7 @@ import { Controller, type Reconciler } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
 import { BindingFirstSeen } from "./store/binding-first-seen.ts";
+import { secureKeyDirectory } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
 
 export class StartupError extends NatsbindError {}
@@ -250,6 +251,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
 /** Local mode: bindings from a directory of YAML files, keys in a directory, status files. */
 async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   const { config, queue, inventories } = ctx;
+  for (const change of await secureKeyDirectory(config.keys.directory)) {
+    ctx.log.warn({ ...change }, "key directory was open to other users: mode tightened");
+  }
   const files = new BindingFiles(config.bindings.directory);
   // Overlapping bindings are ordered by age; a file's age is when natsbind first saw it.
   const firstSeen = await BindingFirstSeen.load(config.keys.directory, ctx.clock);

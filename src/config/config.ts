@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TerminalError } from "../errors.ts";
 import { readRequiredTextFile } from "../store/files.ts";
+import { yamlNestingProblem } from "../nesting.ts";
 import { parseDuration } from "../units.ts";
 
 export class ConfigError extends TerminalError {}
@@ -161,11 +162,34 @@ export async function readSecretFile(path: string, what: string): Promise<string
   return secret;
 }
 
+/** A creds file: a user JWT (a few KiB even with long permission lists) and a seed. */
+export const MAX_CREDS_FILE_BYTES = 64 * 1024;
+/** The operator JWT: claims plus signing keys and service URLs. */
+export const MAX_OPERATOR_JWT_BYTES = 64 * 1024;
+
+/**
+ * Reads a file natsbind.yaml names (`nats.systemCreds`, `nats.operatorJwt`) whole, bounded: it is
+ * measured before it is read, so a wrong path (a log, a device, a huge file) is refused, not loaded.
+ * Errors name the file and the field, never the content.
+ */
+export async function readConfigReferencedFile(
+  path: string,
+  what: string,
+  maxBytes: number,
+): Promise<string> {
+  return readRequiredTextFile(path, maxBytes, {
+    unreadable: (reason, cause) => new ConfigError(`cannot read ${what} file ${path}: ${reason}`, { cause }),
+    tooLarge: () => new ConfigError(`${what} file ${path} is larger than ${maxBytes} bytes`),
+  });
+}
+
 export async function loadConfig(path: string): Promise<Config> {
   const text = await readRequiredTextFile(path, MAX_CONFIG_BYTES, {
     unreadable: (reason, cause) => new ConfigError(`cannot read config ${path}: ${reason}`, { cause }),
     tooLarge: () => new ConfigError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes`),
   });
+  const tooDeep = yamlNestingProblem(text);
+  if (tooDeep !== undefined) throw new ConfigError(`${path}: ${tooDeep}`);
   let document: unknown;
   try {
     document = parseYaml(text, { maxAliasCount: 100 });

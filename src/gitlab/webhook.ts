@@ -8,6 +8,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { TerminalError, describeError } from "../errors.ts";
+import { jsonNestingProblem } from "../nesting.ts";
 import { parseWebhook } from "./signals.ts";
 import type { GitLabSignal } from "./signals.ts";
 
@@ -299,9 +300,16 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     body: Buffer,
     deliveryKey: string | undefined,
   ): void => {
+    const text = body.toString("utf8");
+    // GitLab's payloads nest a few levels; deeper is refused before JSON.parse builds it.
+    const tooDeep = jsonNestingProblem(text);
+    if (tooDeep !== undefined) {
+      reject(req, res, "malformed-json", 400, `body ${tooDeep}`);
+      return;
+    }
     let document: unknown;
     try {
-      document = JSON.parse(body.toString("utf8"));
+      document = JSON.parse(text);
     } catch {
       reject(req, res, "malformed-json", 400, "body is not valid JSON");
       return;

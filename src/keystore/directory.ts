@@ -20,6 +20,7 @@ import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { KeyError, NKeyPair } from "../nats/keys.ts";
+import { jsonNestingProblem } from "../nesting.ts";
 import { mapLimit } from "../runtime/concurrency.ts";
 import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
@@ -83,6 +84,8 @@ export class DirectoryKeyStore implements KeyStore {
   async #readSlot(path: string): Promise<StoredAccount | undefined> {
     const text = await readKeyStoreFile(path, MAX_SLOT_FILE_BYTES);
     if (text === undefined) return undefined;
+    const tooDeep = jsonNestingProblem(text);
+    if (tooDeep !== undefined) throw new KeyStoreError(`key store: ${path} ${tooDeep}`);
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);

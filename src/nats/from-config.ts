@@ -2,8 +2,12 @@
  * The resolver connection and operator signing key as natsbind.yaml's `nats` section describes
  * them: one place for every command that talks to the resolver.
  */
-import { readFile } from "node:fs/promises";
-import type { Config } from "../config/config.ts";
+import {
+  MAX_CREDS_FILE_BYTES,
+  MAX_OPERATOR_JWT_BYTES,
+  readConfigReferencedFile,
+  type Config,
+} from "../config/config.ts";
 import { readSeedFile } from "../store/key-directory.ts";
 import { trustedOperatorFromJwt } from "./claims.ts";
 import type { NKeyPair } from "./keys.ts";
@@ -13,15 +17,20 @@ export async function connectResolver(
   nats: Config["nats"],
 ): Promise<{ resolver: NatsResolver; signer: NKeyPair }> {
   const signer = await readSeedFile(nats.operatorSigningKey, "operator");
+  const creds = await readConfigReferencedFile(nats.systemCreds, "nats.systemCreds", MAX_CREDS_FILE_BYTES);
+  const operatorJwt = nats.operatorJwt
+    ? await readConfigReferencedFile(nats.operatorJwt, "nats.operatorJwt", MAX_OPERATOR_JWT_BYTES)
+    : undefined;
   const resolver = await NatsResolver.connect({
     servers: nats.servers,
-    creds: await readFile(nats.systemCreds),
+    creds: new TextEncoder().encode(creds),
     timeoutMs: nats.timeoutMs,
     operatorSigningKey: signer,
     // Without the operator JWT, trust only the key natsbind signs with.
-    trustedOperator: nats.operatorJwt
-      ? trustedOperatorFromJwt(await readFile(nats.operatorJwt, "utf8"), nats.operatorJwt)
-      : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] },
+    trustedOperator:
+      nats.operatorJwt && operatorJwt !== undefined
+        ? trustedOperatorFromJwt(operatorJwt, nats.operatorJwt)
+        : { publicKey: signer.publicKey, signingKeys: [signer.publicKey] },
     ...(nats.expectedServers ? { expectedServers: nats.expectedServers } : {}),
   });
   return { resolver, signer };

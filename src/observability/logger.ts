@@ -4,10 +4,12 @@
  * hashes, never secrets.
  *
  * Redaction is defence in depth behind that rule: every string in a record (message, values and
- * keys, at any depth up to MAX_DEPTH, arrays included) has nkey seeds and private keys, creds and
- * PEM blocks, JWTs, GitLab tokens, bearer tokens and URL passwords replaced by [REDACTED], and any
- * value under a key that names a secret (token, password, secret, seed, creds, authorization,
- * private, ...) is replaced whatever it is. Errors render as {name, message} (plus the cause's
+ * keys, at any depth up to MAX_DEPTH, arrays included) has nkey seeds and private keys (also
+ * base64- or hex-encoded, as in a Secret's data), creds and PEM blocks, JWTs, GitLab tokens, bearer
+ * tokens, URL passwords and sensitive query parameters (`?private_token=`, `access_token=`, ...)
+ * replaced by [REDACTED], and any value under a key that names a secret (token, password, secret,
+ * seed, creds, authorization, private, ...) is replaced whatever it is: object and Map keys,
+ * Headers, and names in lists (`["Private-Token", "x"]`, raw header lists) alike. Errors render as {name, message} (plus the cause's
  * name and message), never stack or attached fields: gitbeaker errors carry request headers.
  *
  * Logging never throws: a value that cannot be read renders as a placeholder, a record that cannot
@@ -73,6 +75,49 @@ const SECRET_PATTERNS: readonly [RegExp, string][] = [
   [/\b([a-z][a-z0-9+.-]{0,31}:\/\/)[^\s/@:]*:[^\s/@]*@/gi, `$1${REDACTED}@`],
 ];
 
+/**
+ * `name=value` with a sensitive name, in query strings, form bodies and messages
+ * (`?private_token=…`, `&access_token=…`, `token=…`). The name is bounded, so the scan is linear.
+ */
+const PARAMETER = /(^|[?&;\s"'(])([A-Za-z0-9_.-]{1,64})=([^&#\s"',;)]+)/g;
+
+function redactParameters(text: string): string {
+  if (!text.includes("=")) return text;
+  return text.replace(PARAMETER, (whole: string, before: string, name: string) =>
+    isSensitiveKey(name) ? `${before}${name}=${REDACTED}` : whole,
+  );
+}
+
+/**
+ * Encoded secrets: a seed put through base64 (a Kubernetes Secret's `data`, a creds file in an
+ * env var) or hex no longer looks like a seed. Runs long enough to hold one (58 characters encode
+ * to 78 in base64, 116 in hex) are decoded at each alignment and replaced whole when the bytes hold
+ * secret-shaped text. One greedy character class per run: linear.
+ */
+const BASE64_RUN = /[A-Za-z0-9+/_-]{76,}={0,2}/g;
+const HEX_RUN = /[0-9A-Fa-f]{116,}/g;
+const DECODED_SECRET =
+  /S[OAUNCPX][A-Z2-7]{56}|P[A-Z2-7]{107}|NKEY SEED|PRIVATE KEY|gl(?:pat|oas|dt|rt|cbt|ptt|ft|imt|agent|soat|ffct|wt)-[0-9A-Za-z_-]{20}/;
+
+function holdsEncodedSecret(run: string, encoding: "base64" | "hex"): boolean {
+  const alignments = encoding === "base64" ? 4 : 2;
+  for (let offset = 0; offset < alignments; offset++) {
+    if (DECODED_SECRET.test(Buffer.from(run.slice(offset), encoding).toString("latin1"))) return true;
+  }
+  return false;
+}
+
+function redactEncoded(text: string): string {
+  let out = text;
+  if (out.length >= 76) {
+    out = out.replace(BASE64_RUN, (run: string) => (holdsEncodedSecret(run, "base64") ? REDACTED : run));
+  }
+  if (out.length >= 116) {
+    out = out.replace(HEX_RUN, (run: string) => (holdsEncodedSecret(run, "hex") ? REDACTED : run));
+  }
+  return out;
+}
+
 /** Runs of base64url characters and dots: where JWTs live. Linear: one greedy class, no backtracking. */
 const JWT_TOKEN = /[A-Za-z0-9_.-]+/g;
 
@@ -116,6 +161,7 @@ function redactJwtsInToken(token: string, dangling: boolean): string {
 function redactAll(text: string, cutAtEnd: boolean): string {
   let out = text;
   for (const [pattern, replacement] of SECRET_PATTERNS) out = out.replace(pattern, replacement);
+  out = redactEncoded(redactParameters(out));
   if (!out.includes("eyJ")) return out;
   const source = out;
   return source.replace(JWT_TOKEN, (token: string, offset: number) =>
@@ -239,6 +285,11 @@ function sanitize(value: unknown, depth: number, ancestors: Set<object>): Json |
       if (Array.isArray(obj)) return sanitizeList(obj, obj.length, depth, ancestors);
       if (obj instanceof Set) return sanitizeList(obj, obj.size, depth, ancestors);
       if (obj instanceof Map) return sanitizeEntries(obj.entries(), obj.size, depth, ancestors);
+      // fetch Headers keep their fields out of sight of Object.keys.
+      if (typeof Headers === "function" && obj instanceof Headers) {
+        const entries = [...obj.entries()];
+        return sanitizeEntries(entries, entries.length, depth, ancestors);
+      }
       const toJSON = (obj as { toJSON?: unknown }).toJSON;
       if (typeof toJSON === "function") {
         const json: unknown = toJSON.call(obj);
@@ -267,14 +318,25 @@ function safeReadProperty(obj: object, key: string): unknown {
   }
 }
 
+/** A string that reads as a header or field name (no spaces), as in `["Private-Token", value]`. */
+const NAME_LIKE = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+/**
+ * Headers and fields also come as lists: pairs (`[["PRIVATE-TOKEN", "x"]]`, Headers entries) and
+ * flat raw header lists (`["Private-Token", "x", "Accept", "*"]`, Node's rawHeaders). After a
+ * string naming a secret, the next item is replaced whatever it is.
+ */
 function sanitizeList(items: Iterable<unknown>, size: number, depth: number, ancestors: Set<object>): Json[] {
   const out: Json[] = [];
+  let afterSensitiveName = false;
   for (const item of items) {
     if (out.length === MAX_ENTRIES) {
       out.push(`[${size - MAX_ENTRIES} more]`);
       break;
     }
-    out.push(sanitize(item, depth + 1, ancestors) ?? null);
+    out.push(afterSensitiveName ? REDACTED : (sanitize(item, depth + 1, ancestors) ?? null));
+    afterSensitiveName =
+      !afterSensitiveName && typeof item === "string" && NAME_LIKE.test(item) && isSensitiveKey(item);
   }
   return out;
 }

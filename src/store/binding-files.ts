@@ -20,6 +20,7 @@ import type { NatsBinding } from "../api/v1alpha1/types.ts";
 import { NatsbindError, describeError } from "../errors.ts";
 import { systemClock, type Clock, type TimerHandle } from "../runtime/clock.ts";
 import { readBoundedFile, type BoundedRead } from "./files.ts";
+import { MAX_NESTING_DEPTH, yamlNestingProblem } from "../nesting.ts";
 
 export const MAX_BINDING_FILE_BYTES = 256 * 1024;
 export const MAX_BINDING_FILES = 1000;
@@ -243,6 +244,9 @@ export class BindingFiles {
     if (CONTROL_CHARACTERS.test(text))
       return { kind: "file-problem", message: "contains control characters (a binary file?); not read" };
 
+    // Before the parser: it builds one node per level, so deep nesting costs time and memory.
+    const tooDeep = yamlNestingProblem(text, MAX_NESTING_DEPTH);
+    if (tooDeep !== undefined) return { kind: "file-problem", message: tooDeep };
     let parsed: { docs: Document.Parsed[]; lines: LineCounter } | undefined;
     try {
       parsed = parseDocuments(text);

@@ -10,6 +10,7 @@ import { mkdir, opendir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { BindingStatus } from "../controllers/binding/status.ts";
 import { NatsbindError, describeError } from "../errors.ts";
+import { jsonNestingProblem } from "../nesting.ts";
 import { readBoundedFile, writeFileAtomic, type BoundedRead } from "./files.ts";
 
 export const MAX_STATUS_FILE_BYTES = 1024 * 1024;
@@ -169,6 +170,11 @@ export class StatusFiles {
       text = new TextDecoder("utf-8", { fatal: true }).decode(read.data);
     } catch {
       this.#problem(path, "not UTF-8 text");
+      return undefined;
+    }
+    const tooDeep = jsonNestingProblem(text);
+    if (tooDeep !== undefined) {
+      this.#problem(path, tooDeep);
       return undefined;
     }
     let value: unknown;

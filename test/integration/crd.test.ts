@@ -145,6 +145,13 @@ const INVALID: Case[] = [
       /spec\.roles\[0\]\.subscribe\.deny\[0\]: Invalid value: "a\.\{\{name\(x\)\}\}": uses an unknown template/,
   },
   {
+    // Issue 9, finding 7: the account name is the raw GitLab path, unchecked by safeToken.
+    what: "{{account-name()}}",
+    spec: { gitlab: { group: "acme" }, roles: [role("ci", ["a.{{ account-name() }}.>"])] },
+    message:
+      /spec\.roles\[0\]\.publish\.allow\[0\]: Invalid value: .*not \{\{account-name\(\)\}\}, the raw GitLab path: use \{\{project\.path\}\}/,
+  },
+  {
     what: "a stray }}",
     spec: { gitlab: { group: "acme" }, roles: [role("ci", ["a.b}}"])] },
     message: /spec\.roles\[0\]\.publish\.allow\[0\]: .*uses an unknown template/,
@@ -248,7 +255,7 @@ const VALID: { what: string; spec: Spec }[] = [
       roles: [
         {
           name: "fn",
-          publish: { allow: ["{{name()}}.{{ subject( ) }}.{{account-name()}}.{{account-subject()}}.*"] },
+          publish: { allow: ["{{name()}}.{{ subject( ) }}.{{account-subject()}}.*"] },
           subscribe: { allow: ["{{account-tag(team)}}.{{tag(a.b)}}.>"], deny: ["a{b.c}d"] },
           responses: { max: 5, ttl: "1m30s" },
         },

@@ -1,13 +1,16 @@
 // Every manifest in deploy/ is accepted by a real kube-apiserver, and says what natsbind needs.
 //
-// There is no kustomize binary here, so the test resolves deploy/base/kustomization.yaml itself:
-// `resources` only (files, and directories with their own kustomization), no transformers. A
-// kustomization using anything else fails the test rather than being applied differently from what
-// `kubectl apply -k` would send. The CRDs are created for real (and waited on until Established),
+// There is no kustomize binary here, so the test resolves deploy/base/kustomization.yaml (and the
+// deploy/single-namespace overlay) itself: `resources` (files, and directories with their own
+// kustomization) and `patches` of two kinds only, whole-object deletes ($patch: delete) and
+// ConfigMap data keys, whose strategic-merge result is unambiguous. A kustomization using anything
+// else fails the test rather than being applied differently from what `kubectl apply -k` would send. The CRDs are created for real (and waited on until Established),
 // so is the Namespace; every other object is created with a server-side dry run (dryRun=All), which
-// runs validation and admission (PodSecurity included) without persisting. The RBAC objects are then
-// created for real and checked with SubjectAccessReviews: the service account may do exactly what
-// the controller does, and nothing next to it.
+// runs validation and admission (PodSecurity included) without persisting. The RBAC objects of each
+// variant are then created for real and checked with SubjectAccessReviews and with natsbind's own
+// Kubernetes adapters making their calls as the service account (impersonation): it may do exactly
+// what the controller does, and nothing next to it; in the single-namespace variant, nothing with
+// Secrets outside the watched namespace.
 import assert from "node:assert/strict";
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join, relative, resolve, sep } from "node:path";
@@ -15,8 +18,13 @@ import { after, before, describe, it } from "node:test";
 import { request, type RequestOptions } from "node:https";
 import {
   AuthorizationV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
   KubernetesObjectApi,
-  type KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
   type KubernetesObject,
   type V1ClusterRole,
   type V1ConfigMap,
@@ -32,16 +40,30 @@ import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig } from "../../src/config/config.ts";
 import { parsePolicySpec } from "../../src/api/v1alpha1/policy.ts";
 import { parseBinding } from "../../src/api/v1alpha1/schema.ts";
+import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
+import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
+import { apiStatusCode } from "../../src/k8s/api-errors.ts";
+import type { NatsBindingObject } from "../../src/k8s/bindings.ts";
+import { EventRecorder } from "../../src/k8s/events.ts";
+import { Informer } from "../../src/k8s/informer.ts";
+import { SecretKeyStore } from "../../src/k8s/secret-keystore.ts";
+import { KubeStatusWriter } from "../../src/k8s/status.ts";
+import { nullLogger } from "../../src/observability/logger.ts";
+import { systemClock } from "../../src/runtime/clock.ts";
+import { leaseClient } from "../../src/runtime/leader.ts";
 import { startKubeApiserver, waitForCrdEstablished } from "../support/kube.ts";
 import type { KubeApiserver } from "../support/kube.ts";
-import { liveProcessCount, REPO_ROOT } from "../support/process.ts";
+import { liveProcessCount, REPO_ROOT, waitFor } from "../support/process.ts";
 
 const DEPLOY_DIR = join(REPO_ROOT, "deploy");
 const BASE_DIR = join(DEPLOY_DIR, "base");
+const SINGLE_NAMESPACE_DIR = join(DEPLOY_DIR, "single-namespace");
 const SAMPLES_DIR = join(DEPLOY_DIR, "samples");
 const NAMESPACE = "natsbind";
 /** Where the test puts samples that name no namespace (a team's namespace). */
 const SAMPLE_NAMESPACE = "team-a";
+/** Another team's namespace. */
+const OTHER_NAMESPACE = "team-b";
 const SERVICE_ACCOUNT_USER = `system:serviceaccount:${NAMESPACE}:natsbind`;
 
 type Manifest = KubernetesObject & Record<string, unknown>;
@@ -53,8 +75,8 @@ interface Located {
 }
 
 const KUSTOMIZATION_FILES = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
-/** Anything else (namespace, labels, patches, generators, ...) would transform what is applied. */
-const KUSTOMIZATION_KEYS = new Set(["apiVersion", "kind", "resources"]);
+/** Anything else (namespace, labels, generators, ...) would transform what is applied. */
+const KUSTOMIZATION_KEYS = new Set(["apiVersion", "kind", "resources", "patches"]);
 
 function repoPath(path: string): string {
   return relative(REPO_ROOT, path).split(sep).join("/");
@@ -140,6 +162,22 @@ async function buildKustomization(dir: string, read: Set<string>, stack: string[
     const text = await readFile(path, "utf8");
     out.push(...parseManifests(text, repoPath(path)).map((object) => ({ source: repoPath(path), object })));
   }
+  for (const entry of (k.patches ?? []) as unknown[]) {
+    const file = (entry as { path?: unknown } | null)?.path;
+    assert.ok(
+      typeof file === "string" && Object.keys(entry as object).length === 1,
+      `${source}: patches: only {path: file} entries`,
+    );
+    const path = resolve(dir, file);
+    assert.ok(
+      path.startsWith(dir + sep),
+      `${source}: patch ${file} is outside the kustomization's directory`,
+    );
+    read.add(path);
+    for (const patch of parseManifests(await readFile(path, "utf8"), repoPath(path))) {
+      applyPatch(out, patch, repoPath(path));
+    }
+  }
   const ids = new Map<string, string>();
   for (const { source: s, object } of out) {
     const id = `${(object.apiVersion ?? "").split("/")[0]} ${describeObject(object)}`;
@@ -147,6 +185,45 @@ async function buildKustomization(dir: string, read: Set<string>, stack: string[
     ids.set(id, s);
   }
   return out;
+}
+
+function sameObject(a: KubernetesObject, b: KubernetesObject): boolean {
+  const group = (o: KubernetesObject): string =>
+    o.apiVersion?.includes("/") ? o.apiVersion.split("/")[0]! : "";
+  return (
+    group(a) === group(b) &&
+    a.kind === b.kind &&
+    a.metadata?.name === b.metadata?.name &&
+    a.metadata?.namespace === b.metadata?.namespace
+  );
+}
+
+/**
+ * A strategic-merge patch, of the two kinds whose result needs no schema knowledge: `$patch:
+ * delete` of a whole object, and ConfigMap `data` keys (a map: listed keys replaced, others kept).
+ */
+function applyPatch(out: Located[], patch: Manifest, source: string): void {
+  const matches = out.filter((m) => sameObject(m.object, patch));
+  assert.equal(matches.length, 1, `${source}: ${describeObject(patch)} must match one object`);
+  const target = matches[0]!;
+  const keys = Object.keys(patch).sort();
+  const metadataKeys = Object.keys(patch.metadata ?? {}).filter((k) => k !== "name" && k !== "namespace");
+  assert.deepEqual(metadataKeys, [], `${source}: a patch names its target only`);
+  if (patch.$patch === "delete") {
+    assert.deepEqual(keys, ["$patch", "apiVersion", "kind", "metadata"], `${source}: a delete patch`);
+    out.splice(out.indexOf(target), 1);
+    return;
+  }
+  assert.ok(
+    patch.kind === "ConfigMap" && keys.join() === "apiVersion,data,kind,metadata",
+    `${source}: only $patch: delete and ConfigMap data patches are understood here`,
+  );
+  const data = {
+    ...(target.object.data as Record<string, string>),
+    ...(patch.data as Record<string, string>),
+  };
+  target.object = { ...target.object, data };
+  target.source = `${target.source} + ${source}`;
 }
 
 async function yamlFilesUnder(dir: string): Promise<string[]> {
@@ -228,12 +305,27 @@ class RawApi extends KubernetesObjectApi {
     return this.#send("GET", await this.specUriPath(structuredClone(object), "read"));
   }
 
-  async #send(method: string, path: string, body?: unknown): Promise<Manifest> {
+  async deleteAsWritten(object: Manifest): Promise<void> {
+    await this.#send("DELETE", await this.specUriPath(structuredClone(object), "delete"));
+  }
+
+  /** Drops the finalizers of a NatsBinding (cleanup between tests, as the admin). */
+  async patchAsAdmin(namespace: string, name: string): Promise<void> {
+    const path = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}/${PLURAL}/${name}`;
+    await this.#send("PATCH", path, { metadata: { finalizers: null } }, "application/merge-patch+json");
+  }
+
+  async #send(
+    method: string,
+    path: string,
+    body?: unknown,
+    contentType = "application/json",
+  ): Promise<Manifest> {
     const kc = this.#kc!;
     const url = new URL(path, kc.getCurrentCluster()!.server);
     const opts: RequestOptions = {
       method,
-      headers: { accept: "application/json", "content-type": "application/json" },
+      headers: { accept: "application/json", "content-type": contentType },
       timeout: 10_000,
     };
     await kc.applyToHTTPSOptions(opts);
@@ -292,11 +384,13 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
   let kc: KubeConfig;
   let objects: RawApi;
   let base: Located[];
+  let single: Located[];
   const read = new Set<string>();
   let samples: Located[];
 
   before(async () => {
     base = await buildKustomization(BASE_DIR, read);
+    single = await buildKustomization(SINGLE_NAMESPACE_DIR, read);
     samples = [];
     for (const file of await yamlFilesUnder(SAMPLES_DIR)) {
       const text = await readFile(file, "utf8");
@@ -314,11 +408,11 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     assert.equal(liveProcessCount(), 0, "etcd and kube-apiserver were stopped");
   });
 
-  it("every YAML file under deploy/ is part of deploy/base or a sample", async () => {
+  it("every YAML file under deploy/ is part of deploy/base, deploy/single-namespace or a sample", async () => {
     const stray = (await yamlFilesUnder(DEPLOY_DIR)).filter(
       (f) => !read.has(f) && !f.startsWith(SAMPLES_DIR + sep),
     );
-    assert.deepEqual(stray.map(repoPath), [], "files kubectl apply -k deploy/base would not apply");
+    assert.deepEqual(stray.map(repoPath), [], "files no kubectl apply -k of deploy/ would apply");
     assert.ok(samples.length > 0, "deploy/samples holds samples");
     const crd = only<Manifest & { spec?: { names?: { shortNames?: string[] } } }>(
       base,
@@ -411,18 +505,288 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     );
   });
 
-  it("RBAC: the service account may do exactly what the controller does", async () => {
+  it("the apiserver accepts every object of deploy/single-namespace; its config and Role name one namespace", async () => {
+    await create(
+      objects,
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: OTHER_NAMESPACE } },
+      false,
+    );
+    for (const { source, object } of single) {
+      if (object.kind === "CustomResourceDefinition" || object.kind === "Namespace") continue;
+      const created = await create(objects, object, true);
+      assert.ok(
+        [undefined, NAMESPACE, SAMPLE_NAMESPACE].includes(created.metadata?.namespace),
+        `${source}: ${describeObject(object)} in ${created.metadata?.namespace}`,
+      );
+    }
+    const text = only<V1ConfigMap & Manifest>(single, "ConfigMap", "natsbind-config").data?.["natsbind.yaml"];
+    const baseText = only<V1ConfigMap & Manifest>(base, "ConfigMap", "natsbind-config").data?.[
+      "natsbind.yaml"
+    ];
+    const config = parseConfig(parseYaml(text!), "single-namespace natsbind.yaml", "/etc/natsbind/config");
+    const baseConfig = parseConfig(parseYaml(baseText!), "base natsbind.yaml", "/etc/natsbind/config");
+    assert.equal(config.kubernetes.namespace, SAMPLE_NAMESPACE);
+    // The patch repeats the whole file: it must stay the base's but for the namespace.
+    assert.deepEqual(
+      { ...config, kubernetes: { ...config.kubernetes, namespace: undefined } },
+      {
+        ...baseConfig,
+        kubernetes: { ...baseConfig.kubernetes, namespace: undefined },
+      },
+    );
+    const role = only<V1Role & Manifest>(single, "Role", "natsbind");
+    assert.equal(role.metadata?.namespace, config.kubernetes.namespace);
+    assert.equal(
+      only<V1RoleBinding & Manifest>(single, "RoleBinding", "natsbind").metadata?.namespace,
+      SAMPLE_NAMESPACE,
+    );
+    // No cluster-wide rule on anything namespaced is left.
+    for (const clusterRole of ofKind(single, "ClusterRole") as V1ClusterRole[]) {
+      assert.equal(clusterRole.metadata?.name, "natsbind-cluster-scoped");
+    }
+  });
+
+  /** The SubjectAccessReview answer for the service account. */
+  const may = async (verb: string, resource: string, namespace: string, name?: string): Promise<boolean> => {
+    const [group, plural, subresource] = resource.includes("/")
+      ? (resource.split("/") as [string, string, string?])
+      : ["", resource, undefined];
+    const review = await kc.makeApiClient(AuthorizationV1Api).createSubjectAccessReview({
+      body: {
+        spec: {
+          user: SERVICE_ACCOUNT_USER,
+          groups: ["system:serviceaccounts", `system:serviceaccounts:${NAMESPACE}`, "system:authenticated"],
+          resourceAttributes: { group, resource: plural, subresource, verb, namespace, name },
+        },
+      },
+    });
+    return review.status?.allowed === true;
+  };
+  type Check = [verb: string, resource: string, namespace: string, name?: string];
+  const assertMay = async (allowed: Check[], denied: Check[], variant: string): Promise<void> => {
+    for (const [verb, resource, namespace, name] of allowed) {
+      assert.equal(
+        await may(verb, resource, namespace, name),
+        true,
+        `${variant}: may ${verb} ${resource} in "${namespace}" ${name ?? ""}`,
+      );
+    }
+    for (const [verb, resource, namespace, name] of denied) {
+      assert.equal(
+        await may(verb, resource, namespace, name),
+        false,
+        `${variant}: may not ${verb} ${resource} in "${namespace}" ${name ?? ""}`,
+      );
+    }
+  };
+  const each = (verbs: string[], resource: string, namespace: string): Check[] =>
+    verbs.map((v): Check => [v, resource, namespace]);
+
+  /** Every call natsbind makes in a namespace it watches, by module. */
+  const namespacedCalls = (ns: string): Check[] => [
+    ...each(["list", "watch", "get", "patch"], "natsbind.io/natsbindings", ns), // informer, status re-read, finalizer
+    ["update", "natsbind.io/natsbindings/status", ns], // KubeStatusWriter
+    ["update", "natsbind.io/natsbindings/finalizers", ns], // ownerReferences (OwnerReferencesPermissionEnforcement)
+    ...each(["list", "watch", "get", "create", "update", "delete"], "secrets", ns), // SecretKeyStore
+    ...each(["create", "patch"], "events", ns), // EventRecorder
+  ];
+  /** Cluster-scoped and natsbind-namespace calls, the same in every variant. */
+  const sharedCalls: Check[] = [
+    ...each(["get", "list", "watch"], "natsbind.io/natsbindingpolicies", ""),
+    ["update", "natsbind.io/natsbindingpolicies/status", ""],
+    ...each(["get", "list", "watch"], "namespaces", ""),
+    ["create", "coordination.k8s.io/leases", NAMESPACE],
+    ["get", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
+    ["update", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
+  ];
+  /** Never, in any variant. */
+  const neverCalls: Check[] = [
+    ...each(["create", "update", "delete", "deletecollection"], "natsbind.io/natsbindings", SAMPLE_NAMESPACE),
+    ...each(["get", "patch"], "natsbind.io/natsbindings/status", SAMPLE_NAMESPACE),
+    ...each(["create", "update", "patch", "delete"], "natsbind.io/natsbindingpolicies", ""),
+    ["patch", "natsbind.io/natsbindingpolicies/status", ""],
+    ...each(["create", "update", "patch", "delete"], "namespaces", ""),
+    ...each(["patch", "deletecollection"], "secrets", SAMPLE_NAMESPACE),
+    ["delete", "events", SAMPLE_NAMESPACE],
+    ...each(["get", "create", "update", "patch", "delete"], "configmaps", NAMESPACE),
+    ...each(["create", "update", "delete"], "configmaps", SAMPLE_NAMESPACE),
+    ["create", "pods/exec", SAMPLE_NAMESPACE],
+    ["create", "pods/exec", NAMESPACE],
+    ["list", "pods", SAMPLE_NAMESPACE],
+    ["create", "serviceaccounts/token", NAMESPACE],
+    ["create", "rbac.authorization.k8s.io/rolebindings", SAMPLE_NAMESPACE],
+    ["escalate", "rbac.authorization.k8s.io/clusterroles", ""],
+    ["bind", "rbac.authorization.k8s.io/clusterroles", ""],
+    ["get", "coordination.k8s.io/leases", SAMPLE_NAMESPACE, "natsbind"],
+    ["update", "coordination.k8s.io/leases", NAMESPACE, "someone-else"],
+    ["delete", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
+    ["list", "coordination.k8s.io/leases", NAMESPACE],
+  ];
+
+  /** A KubeConfig that acts as the service account (Impersonate-User), as `kubectl --as` does. */
+  const asServiceAccount = (): KubeConfig => {
+    const impersonating = new KubeConfig();
+    impersonating.loadFromOptions({
+      clusters: [{ name: "test", server: kube!.server, skipTLSVerify: true }],
+      users: [{ name: "natsbind", token: kube!.token, impersonateUser: SERVICE_ACCOUNT_USER }],
+      contexts: [{ name: "natsbind", cluster: "test", user: "natsbind" }],
+      currentContext: "natsbind",
+    });
+    return impersonating;
+  };
+
+  /**
+   * natsbind's own adapters make their calls as the service account: the Secret informer (list and
+   * watch, cluster-wide or in the watched namespace), the key store (create, get, update, delete),
+   * the status writer (update status; get after a conflict), the finalizer patch, Events (create,
+   * then patch for a repeat) and the Lease (create, get, update).
+   */
+  const runControllerCalls = async (sa: KubeConfig, watched: string | undefined): Promise<void> => {
+    const binding = (await objects.get({
+      apiVersion: `${GROUP}/${VERSION}`,
+      kind: "NatsBinding",
+      metadata: { name: "acme-ci", namespace: SAMPLE_NAMESPACE },
+    })) as NatsBindingObject;
+    const key = `${SAMPLE_NAMESPACE}/acme-ci`;
+    const informer = SecretKeyStore.informer({ kubeConfig: sa, ...(watched ? { namespace: watched } : {}) });
+    const bindingInformer = new Informer<NatsBindingObject>({
+      kubeConfig: sa,
+      path: watched
+        ? `/apis/${GROUP}/${VERSION}/namespaces/${watched}/${PLURAL}`
+        : `/apis/${GROUP}/${VERSION}/${PLURAL}`,
+    });
+    try {
+      // An informer retries a 403 forever: a missing right shows as this deadline.
+      let deadline: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all([informer.start(), bindingInformer.start()]),
+        new Promise((_, reject) => {
+          deadline = setTimeout(
+            () => reject(new Error("informers not synced in 15 s: a missing right?")),
+            15_000,
+          );
+        }),
+      ]).finally(() => clearTimeout(deadline));
+      const store = new SecretKeyStore({
+        kubeConfig: sa,
+        secrets: informer,
+        owner: () => ({ name: binding.metadata!.name!, uid: binding.metadata!.uid! }),
+      });
+      const ref = { binding: key, projectId: 4242 };
+      const keys = await store.ensure(ref, ["ci"]); // create
+      await store.ensure(ref, ["ci", "deploy"]); // get + update (a role added)
+      await waitFor(async () => (await store.list(key)).some((a) => a.roles.deploy), {
+        what: "the watch to deliver the updated Secret",
+        timeoutMs: 10_000,
+      });
+      assert.equal((await store.get(ref))?.account, keys.account);
+      await store.remove(ref); // delete
+
+      const core = sa.makeApiClient(CoreV1Api);
+      const customObjects = sa.makeApiClient(CustomObjectsApi);
+      const recorder = new EventRecorder({
+        core,
+        clock: systemClock,
+        log: nullLogger,
+        instance: "rbac-test",
+      });
+      const target = { namespace: SAMPLE_NAMESPACE, name: "acme-ci", uid: binding.metadata!.uid! };
+      recorder.normal(target, "RbacTest", "same message twice: created, then its count patched");
+      await waitFor(async () => recorder.written === 1, { what: "the Event created", timeoutMs: 10_000 });
+      recorder.normal(target, "RbacTest", "same message twice: created, then its count patched");
+      await waitFor(async () => recorder.written === 2, { what: "the Event patched", timeoutMs: 10_000 });
+
+      // Status: written from a stale object, so the 409 path (get) runs too.
+      const writer = new KubeStatusWriter({
+        api: customObjects,
+        cache: {
+          get: () => ({ ...binding, metadata: { ...binding.metadata, resourceVersion: "1" } }),
+          upsert: () => undefined,
+        },
+      });
+      const now = new Date().toISOString();
+      await writer.write(key, {
+        observedGeneration: 1,
+        conditions: [
+          {
+            type: "Ready",
+            status: "False",
+            reason: "Progressing",
+            message: "rbac test",
+            observedGeneration: 1,
+            lastTransitionTime: now,
+          },
+        ],
+        counts: { projects: 0, accounts: 0, pushed: 0, upToDate: 0, retained: 0, problems: 0 },
+        accounts: [],
+      });
+      assert.equal(writer.conflicts, 1, "one 409 and a re-read (get)");
+      await customObjects.patchNamespacedCustomObject(
+        {
+          group: GROUP,
+          version: VERSION,
+          namespace: SAMPLE_NAMESPACE,
+          plural: PLURAL,
+          name: "acme-ci",
+          body: { metadata: { finalizers: ["natsbind.io/cleanup"] } },
+        },
+        setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+      );
+
+      const leases = leaseClient(sa);
+      const lease = await leases.create(NAMESPACE, {
+        metadata: { name: "natsbind", namespace: NAMESPACE },
+        spec: { holderIdentity: "rbac-test", leaseDurationSeconds: 15 },
+      });
+      const read = await leases.get(NAMESPACE, "natsbind");
+      assert.ok(read);
+      await leases.replace(NAMESPACE, { ...read, spec: { ...read.spec, holderIdentity: "rbac-test-2" } });
+      assert.equal(lease.metadata?.name, "natsbind");
+    } finally {
+      informer.stop();
+      bindingInformer.stop();
+      // Leave nothing for the next variant: the finalizer and the Lease go (as the admin).
+      await objects.patchAsAdmin(SAMPLE_NAMESPACE, "acme-ci");
+      await kc
+        .makeApiClient(CoordinationV1Api)
+        .deleteNamespacedLease({ namespace: NAMESPACE, name: "natsbind" })
+        .catch(() => undefined);
+    }
+  };
+
+  /** The same calls outside what the variant grants are refused by the apiserver (403). */
+  const assertRefused = async (what: string, call: () => Promise<unknown>): Promise<void> => {
+    await assert.rejects(call(), (err: unknown) => apiStatusCode(err) === 403, what);
+  };
+
+  const createRbac = async (manifests: Located[]): Promise<void> => {
+    for (const kind of ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]) {
+      for (const object of ofKind(manifests, kind)) await create(objects, object, false);
+    }
+  };
+  const deleteRbac = async (manifests: Located[]): Promise<void> => {
+    for (const kind of ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]) {
+      for (const object of ofKind(manifests, kind)) await objects.deleteAsWritten(object);
+    }
+  };
+
+  it("RBAC, all namespaces (deploy/base): exactly the calls natsbind makes, made for real", async () => {
     const clusterRole = only<V1ClusterRole & Manifest>(base, "ClusterRole", "natsbind");
     assert.deepEqual(verbsByResource(clusterRole.rules), {
       "natsbind.io/natsbindings": ["get", "list", "patch", "watch"],
-      "natsbind.io/natsbindings/status": ["get", "patch", "update"],
+      "natsbind.io/natsbindings/status": ["update"],
       "natsbind.io/natsbindings/finalizers": ["update"],
       "core/secrets": ["create", "delete", "get", "list", "update", "watch"],
       "core/events": ["create", "patch"],
-      "natsbind.io/natsbindingpolicies": ["get", "list", "watch"],
-      "natsbind.io/natsbindingpolicies/status": ["update"],
-      "core/namespaces": ["get", "list", "watch"],
     });
+    assert.deepEqual(
+      verbsByResource(only<V1ClusterRole & Manifest>(base, "ClusterRole", "natsbind-cluster-scoped").rules),
+      {
+        "natsbind.io/natsbindingpolicies": ["get", "list", "watch"],
+        "natsbind.io/natsbindingpolicies/status": ["update"],
+        "core/namespaces": ["get", "list", "watch"],
+      },
+    );
     const leaderRole = only<V1Role & Manifest>(base, "Role", "natsbind-leader-election");
     assert.equal(leaderRole.metadata?.namespace, NAMESPACE);
     assert.deepEqual(verbsByResource(leaderRole.rules), {
@@ -435,97 +799,71 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       ]);
     }
 
-    // Created for real: the authorizer answers for the service account.
-    for (const kind of ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]) {
-      for (const object of ofKind(base, kind)) await create(objects, object, false);
-    }
-    const authz = kc.makeApiClient(AuthorizationV1Api);
-    const may = async (
-      verb: string,
-      resource: string,
-      namespace: string,
-      name?: string,
-    ): Promise<boolean> => {
-      const [group, plural, subresource] = resource.includes("/")
-        ? (resource.split("/") as [string, string, string?])
-        : ["", resource, undefined];
-      const review = await authz.createSubjectAccessReview({
-        body: {
-          spec: {
-            user: SERVICE_ACCOUNT_USER,
-            groups: ["system:serviceaccounts", `system:serviceaccounts:${NAMESPACE}`, "system:authenticated"],
-            resourceAttributes: { group, resource: plural, subresource, verb, namespace, name },
-          },
-        },
-      });
-      return review.status?.allowed === true;
-    };
-    // [verb, group/resource[/subresource] (core: no group), namespace, name?]
-    const allowed: Array<[string, string, string, string?]> = [
-      ...["get", "list", "watch", "patch"].map((v): [string, string, string] => [
-        v,
-        "natsbind.io/natsbindings",
-        SAMPLE_NAMESPACE,
-      ]),
-      ...["get", "update", "patch"].map((v): [string, string, string] => [
-        v,
-        "natsbind.io/natsbindings/status",
-        SAMPLE_NAMESPACE,
-      ]),
-      ["update", "natsbind.io/natsbindings/finalizers", SAMPLE_NAMESPACE],
-      ...["get", "list", "watch", "create", "update", "delete"].map((v): [string, string, string] => [
-        v,
-        "secrets",
-        SAMPLE_NAMESPACE,
-      ]),
-      ["create", "events", SAMPLE_NAMESPACE],
-      ["patch", "events", SAMPLE_NAMESPACE],
-      ...["get", "list", "watch"].map((v): [string, string, string] => [
-        v,
-        "natsbind.io/natsbindingpolicies",
-        "",
-      ]),
-      ["update", "natsbind.io/natsbindingpolicies/status", ""],
-      ...["get", "list", "watch"].map((v): [string, string, string] => [v, "namespaces", ""]),
-      ["create", "coordination.k8s.io/leases", NAMESPACE],
-      ["get", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
-      ["update", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
-    ];
-    const denied: Array<[string, string, string, string?]> = [
-      // natsbind must not grant itself (or anyone) GitLab groups, nor relabel namespaces.
-      ["create", "natsbind.io/natsbindingpolicies", ""],
-      ["update", "natsbind.io/natsbindingpolicies", ""],
-      ["patch", "natsbind.io/natsbindingpolicies", ""],
-      ["delete", "natsbind.io/natsbindingpolicies", ""],
-      ["update", "namespaces", ""],
-      ["patch", "namespaces", ""],
-      ["create", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
-      ["update", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
-      ["delete", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
-      ["patch", "secrets", SAMPLE_NAMESPACE],
-      ["deletecollection", "secrets", SAMPLE_NAMESPACE],
-      ["delete", "events", SAMPLE_NAMESPACE],
-      ["get", "configmaps", NAMESPACE],
-      ["list", "pods", SAMPLE_NAMESPACE],
-      ["get", "coordination.k8s.io/leases", SAMPLE_NAMESPACE, "natsbind"],
-      ["update", "coordination.k8s.io/leases", NAMESPACE, "someone-else"],
-      ["delete", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
-      ["list", "coordination.k8s.io/leases", NAMESPACE],
-    ];
-    for (const [verb, resource, namespace, name] of allowed) {
-      assert.equal(
-        await may(verb, resource, namespace, name),
-        true,
-        `may ${verb} ${resource} in ${namespace}`,
-      );
-    }
-    for (const [verb, resource, namespace, name] of denied) {
-      assert.equal(
-        await may(verb, resource, namespace, name),
-        false,
-        `may not ${verb} ${resource} in ${namespace}`,
-      );
-    }
+    for (const object of ofKind(base, "ServiceAccount")) await create(objects, object, false);
+    await createRbac(base);
+    await assertMay(
+      [
+        ...namespacedCalls(SAMPLE_NAMESPACE),
+        ...namespacedCalls(OTHER_NAMESPACE),
+        // The informers list and watch across namespaces.
+        ...each(["list", "watch"], "natsbind.io/natsbindings", ""),
+        ...each(["list", "watch"], "secrets", ""),
+        ...sharedCalls,
+      ],
+      neverCalls,
+      "deploy/base",
+    );
+    await runControllerCalls(asServiceAccount(), undefined);
+    await deleteRbac(base);
+  });
+
+  // Issue 9, finding 6: the ClusterRole let natsbind read and write every Secret in the cluster.
+  // With kubernetes.namespace set, it now can touch Secrets in that namespace only.
+  it("RBAC, one namespace (deploy/single-namespace): no Secret outside team-a, for real", async () => {
+    const role = only<V1Role & Manifest>(single, "Role", "natsbind");
+    assert.deepEqual(
+      verbsByResource(role.rules),
+      verbsByResource(only<V1ClusterRole & Manifest>(base, "ClusterRole", "natsbind").rules),
+    );
+    assert.equal(ofKind(single, "ClusterRoleBinding").length, 1);
+
+    await createRbac(single);
+    await assertMay(
+      [...namespacedCalls(SAMPLE_NAMESPACE), ...sharedCalls],
+      [
+        ...neverCalls,
+        ...namespacedCalls(OTHER_NAMESPACE),
+        ...namespacedCalls(NAMESPACE), // natsbind's own Secrets (system creds, signing key) included
+        ...namespacedCalls("kube-system"),
+        // Cluster-wide: no list or watch across namespaces, no create or delete anywhere else.
+        ...each(["get", "list", "watch", "create", "update", "delete"], "secrets", ""),
+        ...each(["list", "watch"], "natsbind.io/natsbindings", ""),
+      ],
+      "deploy/single-namespace",
+    );
+    const sa = asServiceAccount();
+    await runControllerCalls(sa, SAMPLE_NAMESPACE);
+    // The attack: as natsbind, read or write Secrets elsewhere. The apiserver refuses each.
+    const core = sa.makeApiClient(CoreV1Api);
+    await assertRefused("list Secrets cluster-wide", () => core.listSecretForAllNamespaces());
+    await assertRefused("list Secrets in team-b", () =>
+      core.listNamespacedSecret({ namespace: OTHER_NAMESPACE }),
+    );
+    await assertRefused("read natsbind's own Secrets", () =>
+      core.listNamespacedSecret({ namespace: NAMESPACE }),
+    );
+    await assertRefused("create a Secret in team-b", () =>
+      core.createNamespacedSecret({
+        namespace: OTHER_NAMESPACE,
+        body: { metadata: { name: "planted" }, stringData: { x: "y" } },
+      }),
+    );
+    await assertRefused("watch NatsBindings cluster-wide", () =>
+      sa
+        .makeApiClient(CustomObjectsApi)
+        .listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL }),
+    );
+    await deleteRbac(single);
   });
 
   it("the Deployment: 2 replicas, probes, non-root, read-only root, resources, the V8 flags, the mounts", () => {
@@ -614,7 +952,10 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     assert.equal(config.http.listen, "0.0.0.0:8080");
     // Cluster-wide (no kubernetes.namespace) goes with the ClusterRoleBinding.
     assert.equal(config.kubernetes.namespace, undefined);
-    assert.equal(ofKind(base, "ClusterRoleBinding").length, 1);
+    assert.equal(
+      only<V1RoleBinding & Manifest>(base, "ClusterRoleBinding", "natsbind").roleRef.name,
+      "natsbind",
+    );
     const lease = config.kubernetes.leaderElection;
     const leaderRole = only<V1Role & Manifest>(base, "Role", "natsbind-leader-election");
     assert.equal(lease.namespace, leaderRole.metadata?.namespace);

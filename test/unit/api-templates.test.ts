@@ -173,16 +173,16 @@ describe("safePathTokens", () => {
 
 describe("parseSubjectTemplate", () => {
   it("normalises spaces inside braces", () => {
-    const parsed = parseSubjectTemplate("a.{{ project.slug }}.{{ tag( env ) }}.{{account-name( )}}");
+    const parsed = parseSubjectTemplate("a.{{ project.slug }}.{{ tag( env ) }}.{{account-subject( )}}");
     assert.ok("normalized" in parsed);
-    assert.equal(parsed.normalized, "a.{{project.slug}}.{{tag(env)}}.{{account-name()}}");
+    assert.equal(parsed.normalized, "a.{{project.slug}}.{{tag(env)}}.{{account-subject()}}");
     assert.deepEqual([...parsed.variables], ["project.slug"]);
   });
 
   it("accepts every controller variable and NATS function", () => {
     const all =
       "{{project.id}}.{{project.slug}}.{{project.path}}.{{namespace.path}}.{{environment}}." +
-      "{{name()}}.{{subject()}}.{{account-name()}}.{{account-subject()}}.{{tag(team)}}.{{account-tag(region)}}";
+      "{{name()}}.{{subject()}}.{{account-subject()}}.{{tag(team)}}.{{account-tag(region)}}";
     const parsed = parseSubjectTemplate(all);
     assert.ok("normalized" in parsed);
     assert.equal(parsed.normalized, all);
@@ -209,6 +209,27 @@ describe("parseSubjectTemplate", () => {
       const parsed = parseSubjectTemplate(bad);
       assert.ok("problems" in parsed && parsed.problems.length > 0, `accepted ${bad}`);
     }
+  });
+
+  // Attack (issue 9, finding 7): nats-server renders {{account-name()}} from the account JWT's name,
+  // which is the raw GitLab path; a project named "x.>" or "a b" would have put a wildcard or
+  // whitespace into every user's permissions, past safeToken.
+  it("refuses {{account-name()}}, pointing to {{project.path}}", () => {
+    for (const bad of ["a.{{account-name()}}", "{{ account-name( ) }}.>", "x{{account-name()}}y"]) {
+      const parsed = parseSubjectTemplate(bad);
+      assert.ok("problems" in parsed, `accepted ${bad}`);
+      assert.equal(parsed.problems.length, 1);
+      assert.match(parsed.problems[0]!, /account-name\( ?\).*raw GitLab path.*use \{\{project\.path\}\}/);
+      assert.throws(
+        () => renderSubject(bad, { project: project() }),
+        (err: unknown) => err instanceof SubjectTemplateError && /\{\{project\.path\}\}/.test(err.message),
+      );
+      assert.match(subjectTemplateProblems(bad, { environmentAllowed: true })[0]!, /raw GitLab path/);
+    }
+    // The unknown-template message no longer offers it.
+    const unknown = parseSubjectTemplate("{{foo}}");
+    assert.ok("problems" in unknown);
+    assert.doesNotMatch(unknown.problems[0]!, /account-name/);
   });
 
   it("checks the shape of a template with its expressions filled in", () => {

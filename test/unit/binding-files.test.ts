@@ -297,11 +297,14 @@ describe("BindingFiles.scan with hostile content", () => {
     const bombEntry = invalidFor(snapshot, "bomb.yaml#0");
     assert.match(bombEntry.message, /alias/i);
     assert.equal(bombEntry.key, "bomb");
-    const deep = snapshot.invalid.find((i) => i.source.startsWith("deep.yaml"));
-    assert.ok(deep, "deep nesting is reported");
-    assert.ok(
-      snapshot.invalid.some((i) => i.source.startsWith("deep-map.yaml")),
-      "deep maps are reported",
+    // Refused before the parser (issue 9, finding 9), as a file problem.
+    assert.equal(
+      invalidFor(snapshot, "deep.yaml").message,
+      "nests deeper than 64 levels at line 2; not parsed",
+    );
+    assert.equal(
+      invalidFor(snapshot, "deep-map.yaml").message,
+      "nests deeper than 64 levels at line 1; not parsed",
     );
     for (const entry of snapshot.invalid) {
       assert.doesNotMatch(entry.message, /\n/, `one line: ${entry.source}`);
@@ -310,6 +313,34 @@ describe("BindingFiles.scan with hostile content", () => {
     // Files that could not be read at all name no key the first time.
     for (const source of ["huge.yaml", "many.yaml", "garbage.yaml", "nul.yaml"])
       assert.equal(invalidFor(snapshot, source).key, undefined);
+  });
+
+  // Issue 9, finding 9: 240 KB of "[" cost the parser ~1 s and 235 MiB per scan; block nesting
+  // ("- - - ...") fits 120k levels in the same size. Both are refused by the pre-scan.
+  it("refuses 240 KB of flow or block nesting before parsing it, naming the file and the limit", async () => {
+    const dir = freshDir();
+    await put(dir, "good.yaml", bindingYaml("good"));
+    await put(dir, "flow.yaml", "[".repeat(240 * 1024));
+    await put(dir, "block.yaml", `${bindingYaml("block")}x: ${"- ".repeat(120 * 1024)}1\n`);
+    await put(dir, "mixed.yaml", `${bindingYaml("mixed")}x: ${"{a: [".repeat(40_000)}\n`);
+    // 30 flow levels next to a binding's fields: within the bound, read and valid (unknown top-level
+    // fields are not the binding's business).
+    await put(dir, "fine.yaml", `${bindingYaml("fine")}x: ${"[".repeat(30)}${"]".repeat(30)}\n`);
+    const snapshot = await new BindingFiles(dir).scan();
+    assert.deepEqual([...snapshot.bindings.keys()].sort(), ["fine", "good"]);
+    assert.equal(
+      invalidFor(snapshot, "flow.yaml").message,
+      "nests deeper than 64 levels at line 1; not parsed",
+    );
+    assert.equal(
+      invalidFor(snapshot, "block.yaml").message,
+      "nests deeper than 64 levels at line 7; not parsed",
+    );
+    assert.equal(
+      invalidFor(snapshot, "mixed.yaml").message,
+      "nests deeper than 64 levels at line 7; not parsed",
+    );
+    assert.equal(snapshot.invalid.length, 3);
   });
 
   it("reports a file that became unreadable under the keys it held, so they do not look removed", async () => {

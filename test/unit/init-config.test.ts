@@ -10,6 +10,7 @@ import { decodeJwt } from "../../src/nats/claims.ts";
 import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
 import { KeyDirectory, readSeedFile } from "../../src/store/key-directory.ts";
+import { connectResolver } from "../../src/nats/from-config.ts";
 
 let root: string;
 before(async () => {
@@ -267,6 +268,59 @@ describe("config", () => {
     const broken = join(root, "broken.yaml");
     await writeFile(broken, "nats: [unclosed\n");
     await assert.rejects(loadConfig(broken), /broken\.yaml: not valid YAML/);
+    // Issue 9, finding 9: nesting is bounded before the YAML parser runs.
+    const deep = join(root, "deep.yaml");
+    await writeFile(deep, `nats: ${"[".repeat(240 * 1024)}\n`);
+    await assert.rejects(
+      loadConfig(deep),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message === `${deep}: nests deeper than 64 levels at line 1; not parsed`,
+    );
+  });
+});
+
+describe("files natsbind.yaml names (nats.systemCreds, nats.operatorJwt)", () => {
+  // Issue 9, finding 10: both were read with readFile, unbounded: a wrong path (a log, /dev/zero)
+  // was loaded whole, or read forever, before anything checked it.
+  it("are read bounded: an oversize or non-regular file is refused, naming the file, before connecting", async () => {
+    const out = join(root, "bounded");
+    await initOperator({ outDir: out, now: () => 1_700_000_000_000, natsPort: 1 });
+    const config = await loadConfig(join(out, "natsbind.yaml"));
+    const { systemCreds, operatorJwt } = config.nats;
+    assert.ok(operatorJwt);
+    const creds = await readFile(systemCreds, "utf8");
+    const huge = `${creds}${"x".repeat(1024 * 1024)}`;
+
+    await writeFile(systemCreds, huge);
+    await assert.rejects(
+      connectResolver(config.nats),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message === `nats.systemCreds file ${systemCreds} is larger than 65536 bytes` &&
+        !err.message.includes("SU"),
+    );
+    await writeFile(systemCreds, creds);
+
+    await writeFile(operatorJwt, `${"eyJ".repeat(100_000)}\n`);
+    await assert.rejects(
+      connectResolver(config.nats),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message === `nats.operatorJwt file ${operatorJwt} is larger than 65536 bytes`,
+    );
+
+    await assert.rejects(
+      connectResolver({ ...config.nats, systemCreds: "/dev/zero" }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        err.message === "cannot read nats.systemCreds file /dev/zero: not a regular file",
+    );
+    await assert.rejects(
+      connectResolver({ ...config.nats, operatorJwt: join(out, "missing.jwt") }),
+      (err: unknown) =>
+        err instanceof ConfigError && /nats\.operatorJwt file .*missing\.jwt: ENOENT/.test(err.message),
+    );
   });
 });
 

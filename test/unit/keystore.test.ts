@@ -1,12 +1,13 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, readdir, rm, writeFile, stat } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { createHash } from "node:crypto";
 import { DirectoryKeyStore, KeyStoreError } from "../../src/keystore/directory.ts";
 import { accountSecretLabels, accountSecretName, labelValue } from "../../src/k8s/secret-keystore.ts";
 import { keyStoreContract } from "../support/keystore-contract.ts";
+import { KeyDirectoryModeError, secureKeyDirectory } from "../../src/store/key-directory.ts";
 
 let root: string;
 let n = 0;
@@ -117,6 +118,11 @@ describe("DirectoryKeyStore", () => {
     await assert.rejects(store.get(ref), /key store: .*\.json: account: /);
     await writeFile(slotFile, "{");
     await assert.rejects(store.get(ref), /is not JSON/);
+    await writeFile(slotFile, `{"ref": ${"[".repeat(60_000)}`);
+    await assert.rejects(
+      store.get(ref),
+      /key store: .*\.json nests deeper than 64 levels at line 1; not parsed/,
+    );
   });
 
   it("removes the slot file and its seeds", async () => {
@@ -154,6 +160,96 @@ describe("DirectoryKeyStore", () => {
     await store.ensure({ binding: "../../etc/evil", projectId: 1, environment: "../../x y" }, ["ci"]);
     for (const file of await filesUnder(dir)) assert.ok(!file.startsWith(".."), file);
     assert.equal((await store.list("../../etc/evil")).length, 1);
+  });
+});
+
+describe("secureKeyDirectory (natsbind run, local mode)", () => {
+  const modeOf = async (path: string): Promise<number> => (await stat(path)).mode & 0o777;
+  const ref = { binding: "natsbind/acme-ci", projectId: 42 };
+
+  // Issue 9, finding 8: a key directory someone made 0777 stayed 0777, so any local user could
+  // read, add or swap seed and slot files.
+  it("tightens a 0777 key directory and the directories natsbind made in it to 0700, and says so", async () => {
+    const dir = freshDir();
+    const store = new DirectoryKeyStore(dir, { owner: true });
+    await store.ensure(ref, ["ci"]);
+    const bindingDir = join(dir, "accounts", (await readdir(join(dir, "accounts")))[0]!);
+    for (const d of [dir, join(dir, "accounts"), bindingDir]) await chmod(d, 0o777);
+    await mkdir(join(dir, "group-readable"), { mode: 0o750 });
+    await chmod(join(dir, "group-readable"), 0o750);
+
+    const changes = await secureKeyDirectory(dir);
+    assert.deepEqual(
+      changes.map((c) => [relative(dir, c.path), c.from, c.to]).sort(),
+      [
+        ["", "0777", "0700"],
+        ["accounts", "0777", "0700"],
+        [relative(dir, bindingDir), "0777", "0700"],
+        ["group-readable", "0750", "0700"],
+      ].sort(),
+    );
+    for (const d of [dir, join(dir, "accounts"), bindingDir, join(dir, "group-readable")]) {
+      assert.equal(await modeOf(d), 0o700, d);
+    }
+    // Nothing else changed: the seeds are still there and readable by natsbind.
+    const keys = await new DirectoryKeyStore(dir).get(ref);
+    assert.ok(keys?.roleKeys.get("ci"), "the slot and its seeds are intact");
+    // Idempotent: a second start changes nothing.
+    assert.deepEqual(await secureKeyDirectory(dir), []);
+  });
+
+  it("creates a missing key directory 0700 and leaves a private one alone", async () => {
+    const dir = join(freshDir(), "nested", "keys");
+    assert.deepEqual(await secureKeyDirectory(dir), []);
+    assert.equal(await modeOf(dir), 0o700);
+    assert.deepEqual(await secureKeyDirectory(dir), []);
+  });
+
+  it("refuses to start when the directory cannot be made private, naming it and its mode", async () => {
+    const dir = freshDir();
+    await mkdir(dir);
+    await chmod(dir, 0o777);
+    // As root every chmod succeeds: the refusal (someone else's directory, a read-only mount) is
+    // simulated by a chmod that fails as the kernel would.
+    const eperm = async (): Promise<void> => {
+      throw Object.assign(new Error("operation not permitted"), { code: "EPERM" });
+    };
+    await assert.rejects(
+      secureKeyDirectory(dir, { chmod: eperm }),
+      (err: unknown) =>
+        err instanceof KeyDirectoryModeError &&
+        err.message.includes(dir) &&
+        /mode 0777/.test(err.message) &&
+        /EPERM/.test(err.message),
+    );
+    assert.equal(await modeOf(dir), 0o777, "nothing changed");
+  });
+
+  it("refuses a key directory that is a file, and a directory link inside it", async () => {
+    const file = join(freshDir());
+    await writeFile(file, "not a directory");
+    await assert.rejects(
+      secureKeyDirectory(file),
+      (err: unknown) => err instanceof KeyDirectoryModeError && /is not a directory/.test(err.message),
+    );
+    const dir = freshDir();
+    const elsewhere = freshDir();
+    await mkdir(dir, { mode: 0o700 });
+    await mkdir(elsewhere, { mode: 0o777 });
+    await symlink(elsewhere, join(dir, "accounts"));
+    await assert.rejects(
+      secureKeyDirectory(dir),
+      (err: unknown) =>
+        err instanceof KeyDirectoryModeError &&
+        /accounts is a symbolic link to a directory/.test(err.message),
+    );
+    // The key directory itself may be a link: its target is what gets checked.
+    const linked = freshDir();
+    await symlink(elsewhere, linked);
+    await chmod(elsewhere, 0o777);
+    const changes = await secureKeyDirectory(linked);
+    assert.equal(changes.length, 1);
+    assert.equal(await modeOf(elsewhere), 0o700);
   });
 });
 

@@ -317,6 +317,115 @@ describe("logger: redaction", () => {
     assert.equal(record!.pat, `using ${REDACTED} now`);
   });
 
+  // Issue 9, finding 10: encoded seeds, headers as lists and token query parameters got through.
+  it("redacts seeds, private keys and creds encoded in base64 or hex, at any alignment", () => {
+    const { creds, user: credsUser } = realCreds();
+    const keys = [NKeyPair.generate("user"), NKeyPair.generate("account"), NKeyPair.generate("operator")];
+    const b64 = (text: string): string => Buffer.from(text).toString("base64");
+    const hex = (text: string): string => Buffer.from(text).toString("hex");
+    const encodings: string[] = [];
+    for (const key of keys) {
+      const seed = seedOf(key);
+      const privateKey = new TextDecoder().decode(key.getPrivateKey());
+      encodings.push(
+        b64(seed),
+        b64(`${seed}\n`),
+        Buffer.from(seed).toString("base64url"),
+        `xyz${b64(seed)}`, // glued to other base64 characters: a shifted alignment
+        `ab${b64(`  ${seed}`)}`,
+        b64(privateKey),
+        hex(seed),
+        hex(seed).toUpperCase(),
+        `f${hex(`${seed}\n`)}`, // odd alignment
+      );
+    }
+    encodings.push(b64(creds), hex(creds));
+    const { log, lines } = capture();
+    // A Secret as the apiserver returns it: data values are base64.
+    const secret = {
+      metadata: { name: "nb-acme-42", namespace: "team-a" },
+      data: { "account.nk": b64(seedOf(keys[1]!)), "ci.nk": b64(seedOf(keys[0]!)) },
+    };
+    log.info({ secret, encodings, text: `got ${encodings.join(" and ")}` }, `loaded ${encodings[0]}`);
+    const text = lines.join("");
+    for (const encoded of encodings) {
+      const at = encoded.startsWith("xyz") || encoded.startsWith("ab") || encoded.startsWith("f") ? 3 : 0;
+      assert.ok(!text.includes(encoded.slice(at, at + 24)), `encoded secret leaked: ${encoded.slice(0, 12)}`);
+    }
+    for (const value of Object.values(secret.data)) assert.ok(!text.includes(value.slice(0, 24)));
+    assert.ok(!text.includes(b64(seedOf(credsUser)).slice(0, 24)));
+    // Encoded text that holds no secret stays: hashes, ids, base64 of ordinary text.
+    const hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    const ordinary = b64("GitLab project acme/backend/api, id 42, managed by natsbind binding team-a/acme");
+    assert.equal(redactSecrets(`claims ${hash}`), `claims ${hash}`);
+    assert.equal(redactSecrets(ordinary), ordinary);
+    assert.equal(redactSecrets(hash.repeat(4)), hash.repeat(4));
+  });
+
+  it("redacts header values given as lists: raw header lists, pairs and Headers", () => {
+    const { log, lines, records } = capture();
+    const headers = new Headers({ "Private-Token": "hdr-secret-1", Accept: "application/json" });
+    headers.set("authorization", "Basic aGVsbG86d29ybGQ=");
+    log.info(
+      {
+        rawHeaders: ["Private-Token", "raw-secret-2", "Accept", "*/*", "X-Gitlab-Token", "hook-secret-3"],
+        pairs: [
+          ["X-Gitlab-Token", "pair-secret-4"],
+          ["Content-Type", "application/json"],
+          ["Cookie", "session=cookie-secret-5"],
+        ],
+        headers,
+      },
+      "request",
+    );
+    const text = lines.join("");
+    for (const leaked of ["hdr-secret-1", "aGVsbG86d29ybGQ", "raw-secret-2", "hook-secret-3"]) {
+      assert.ok(!text.includes(leaked), `${leaked} leaked`);
+    }
+    for (const leaked of ["pair-secret-4", "cookie-secret-5"]) assert.ok(!text.includes(leaked), leaked);
+    const [record] = records();
+    assert.deepEqual(record!.rawHeaders, [
+      "Private-Token",
+      REDACTED,
+      "Accept",
+      "*/*",
+      "X-Gitlab-Token",
+      REDACTED,
+    ]);
+    assert.deepEqual(record!.pairs, [
+      ["X-Gitlab-Token", REDACTED],
+      ["Content-Type", "application/json"],
+      ["Cookie", REDACTED],
+    ]);
+    assert.deepEqual(record!.headers, {
+      accept: "application/json",
+      authorization: REDACTED,
+      "private-token": REDACTED,
+    });
+  });
+
+  it("redacts token query parameters and form fields, keeping the others", () => {
+    const cases: Array<[string, string]> = [
+      [
+        "GET https://gitlab.example.com/api/v4/projects/42?private_token=qs-secret-1&page=2",
+        `GET https://gitlab.example.com/api/v4/projects/42?private_token=${REDACTED}&page=2`,
+      ],
+      [
+        "https://gitlab.example.com/api/v4/groups?per_page=100&access_token=qs-secret-2#x",
+        `https://gitlab.example.com/api/v4/groups?per_page=100&access_token=${REDACTED}#x`,
+      ],
+      ["/hooks?token=qs-secret-3", `/hooks?token=${REDACTED}`],
+      ["body: private_token=qs-secret-4&x=1", `body: private_token=${REDACTED}&x=1`],
+      ["?JOB_TOKEN=qs-secret-5;a=b", `?JOB_TOKEN=${REDACTED};a=b`],
+      ['url="https://h/p?password=qs-secret-6"', `url="https://h/p?password=${REDACTED}"`],
+      ["a=1&b=2 page=3", "a=1&b=2 page=3"],
+    ];
+    for (const [input, expected] of cases) assert.equal(redactSecrets(input), expected, input);
+    const { log, lines } = capture();
+    log.info({ url: cases[0]![0] }, `fetching ${cases[1]![0]}`);
+    for (const n of [1, 2]) assert.ok(!lines.join("").includes(`qs-secret-${n}`));
+  });
+
   it("replaces values under sensitive key names whatever they are", () => {
     const { log, records } = capture();
     log.info(

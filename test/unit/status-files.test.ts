@@ -169,6 +169,7 @@ describe("StatusFiles", () => {
       JSON.stringify({ key: "shape", status: { x: 1 } }),
     );
     await writeFile(join(dir, "array-0000000000000000.json"), "[1,2,3]");
+    await writeFile(join(dir, "deep-0000000000000000.json"), "[".repeat(512 * 1024));
     await writeFile(
       join(dir, "huge-0000000000000000.json"),
       JSON.stringify({ key: "huge", status: status(1), pad: "x".repeat(MAX_STATUS_FILE_BYTES) }),
@@ -192,8 +193,12 @@ describe("StatusFiles", () => {
     assert.match(reported.get("array-0000000000000000.json") ?? "", /not a JSON object/);
     assert.match(reported.get("huge-0000000000000000.json") ?? "", /larger than 1048576 bytes/);
     assert.match(reported.get("zero-0000000000000000.json") ?? "", /not a regular file/);
+    assert.equal(
+      reported.get("deep-0000000000000000.json"),
+      "nests deeper than 64 levels at line 1; not parsed",
+    );
     assert.match(reported.get(relative(dir, store.pathOf("victim"))) ?? "", /"other"/);
-    assert.equal(reported.size, 7, JSON.stringify([...reported]));
+    assert.equal(reported.size, 8, JSON.stringify([...reported]));
 
     problems.length = 0;
     assert.equal(await store.read("victim"), undefined, "read checks the key too");

@@ -380,6 +380,16 @@ describe("gitlab webhook receiver", () => {
     assert.equal(h.signals.length, before);
   });
 
+  // Issue 9, finding 9: nesting is bounded before JSON.parse builds it.
+  it("answers 400 to a body nested deeper than 64 levels, before parsing it", async () => {
+    const before = h.signals.length;
+    const res = await deliver(h, `{"event_name": ${"[".repeat(MAX_BODY - 20)}`);
+    assert.equal(res.status, 400);
+    assert.deepEqual(await res.json(), { error: "body nests deeper than 64 levels at line 1; not parsed" });
+    assert.equal(h.signals.length, before);
+    assert.equal(h.handler.counters.rejected["malformed-json"] >= 1, true);
+  });
+
   it("answers 202 to an unknown event and emits nothing", async () => {
     const before = h.signals.length;
     const ignored = h.handler.counters.ignored;

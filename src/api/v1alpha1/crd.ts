@@ -32,10 +32,11 @@ export class CrdSchemaError extends NatsbindError {}
 
 /**
  * One `{{ ... }}` of a subject: a controller variable or a NATS function templates.ts accepts
- * (RE2; spaces only inside the braces). Capturing groups instead of (?:) keep the rule short: the
- * apiserver's cost estimate grows with the length of the regex.
+ * (RE2; spaces only inside the braces; not `{{account-name()}}`, the raw GitLab path). Capturing
+ * groups instead of (?:) keep the rule short: the apiserver's cost estimate grows with the length of
+ * the regex.
  */
-const EXPRESSION_RE2 = String.raw`\{\{ *(project\.(id|slug|path)|namespace\.path|environment|(account-)?((name|subject)\(|tag\( *[\w.-]{1,64}) *\)) *\}\}`;
+const EXPRESSION_RE2 = String.raw`\{\{ *(project\.(id|slug|path)|namespace\.path|environment|(name\(|(account-)?(subject\(|tag\( *[\w.-]{1,64})) *\)) *\}\}`;
 
 /**
  * A whole subject template as templates.ts parses it: literal text holds no "{{" or "}}" (single
@@ -82,8 +83,9 @@ const SUBJECT_RULES: CelRule[] = [
     rule: `self.matches(r'${SUBJECT_TEMPLATE_RE2}')`,
     message:
       "uses an unknown template: every {{...}} must be {{project.id}}, {{project.slug}}, {{project.path}}, " +
-      "{{namespace.path}}, {{environment}}, {{name()}}, {{subject()}}, {{account-name()}}, {{account-subject()}}, " +
-      '{{tag(x)}} or {{account-tag(x)}} (spaces allowed inside the braces), with no stray "{{" or "}}"',
+      "{{namespace.path}}, {{environment}}, {{name()}}, {{subject()}}, {{account-subject()}}, " +
+      '{{tag(x)}} or {{account-tag(x)}} (spaces allowed inside the braces), with no stray "{{" or "}}"; ' +
+      "not {{account-name()}}, the raw GitLab path: use {{project.path}}",
   },
   {
     rule: `self.matches(r'${SUBJECT_SHAPE_RE2}')`,

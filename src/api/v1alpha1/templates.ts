@@ -4,10 +4,13 @@
  * - controller variables, rendered here at reconcile time from GitLab values:
  *   `{{project.id}}`, `{{project.slug}}`, `{{project.path}}`, `{{namespace.path}}`, `{{environment}}`;
  * - NATS server functions, passed through for nats-server to render when it issues a user:
- *   `{{name()}}`, `{{subject()}}`, `{{account-name()}}`, `{{account-subject()}}`, `{{tag(x)}}`,
- *   `{{account-tag(x)}}`.
+ *   `{{name()}}`, `{{subject()}}`, `{{account-subject()}}`, `{{tag(x)}}`, `{{account-tag(x)}}`.
  *
- * Anything else is an error. Spaces inside the braces are allowed and normalised away.
+ * Anything else is an error, `{{account-name()}}` included: nats-server would put the account JWT's
+ * name, the raw GitLab path ("acme/My Project"), into the subject unchecked; `{{project.path}}` is
+ * the same path through safeToken. `{{account-tag(x)}}` is safe: natsbind sets every account tag
+ * from ids or safeToken (controllers/binding/plan.ts). Spaces inside the braces are allowed and
+ * normalised away.
  *
  * The safety guarantee: every GitLab-controlled value (paths, names, environments) goes through
  * safeToken, so it can never put a wildcard, whitespace, a dot or an empty token into a subject.
@@ -28,7 +31,9 @@ export const CONTROLLER_VARIABLES = [
 ] as const;
 export type ControllerVariable = (typeof CONTROLLER_VARIABLES)[number];
 
-const NATS_FUNCTIONS_NO_ARGUMENT = ["name", "subject", "account-name", "account-subject"];
+const NATS_FUNCTIONS_NO_ARGUMENT = ["name", "subject", "account-subject"];
+/** Refused: renders the account JWT name (the raw GitLab path) past safeToken. */
+const ACCOUNT_NAME_FUNCTION = "account-name";
 const NATS_FUNCTIONS_TAG = ["tag", "account-tag"];
 /** Tag names as nats-server looks them up (the part of a `name:value` tag before the colon). */
 const TAG_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -102,6 +107,12 @@ function classify(inner: string): TemplatePart | string {
   const call = /^([a-z-]+)\(\s*([^()\s{}]*)\s*\)$/.exec(expression);
   if (call) {
     const [, name = "", argument = ""] = call;
+    if (name === ACCOUNT_NAME_FUNCTION) {
+      return (
+        `uses ${describeExpression(inner)}: the account name is the raw GitLab path, which may hold ` +
+        `dots, spaces or wildcards; use {{project.path}} (the same path as safe subject tokens)`
+      );
+    }
     if (NATS_FUNCTIONS_NO_ARGUMENT.includes(name)) {
       if (argument === "") return { kind: "function", text: `{{${name}()}}` };
       return `uses ${describeExpression(inner)}: ${name}() takes no argument`;
@@ -114,7 +125,7 @@ function classify(inner: string): TemplatePart | string {
   return (
     `uses unknown template ${describeExpression(inner)} (controller variables: ` +
     `${CONTROLLER_VARIABLES.map((v) => `{{${v}}}`).join(", ")}, NATS functions: ` +
-    `{{name()}}, {{subject()}}, {{account-name()}}, {{account-subject()}}, {{tag(x)}}, {{account-tag(x)}})`
+    `{{name()}}, {{subject()}}, {{account-subject()}}, {{tag(x)}}, {{account-tag(x)}})`
   );
 }
 
