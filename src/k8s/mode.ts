@@ -35,7 +35,9 @@ import {
   bindingKeyOfSecret,
 } from "./secret-keystore.ts";
 import { KubeStatusWriter } from "./status.ts";
-import { createWebhookRelay, leaderIdentity } from "./webhook-relay.ts";
+import { isNotFound } from "./api-errors.ts";
+import { LeaderAddress, leaderIdentity } from "./leader-pod.ts";
+import { SignalRelay } from "./relay-sender.ts";
 
 export function kubeConfigFrom(path: string | undefined): KubeConfig {
   const kc = new KubeConfig();
@@ -106,9 +108,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   const kc = kubeConfigFrom(k.kubeconfig);
   const customObjects = kc.makeApiClient(CustomObjectsApi);
   const core = kc.makeApiClient(CoreV1Api);
-  const identity =
-    ctx.opts.identity ??
-    leaderIdentity(hostname(), process.pid, config.http.listen, Number(new URL(ctx.url).port));
+  const identity = ctx.opts.identity ?? leaderIdentity(k.relay.podName ?? hostname(), process.pid);
   const klog = log.child({ identity });
 
   const bindingInformer = new Informer<NatsBindingObject>({
@@ -219,6 +219,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
 
   let stopping = false;
   let controller: { stop(): Promise<void> } | undefined;
+  let relay: SignalRelay | undefined;
   const synced = Promise.all([bindingInformer.start(), secretInformer.start()]);
   synced.catch(() => undefined); // stop() before the first list: nothing to report
 
@@ -227,6 +228,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     if (stopping || !fence()) return;
     controller = ctx.startController(step);
     ctx.setReconciling(true);
+    relay?.kick(); // signals accepted while following: applied here now
     for (const obj of bindingInformer.list()) queue.add(bindingKeyOf(obj));
     klog.info({ bindings: bindingInformer.list().length }, "leading: reconciling NatsBindings");
   };
@@ -240,10 +242,50 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   };
 
   const le = k.leaderElection;
+  if (le.enabled && ctx.relayKey) {
+    const podNamespace = k.relay.namespace ?? le.namespace;
+    const address = new LeaderAddress({
+      holder: () => elector?.holder(),
+      self: identity,
+      labels: k.relay.podLabels,
+      portName: k.relay.portName,
+      clock: systemClock,
+      readPod: async (name) => {
+        try {
+          return await core.readNamespacedPod({ name, namespace: podNamespace });
+        } catch (err) {
+          if (isNotFound(err)) return undefined;
+          throw err;
+        }
+      },
+    });
+    const sender = new SignalRelay({
+      key: ctx.relayKey,
+      self: identity,
+      leader: () => address.resolve(),
+      local: () => (controller && fence() ? (signal) => void inventories.handle(signal) : undefined),
+      clock: systemClock,
+      log: klog,
+    });
+    relay = sender;
+    ctx.setFollowerSignals((signal) => sender.submit(signal));
+    const pending = ctx.metrics.gauge({
+      name: "natsbind_webhook_relay_pending",
+      help: "Accepted webhook signals this replica holds until a leader takes them.",
+    });
+    const sent = ctx.metrics.gauge({
+      name: "natsbind_webhook_relay_signals",
+      help: "Signals of this replica's relay since start: sent to the leader, applied here after becoming leader, dropped (queue full).",
+      labelNames: ["outcome"],
+    });
+    ctx.metrics.onCollect(() => {
+      pending.set(sender.pending.size);
+      sent.labels({ outcome: "sent" }).set(sender.counters.sent);
+      sent.labels({ outcome: "applied_locally" }).set(sender.counters.appliedLocally);
+      sent.labels({ outcome: "dropped" }).set(sender.pending.dropped);
+    });
+  }
   if (le.enabled) {
-    ctx.setFollowerWebhook(
-      createWebhookRelay({ leader: () => elector?.holder(), self: identity, log: klog }),
-    );
     elector = new LeaderElector({
       leases: leaseClient(kc),
       namespace: le.namespace,
@@ -265,6 +307,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   return {
     async stop() {
       stopping = true;
+      relay?.stop();
       ctx.setReconciling(false);
       await controller?.stop();
       await elector?.stop({ release: true });
