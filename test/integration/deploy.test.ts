@@ -414,6 +414,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       "coordination.k8s.io/leases": ["create"],
       "coordination.k8s.io/leases natsbind": ["get", "update"],
     });
+    const relayRole = only<V1Role & Manifest>(base, "Role", "natsbind-webhook-relay");
+    assert.equal(relayRole.metadata?.namespace, NAMESPACE);
+    assert.deepEqual(verbsByResource(relayRole.rules), { "core/pods": ["get"] });
     for (const binding of [...ofKind(base, "ClusterRoleBinding"), ...ofKind(base, "RoleBinding")]) {
       assert.deepEqual((binding as V1RoleBinding & Manifest).subjects, [
         { kind: "ServiceAccount", name: "natsbind", namespace: NAMESPACE },
@@ -468,6 +471,7 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       ["create", "coordination.k8s.io/leases", NAMESPACE],
       ["get", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
       ["update", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
+      ["get", "pods", NAMESPACE, "natsbind-abc"],
     ];
     const denied: Array<[string, string, string, string?]> = [
       ["create", "natsbind.io/natsbindings", SAMPLE_NAMESPACE],
@@ -478,6 +482,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       ["delete", "events", SAMPLE_NAMESPACE],
       ["get", "configmaps", NAMESPACE],
       ["list", "pods", SAMPLE_NAMESPACE],
+      ["get", "pods", SAMPLE_NAMESPACE, "natsbind-abc"],
+      ["list", "pods", NAMESPACE],
+      ["update", "pods", NAMESPACE, "natsbind-abc"],
       ["get", "coordination.k8s.io/leases", SAMPLE_NAMESPACE, "natsbind"],
       ["update", "coordination.k8s.io/leases", NAMESPACE, "someone-else"],
       ["delete", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
