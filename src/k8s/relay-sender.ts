@@ -103,6 +103,8 @@ export class SignalRelay {
   #failures = 0;
   #stopped = false;
   #lastRefusal: string | undefined;
+  /** kick() during an attempt: try again right after it (e.g. this replica just became leader). */
+  #again = false;
 
   constructor(o: SignalRelayOptions) {
     this.#o = o;
@@ -112,21 +114,32 @@ export class SignalRelay {
   submit(signal: GitLabSignal): void {
     if (this.#stopped) return;
     this.pending.add(signal);
-    // While backing off, new signals wait for the scheduled attempt.
-    if (this.#timer === undefined) this.kick();
+    // While backing off, new signals wait for the scheduled attempt; a running attempt takes
+    // them too (it loops while any are pending).
+    if (this.#timer === undefined && !this.#running) this.kick();
   }
 
-  /** Tries now (e.g. this replica just became the leader, or a new holder was seen). */
+  /** Tries now (e.g. this replica just became the leader), or right after the current attempt. */
   kick(): void {
-    if (this.#stopped || this.#running) return;
+    if (this.#stopped) return;
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
     if (this.#timer !== undefined) this.#o.clock.clearTimeout(this.#timer);
     this.#timer = undefined;
-    this.#running = this.#pump().finally(() => (this.#running = undefined));
+    this.#running = this.#pump().finally(() => {
+      this.#running = undefined;
+      if (this.#again) {
+        this.#again = false;
+        this.kick();
+      }
+    });
   }
 
   /** Resolves when the current attempt (if any) finished: for tests. */
   async idle(): Promise<void> {
-    await this.#running;
+    while (this.#running) await this.#running;
   }
 
   stop(): void {

@@ -359,6 +359,30 @@ describe("signal relay (a follower's sender)", () => {
     }
   });
 
+  it("becoming leader during an attempt applies the pending signals right after it, not after the backoff", async () => {
+    const clock = new ManualClock(T0);
+    let answer!: (r: { refused: string }) => void;
+    let leading = false;
+    const applied: GitLabSignal[] = [];
+    const relay = new SignalRelay({
+      key: KEY,
+      self: "pod-b_7",
+      leader: () => new Promise((resolve) => (answer = resolve)),
+      local: () => (leading ? (s) => applied.push(s) : undefined),
+      clock,
+    });
+    try {
+      relay.submit(project(1));
+      leading = true;
+      relay.kick(); // the mode's lead(): while the attempt still waits for the leader's address
+      answer({ refused: "the old leader is gone" });
+      await relay.idle();
+      assert.deepEqual(applied, [project(1)], "no clock advance was needed");
+    } finally {
+      relay.stop();
+    }
+  });
+
   it("a leader that answers non-2xx keeps the signals pending", async () => {
     const leader = await recorder(503);
     const clock = new ManualClock(T0);
