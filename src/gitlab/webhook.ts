@@ -251,7 +251,12 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     const declared = Number(header(req, "content-length") ?? "0");
     const tooMuchToDrain = !(declared <= MAX_DISCARD_BYTES);
     reject(req, res, reason, status, message, tooMuchToDrain ? { ...headers, connection: "close" } : headers);
-    if (tooMuchToDrain) return; // Connection: close; node closes the socket after the answer.
+    if (tooMuchToDrain) {
+      // Node would read (and drop) the rest of the body while closing; cut the connection once the
+      // answer is out instead, so an unauthenticated sender cannot make this replica read it at all.
+      res.once("finish", () => req.socket.destroy());
+      return;
+    }
     discardRest(req, 0);
   };
 

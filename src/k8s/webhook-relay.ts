@@ -240,8 +240,9 @@ export function createRelayReceiver(o: RelayReceiverOptions): RelayReceiver {
   ): void => {
     counters.rejected[reason] += 1;
     o.log?.warn({ reason, status, remoteAddress: req.socket.remoteAddress }, "webhook relay request refused");
-    // An unread body is never read: the connection closes after the answer.
+    // An unread body is never read: the connection is cut once the answer is out.
     send(res, status, { error: message }, unread);
+    if (unread) res.once("finish", () => req.socket.destroy());
   };
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {

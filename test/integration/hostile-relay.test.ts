@@ -10,7 +10,13 @@ import { createServer, request, type IncomingHttpHeaders, type Server } from "no
 import { readFile, writeFile } from "node:fs/promises";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import {
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  V1MicroTime,
+  type KubeConfig,
+} from "@kubernetes/client-node";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import { ANNOTATION_ACCOUNT, accountSecretName } from "../../src/k8s/secret-keystore.ts";
@@ -184,7 +190,7 @@ describe("hostile: the follower's webhook path", { timeout: 300_000 }, () => {
     if (dir) await removeDir(dir);
   });
 
-  it("400 unauthenticated 1 MiB POSTs to the follower: its RSS stays bounded and none reaches the leader", async () => {
+  it("400 unauthenticated 1 MiB POSTs to the follower: its RSS stays bounded and none reaches the leader", async (t) => {
     const pid = follower.child.pid!;
     const baseline = await rss(pid);
     let peak = baseline;
@@ -218,6 +224,10 @@ describe("hostile: the follower's webhook path", { timeout: 300_000 }, () => {
       clearInterval(sampler);
     }
     const growth = peak - baseline;
+    t.diagnostic(
+      `follower RSS baseline ${(baseline / MiB).toFixed(1)} MiB, peak ${(peak / MiB).toFixed(1)} MiB; ` +
+        `outcomes ${JSON.stringify([...outcomes])}`,
+    );
     assert.ok(
       growth < 64 * MiB,
       `follower RSS grew by ${Math.round(growth / MiB)} MiB (baseline ${Math.round(baseline / MiB)} MiB)`,
@@ -268,8 +278,8 @@ describe("hostile: the follower's webhook path", { timeout: 300_000 }, () => {
               ...lease.spec,
               holderIdentity,
               leaseDurationSeconds: 3600,
-              renewTime: new Date(),
-              acquireTime: new Date(),
+              renewTime: new V1MicroTime(),
+              acquireTime: new V1MicroTime(),
             };
             await leases.replaceNamespacedLease({ name: "natsbind", namespace: POD_NAMESPACE, body: lease });
             return true;
