@@ -442,7 +442,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
 });
 
 describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, () => {
-  it("one leader reconciles; deliveries spread over both while the leader is SIGKILLed: all 2xx, all applied", async () => {
+  it("one leader reconciles; deliveries spread over both while the leader is SIGKILLed: all 2xx, all applied", async (t) => {
     // Built in its own suite so its processes and servers are its own.
     const op = await createTestOperator();
     const kube = await startKubeApiserver();
@@ -625,6 +625,10 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
           "pending signals were applied by the new leader",
         );
       }
+      t.diagnostic(
+        `took over in ${Math.round(takeoverMs)} ms; survivor answered while following: ${answeredWhileFollowing}; ` +
+          `applied from its queue: ${await metric(follower.url, 'natsbind_webhook_relay_signals{outcome="applied_locally"}')}`,
+      );
       assert.equal(follower.child.exitCode, null, "the new leader is running");
     } finally {
       for (const r of replicas) r.child.kill("SIGKILL");
