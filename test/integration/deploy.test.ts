@@ -600,6 +600,24 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       leaderRole.rules?.some((r) => r.resourceNames?.includes(lease.name)),
       `the Role names Lease ${lease.name}`,
     );
+    // The webhook relay trusts a Lease holder only as a pod with these labels, in this namespace,
+    // with this port: they must be the Deployment's, and the Role must let it read them.
+    const relay = config.kubernetes.relay;
+    const deployment = only<V1Deployment & Manifest>(base, "Deployment", "natsbind");
+    const podNamespace = relay.namespace ?? lease.namespace;
+    assert.equal(podNamespace, deployment.metadata?.namespace);
+    for (const [k, v] of Object.entries(relay.podLabels))
+      assert.equal(deployment.spec?.template.metadata?.labels?.[k], v, `pod label ${k}`);
+    assert.ok(
+      deployment.spec?.template.spec?.containers.some((c) =>
+        c.ports?.some((p) => p.name === relay.portName && p.containerPort === 8080),
+      ),
+      `a container port named ${relay.portName} on the listener's port`,
+    );
+    assert.equal(
+      only<V1Role & Manifest>(base, "Role", "natsbind-webhook-relay").metadata?.namespace,
+      podNamespace,
+    );
   });
 
   it("the Dockerfile: Node 24, non-root, and the same command as the Deployment", async () => {
