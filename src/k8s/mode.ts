@@ -35,9 +35,9 @@ import {
   bindingKeyOfSecret,
 } from "./secret-keystore.ts";
 import { KubeStatusWriter } from "./status.ts";
-import { isNotFound } from "./api-errors.ts";
-import { LeaderAddress, leaderIdentity } from "./leader-pod.ts";
-import { SignalRelay } from "./relay-sender.ts";
+import { startFollowerRelay } from "./follower-relay.ts";
+import { leaderIdentity } from "./leader-pod.ts";
+import type { SignalRelay } from "./relay-sender.ts";
 
 export function kubeConfigFrom(path: string | undefined): KubeConfig {
   const kc = new KubeConfig();
@@ -243,47 +243,19 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
 
   const le = k.leaderElection;
   if (le.enabled && ctx.relayKey) {
-    const podNamespace = k.relay.namespace ?? le.namespace;
-    const address = new LeaderAddress({
-      holder: () => elector?.holder(),
-      self: identity,
-      labels: k.relay.podLabels,
-      portName: k.relay.portName,
-      clock: systemClock,
-      readPod: async (name) => {
-        try {
-          return await core.readNamespacedPod({ name, namespace: podNamespace });
-        } catch (err) {
-          if (isNotFound(err)) return undefined;
-          throw err;
-        }
-      },
-    });
-    const sender = new SignalRelay({
+    const sender = startFollowerRelay({
+      kubernetes: k,
+      core,
       key: ctx.relayKey,
-      self: identity,
-      leader: () => address.resolve(),
+      identity,
+      holder: () => elector?.holder(),
       local: () => (controller && fence() ? (signal) => void inventories.handle(signal) : undefined),
       clock: systemClock,
+      metrics: ctx.metrics,
       log: klog,
     });
     relay = sender;
     ctx.setFollowerSignals((signal) => sender.submit(signal));
-    const pending = ctx.metrics.gauge({
-      name: "natsbind_webhook_relay_pending",
-      help: "Accepted webhook signals this replica holds until a leader takes them.",
-    });
-    const sent = ctx.metrics.gauge({
-      name: "natsbind_webhook_relay_signals",
-      help: "Signals of this replica's relay since start: sent to the leader, applied here after becoming leader, dropped (queue full).",
-      labelNames: ["outcome"],
-    });
-    ctx.metrics.onCollect(() => {
-      pending.set(sender.pending.size);
-      sent.labels({ outcome: "sent" }).set(sender.counters.sent);
-      sent.labels({ outcome: "applied_locally" }).set(sender.counters.appliedLocally);
-      sent.labels({ outcome: "dropped" }).set(sender.pending.dropped);
-    });
   }
   if (le.enabled) {
     elector = new LeaderElector({
