@@ -17,8 +17,10 @@ import { ProjectInventories } from "./controllers/binding/projects.ts";
 import { NatsbindError } from "./errors.ts";
 import { GitbeakerGitLab } from "./gitlab/client.ts";
 import type { GitLabPort } from "./gitlab/port.ts";
+import type { GitLabSignal } from "./gitlab/signals.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
+import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectResolver } from "./nats/from-config.ts";
 import type { AccountResolver } from "./nats/resolver.ts";
@@ -77,10 +79,15 @@ export interface ModeContext {
   startController(reconciler: Reconciler<string>): { stop(): Promise<void> };
   /** The HTTP listener's base URL (its real port when the config said 0). */
   url: string;
-  /** Called by the mode when it starts or stops reconciling (webhooks are taken only while it does). */
+  /** Called by the mode when it starts or stops reconciling (signals are applied only while it does). */
   setReconciling(on: boolean): void;
-  /** What a follower does with a webhook delivery (Kubernetes: relay it to the leader). */
-  setFollowerWebhook(handler: Handler): void;
+  /**
+   * Kubernetes mode: the key of the replica-to-replica webhook relay (derived from the webhook
+   * secret); absent without a webhook secret.
+   */
+  relayKey: Buffer | undefined;
+  /** Where a replica that does not reconcile puts the signals of deliveries it accepted. */
+  setFollowerSignals(sink: (signal: GitLabSignal) => void): void;
   /** Called by the mode when it stopped on its own. */
   stoppedOnItsOwn(reason: string): void;
 }
@@ -140,25 +147,62 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   };
 
   let reconciling = false;
-  let followerWebhook: Handler | undefined;
+  let followerSignals: ((signal: GitLabSignal) => void) | undefined;
   const routes: Record<string, Handler> = {
     "/metrics": metricsHandler(metrics),
   };
+  const relay = webhookSecret && config.mode === "kubernetes" ? relayKey(webhookSecret) : undefined;
   if (webhookSecret) {
+    // Every replica authenticates, bounds, validates and de-duplicates a delivery and answers 2xx;
+    // a replica that does not reconcile (a follower) hands the signal to its mode (Kubernetes: the
+    // relay to the leader, src/k8s/relay-sender.ts).
     const handler = createWebhookHandler({
       secretToken: webhookSecret,
-      onSignal: (signal) => void inventories.handle(signal),
+      onSignal: (signal) => {
+        if (reconciling || !followerSignals) void inventories.handle(signal);
+        else followerSignals(signal);
+      },
       log,
     });
-    // A replica that does not reconcile (a follower) relays deliveries to the leader when its mode
-    // can (Kubernetes), else refuses them rather than drop them.
-    routes[WEBHOOK_PATH] = (req, res) => {
-      if (reconciling) return handler(req, res);
-      if (followerWebhook) return followerWebhook(req, res);
-      req.resume();
-      res.writeHead(503, { "content-type": "application/json", "retry-after": "5" });
-      res.end(JSON.stringify({ message: "this natsbind replica is not reconciling" }));
-    };
+    routes[WEBHOOK_PATH] = handler;
+    const deliveries = metrics.gauge({
+      name: "natsbind_webhook_deliveries",
+      help: "GitLab webhook requests received by this replica since it started, by outcome.",
+      labelNames: ["outcome"],
+    });
+    metrics.onCollect(() => {
+      const c = handler.counters;
+      deliveries.labels({ outcome: "received" }).set(c.received);
+      deliveries.labels({ outcome: "accepted" }).set(c.accepted);
+      deliveries.labels({ outcome: "duplicate" }).set(c.duplicates);
+      deliveries.labels({ outcome: "ignored" }).set(c.ignored);
+      for (const [reason, n] of Object.entries(c.rejected)) deliveries.labels({ outcome: reason }).set(n);
+    });
+  }
+  if (relay) {
+    // Signals relayed by a follower: applied only while this replica reconciles, never relayed on.
+    const receiver = createRelayReceiver({
+      key: relay,
+      now: () => clock.now(),
+      apply: (signals) => {
+        if (!reconciling) return false;
+        for (const signal of signals) void inventories.handle(signal);
+        return true;
+      },
+      log,
+    });
+    routes[RELAY_PATH] = receiver;
+    const relayed = metrics.gauge({
+      name: "natsbind_webhook_relay_received",
+      help: "Relay requests from other replicas since start: received, signals applied, refused by reason.",
+      labelNames: ["outcome"],
+    });
+    metrics.onCollect(() => {
+      const c = receiver.counters;
+      relayed.labels({ outcome: "received" }).set(c.received);
+      relayed.labels({ outcome: "applied" }).set(c.applied);
+      for (const [reason, n] of Object.entries(c.rejected)) relayed.labels({ outcome: reason }).set(n);
+    });
   }
   const [host, port] = [
     config.http.listen.slice(0, config.http.listen.lastIndexOf(":")).replace(/^\[|\]$/g, ""),
@@ -213,8 +257,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       reconciling = on;
       reconcilingGauge.set(on ? 1 : 0);
     },
-    setFollowerWebhook(h) {
-      followerWebhook = h;
+    relayKey: relay,
+    setFollowerSignals(sink) {
+      followerSignals = sink;
     },
     stoppedOnItsOwn: (reason) => stoppedOnItsOwn(reason),
   };

@@ -41,6 +41,9 @@ const dnsLabel = z
   .string()
   .regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, "must be a DNS label (lower-case letters, digits, '-')");
 
+const labelName = /^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const labelValue = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+
 const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
@@ -91,6 +94,34 @@ const ConfigSchema = z.strictObject({
         .refine((l) => l.renewDeadline > l.retryPeriod * 1.2, {
           message: "renewDeadline must be longer than 1.2 x retryPeriod",
           path: ["renewDeadline"],
+        })
+        .prefault({}),
+      /**
+       * Webhook relay between replicas: a follower sends signals only to the Lease holder's pod,
+       * and only if that pod is one of natsbind's own (these labels, in this namespace).
+       */
+      relay: z
+        .strictObject({
+          /** Namespace of natsbind's pods; default: leaderElection.namespace. */
+          namespace: dnsLabel.optional(),
+          /** Labels every natsbind pod carries (the Deployment's selector). */
+          podLabels: z
+            .record(
+              z.string().regex(labelName, "must be a label name"),
+              z.string().regex(labelValue, "must be a label value"),
+            )
+            .refine((l) => Object.keys(l).length > 0, "must name at least one label")
+            .default({ "app.kubernetes.io/name": "natsbind", "app.kubernetes.io/component": "controller" }),
+          /** Name of the pods' container port the HTTP listener is on. */
+          portName: z
+            .string()
+            .regex(/^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/, "must be a port name (IANA_SVC_NAME)")
+            .default("http"),
+          /** This replica's pod name; default: the host name (a pod's host name is its name). */
+          podName: z
+            .string()
+            .regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, "must be a pod name (DNS subdomain)")
+            .optional(),
         })
         .prefault({}),
     })

@@ -24,6 +24,12 @@ export const MAX_DELIVERY_KEY_LENGTH = 256;
  * and the client would see "connection reset" instead of the answer. (Go's net/http does the same.)
  */
 export const MAX_DISCARD_BYTES = 64 * 1024;
+/**
+ * Authenticated bodies read at the same time and their total size (declared, or maxBodyBytes when
+ * chunked): a flood by a sender that knows the secret costs bounded memory. Requests over the
+ * budget wait unread (the kernel's socket buffers hold their bytes) in a bounded line.
+ */
+export const DEFAULT_IN_FLIGHT = { maxRequests: 8, maxBytes: 8 * 1024 * 1024, maxWaiting: 256 };
 
 export type WebhookLogger = {
   info(obj: Record<string, unknown>, msg: string): void;
@@ -40,6 +46,7 @@ export type WebhookHandlerOptions = {
   /** Called after the response is sent; must only enqueue. A throw is logged and counted. */
   onSignal: (signal: GitLabSignal) => void;
   log?: WebhookLogger;
+  inFlight?: { maxRequests?: number; maxBytes?: number; maxWaiting?: number };
 };
 
 export type WebhookRejectReason =
@@ -49,6 +56,8 @@ export type WebhookRejectReason =
   | "too-large"
   | "malformed-json"
   | "invalid-payload"
+  /** Over the in-flight budget with a full waiting line (503, unread). */
+  | "busy"
   /** The client went away before the body was complete. */
   | "aborted";
 
@@ -155,6 +164,42 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     positiveInt(opts.dedupe?.ttlMs, DEFAULT_DEDUPE_TTL_MS, "dedupe.ttlMs"),
   );
   const now = opts.now ?? Date.now;
+  const maxInFlight = positiveInt(
+    opts.inFlight?.maxRequests,
+    DEFAULT_IN_FLIGHT.maxRequests,
+    "inFlight.maxRequests",
+  );
+  const maxInFlightBytes = positiveInt(
+    opts.inFlight?.maxBytes,
+    Math.max(DEFAULT_IN_FLIGHT.maxBytes, maxBodyBytes),
+    "inFlight.maxBytes",
+  );
+  const maxWaiting = positiveInt(
+    opts.inFlight?.maxWaiting,
+    DEFAULT_IN_FLIGHT.maxWaiting,
+    "inFlight.maxWaiting",
+  );
+  if (maxInFlightBytes < maxBodyBytes)
+    throw new TerminalError("webhook inFlight.maxBytes: must be at least maxBodyBytes");
+  let inFlight = 0;
+  let inFlightBytes = 0;
+  const waiting: { charge: number; start: () => void; cancelled: boolean }[] = [];
+  const fits = (charge: number): boolean =>
+    inFlight < maxInFlight && inFlightBytes + charge <= maxInFlightBytes;
+  const release = (charge: number): void => {
+    inFlight -= 1;
+    inFlightBytes -= charge;
+    while (waiting.length > 0) {
+      const next = waiting[0]!;
+      if (next.cancelled) {
+        waiting.shift();
+        continue;
+      }
+      if (!fits(next.charge)) break;
+      waiting.shift();
+      next.start();
+    }
+  };
   const log = opts.log;
   // Comparing fixed-size digests keeps the comparison constant-time whatever the lengths are.
   const secretDigest = createHash("sha256").update(opts.secretToken, "utf8").digest();
@@ -173,6 +218,7 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
       "too-large": 0,
       "malformed-json": 0,
       "invalid-payload": 0,
+      busy: 0,
       aborted: 0,
     },
     sinkErrors: 0,
@@ -206,7 +252,12 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     const declared = Number(header(req, "content-length") ?? "0");
     const tooMuchToDrain = !(declared <= MAX_DISCARD_BYTES);
     reject(req, res, reason, status, message, tooMuchToDrain ? { ...headers, connection: "close" } : headers);
-    if (tooMuchToDrain) return; // Connection: close; node closes the socket after the answer.
+    if (tooMuchToDrain) {
+      // Node would read (and drop) the rest of the body while closing; cut the connection once the
+      // answer is out instead, so an unauthenticated sender cannot make this replica read it at all.
+      res.once("finish", () => req.socket.destroy());
+      return;
+    }
     discardRest(req, 0);
   };
 
@@ -263,6 +314,31 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
       return;
     }
 
+    const declared = declaredLength === undefined ? NaN : Number(declaredLength);
+    const charge = Number.isSafeInteger(declared) && declared >= 0 ? declared : maxBodyBytes;
+    const start = (): void => {
+      inFlight += 1;
+      inFlightBytes += charge;
+      readBody(req, res, charge, deliveryKey);
+    };
+    if (fits(charge)) return start();
+    if (waiting.length >= maxWaiting) {
+      rejectUnread(req, res, "busy", 503, "too many webhook deliveries in flight");
+      return;
+    }
+    const entry = { charge, start, cancelled: false };
+    waiting.push(entry);
+    req.on("close", () => {
+      if (!req.complete) entry.cancelled = true;
+    });
+  };
+
+  const readBody = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    charge: number,
+    deliveryKey: string | undefined,
+  ): void => {
     const chunks: Buffer[] = [];
     let received = 0;
     let done = false;
@@ -270,6 +346,7 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
       received += chunk.length;
       if (received > maxBodyBytes) {
         done = true;
+        release(charge);
         req.off("data", onData);
         req.off("end", onEnd);
         chunks.length = 0;
@@ -281,6 +358,7 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     };
     const onEnd = (): void => {
       done = true;
+      release(charge);
       finish(req, res, header(req, "x-gitlab-event"), Buffer.concat(chunks, received), deliveryKey);
     };
     req.on("data", onData);
@@ -288,6 +366,7 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     req.on("close", () => {
       if (done) return;
       done = true;
+      release(charge);
       counters.rejected.aborted += 1;
       log?.warn({ remoteAddress: req.socket.remoteAddress }, "gitlab webhook aborted by the client");
     });

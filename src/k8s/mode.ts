@@ -38,7 +38,9 @@ import {
 } from "./secret-keystore.ts";
 import { KubePolicyGate, PolicyStatusReconciler, namespaceInformer, policyInformer } from "./policies.ts";
 import { KubeStatusWriter } from "./status.ts";
-import { createWebhookRelay, leaderIdentity } from "./webhook-relay.ts";
+import { startFollowerRelay } from "./follower-relay.ts";
+import { leaderIdentity } from "./leader-pod.ts";
+import type { SignalRelay } from "./relay-sender.ts";
 
 export function kubeConfigFrom(path: string | undefined): KubeConfig {
   const kc = new KubeConfig();
@@ -109,9 +111,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   const kc = kubeConfigFrom(k.kubeconfig);
   const customObjects = kc.makeApiClient(CustomObjectsApi);
   const core = kc.makeApiClient(CoreV1Api);
-  const identity =
-    ctx.opts.identity ??
-    leaderIdentity(hostname(), process.pid, config.http.listen, Number(new URL(ctx.url).port));
+  const identity = ctx.opts.identity ?? leaderIdentity(k.relay.podName ?? hostname(), process.pid);
   const klog = log.child({ identity });
 
   const bindingInformer = new Informer<NatsBindingObject>({
@@ -289,6 +289,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     policies.start(),
     namespaces.start(),
   ]);
+  let relay: SignalRelay | undefined;
   synced.catch(() => undefined); // stop() before the first list: nothing to report
 
   const lead = async (): Promise<void> => {
@@ -305,6 +306,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     for (const p of policies.list()) if (p.metadata?.name) policyQueue.add(p.metadata.name);
     controller = ctx.startController(step);
     ctx.setReconciling(true);
+    relay?.kick(); // signals accepted while following: applied here now
     for (const obj of bindingInformer.list()) queue.add(bindingKeyOf(obj));
     klog.info({ bindings: bindingInformer.list().length }, "leading: reconciling NatsBindings");
   };
@@ -320,10 +322,22 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   };
 
   const le = k.leaderElection;
+  if (le.enabled && ctx.relayKey) {
+    const sender = startFollowerRelay({
+      kubernetes: k,
+      core,
+      key: ctx.relayKey,
+      identity,
+      holder: () => elector?.holder(),
+      local: () => (controller && fence() ? (signal) => void inventories.handle(signal) : undefined),
+      clock: systemClock,
+      metrics: ctx.metrics,
+      log: klog,
+    });
+    relay = sender;
+    ctx.setFollowerSignals((signal) => sender.submit(signal));
+  }
   if (le.enabled) {
-    ctx.setFollowerWebhook(
-      createWebhookRelay({ leader: () => elector?.holder(), self: identity, log: klog }),
-    );
     elector = new LeaderElector({
       leases: leaseClient(kc),
       namespace: le.namespace,
@@ -345,6 +359,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   return {
     async stop() {
       stopping = true;
+      relay?.stop();
       ctx.setReconciling(false);
       await controller?.stop();
       await policyController?.stop();

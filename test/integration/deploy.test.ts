@@ -598,6 +598,8 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     ["create", "coordination.k8s.io/leases", NAMESPACE],
     ["get", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
     ["update", "coordination.k8s.io/leases", NAMESPACE, "natsbind"],
+    // The webhook relay reads the Lease holder's pod (k8s/leader-pod.ts).
+    ["get", "pods", NAMESPACE, "natsbind-abc"],
   ];
   /** Never, in any variant. */
   const neverCalls: Check[] = [
@@ -613,6 +615,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     ["create", "pods/exec", SAMPLE_NAMESPACE],
     ["create", "pods/exec", NAMESPACE],
     ["list", "pods", SAMPLE_NAMESPACE],
+    ["get", "pods", SAMPLE_NAMESPACE, "natsbind-abc"],
+    ["list", "pods", NAMESPACE],
+    ["update", "pods", NAMESPACE, "natsbind-abc"],
     ["create", "serviceaccounts/token", NAMESPACE],
     ["create", "rbac.authorization.k8s.io/rolebindings", SAMPLE_NAMESPACE],
     ["escalate", "rbac.authorization.k8s.io/clusterroles", ""],
@@ -793,6 +798,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       "coordination.k8s.io/leases": ["create"],
       "coordination.k8s.io/leases natsbind": ["get", "update"],
     });
+    const relayRole = only<V1Role & Manifest>(base, "Role", "natsbind-webhook-relay");
+    assert.equal(relayRole.metadata?.namespace, NAMESPACE);
+    assert.deepEqual(verbsByResource(relayRole.rules), { "core/pods": ["get"] });
     for (const binding of [...ofKind(base, "ClusterRoleBinding"), ...ofKind(base, "RoleBinding")]) {
       assert.deepEqual((binding as V1RoleBinding & Manifest).subjects, [
         { kind: "ServiceAccount", name: "natsbind", namespace: NAMESPACE },
@@ -962,6 +970,24 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     assert.ok(
       leaderRole.rules?.some((r) => r.resourceNames?.includes(lease.name)),
       `the Role names Lease ${lease.name}`,
+    );
+    // The webhook relay trusts a Lease holder only as a pod with these labels, in this namespace,
+    // with this port: they must be the Deployment's, and the Role must let it read them.
+    const relay = config.kubernetes.relay;
+    const deployment = only<V1Deployment & Manifest>(base, "Deployment", "natsbind");
+    const podNamespace = relay.namespace ?? lease.namespace;
+    assert.equal(podNamespace, deployment.metadata?.namespace);
+    for (const [k, v] of Object.entries(relay.podLabels))
+      assert.equal(deployment.spec?.template.metadata?.labels?.[k], v, `pod label ${k}`);
+    assert.ok(
+      deployment.spec?.template.spec?.containers.some((c) =>
+        c.ports?.some((p) => p.name === relay.portName && p.containerPort === 8080),
+      ),
+      `a container port named ${relay.portName} on the listener's port`,
+    );
+    assert.equal(
+      only<V1Role & Manifest>(base, "Role", "natsbind-webhook-relay").metadata?.namespace,
+      podNamespace,
     );
   });
 

@@ -3,21 +3,12 @@
 // ownerReferences), status, Events and the finalizer are read back from the apiserver.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { writeFile } from "node:fs/promises";
-import { hostname } from "node:os";
 import { join } from "node:path";
-import {
-  CoordinationV1Api,
-  CoreV1Api,
-  CustomObjectsApi,
-  type KubeConfig,
-  type V1Secret,
-} from "@kubernetes/client-node";
+import { CoreV1Api, CustomObjectsApi, type KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { stringify } from "yaml";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
-import { NODE_FLAGS } from "../../src/cli/node-flags.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
 import type { BindingStatus } from "../../src/controllers/binding/status.ts";
 import { FINALIZER, type NatsBindingObject } from "../../src/k8s/bindings.ts";
@@ -37,7 +28,14 @@ import {
   operatorResolver,
   type TestOperator,
 } from "../support/operator.ts";
-import { REPO_ROOT, freePort, removeDir, tempDir, waitFor } from "../support/process.ts";
+import { removeDir, tempDir, waitFor } from "../support/process.ts";
+import {
+  deliverProjectCreate,
+  leaseHolder,
+  metric,
+  startReplicas,
+  type Replica,
+} from "../support/replicas.ts";
 
 const NS = "team-a";
 const SECRET = "webhook-secret-for-k8s-tests";
@@ -451,14 +449,14 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
 });
 
 describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, () => {
-  it("one leader reconciles; kill it (SIGKILL) and the other takes over and converges", async () => {
+  it("one leader reconciles; deliveries spread over both while the leader is SIGKILLed: all 2xx, all applied", async (t) => {
     // Built in its own suite so its processes and servers are its own.
     const op = await createTestOperator();
     const kube = await startKubeApiserver();
     const sim = await GitLabSimulator.start();
     const server = await startNatsServer(op.serverOptions);
     const dir = await tempDir("k8s-ha");
-    const children: ChildProcess[] = [];
+    let replicas: Replica[] = [];
     const resolver = await operatorResolver(op, server.url);
     try {
       const kc = kube.kubeConfig();
@@ -468,23 +466,6 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
       await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
       await writeFile(join(dir, "token"), sim.token);
       await writeFile(join(dir, "secret"), SECRET);
-      // One config per replica: each its own known port (the webhook relay test needs them).
-      const ports = [await freePort(), await freePort()];
-      for (const [i, port] of ports.entries()) {
-        await writeFile(
-          join(dir, `natsbind-${i}.yaml`),
-          stringify({
-            mode: "kubernetes",
-            nats: natsConfigSection(op, [server.url]),
-            gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
-            kubernetes: {
-              kubeconfig: "kubeconfig",
-              leaderElection: { leaseDuration: "3s", renewDeadline: "2s", retryPeriod: "500ms" },
-            },
-            http: { listen: `127.0.0.1:${port}` },
-          }),
-        );
-      }
       const group = sim.createGroup({ name: "HA", path: "ha" });
       await applyPermissivePolicy(kc, "ha", ["ha"]);
       const first = sim.createProject({ name: "first", groupId: group.id });
@@ -500,38 +481,43 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
           spec: spec("ha"),
         },
       });
-      const start = (i: number): ChildProcess => {
-        const child = spawn(
-          process.execPath,
-          [
-            ...NODE_FLAGS,
-            join(REPO_ROOT, "src", "cli", "main.ts"),
-            "run",
-            "--config",
-            join(dir, `natsbind-${i}.yaml`),
-          ],
-          { stdio: "ignore" },
+      replicas = await startReplicas({
+        kc,
+        dir,
+        count: 2,
+        config: {
+          mode: "kubernetes",
+          nats: natsConfigSection(op, [server.url]),
+          gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
+          kubernetes: {
+            kubeconfig: "kubeconfig",
+            leaderElection: { leaseDuration: "3s", renewDeadline: "2s", retryPeriod: "500ms" },
+          },
+        },
+      });
+      const [a, b] = replicas as [Replica, Replica];
+      let deliveryId = 0;
+      // Before any replica may have seen a holder: an authenticated delivery is answered 2xx by
+      // each (it used to be 503 on a follower whose elector had not read the Lease yet).
+      const early = sim.createProject({ name: "early", groupId: group.id });
+      for (const r of replicas) {
+        await waitFor(async () => (await fetch(`${r.url}/healthz`)).ok, {
+          what: `replica ${r.index} listening`,
+          timeoutMs: 30_000,
+          intervalMs: 50,
+        });
+        const status = await deliverProjectCreate(
+          r.url,
+          SECRET,
+          { id: early.id, path: `ha/${early.path}` },
+          `early-${r.index}`,
         );
-        children.push(child);
-        return child;
-      };
-      const a = start(0);
-      const b = start(1);
-      const leases = kc.makeApiClient(CoordinationV1Api);
-      const holder = async (): Promise<string | undefined> => {
-        try {
-          return (await leases.readNamespacedLease({ name: "natsbind", namespace: "natsbind" })).spec
-            ?.holderIdentity;
-        } catch {
-          return undefined;
-        }
-      };
-      // holderIdentity: "<host>_<pid>@<webhook base URL>".
-      const byIdentity = new Map(
-        [a, b].map((c, i) => [`${hostname()}_${c.pid}@http://127.0.0.1:${ports[i]}`, c]),
-      );
+        assert.equal(status, 202, `replica ${r.index} answers an early delivery 2xx`);
+      }
+
+      const byIdentity = new Map(replicas.map((r) => [r.identity, r]));
       let leaderId: string | undefined;
-      await waitFor(async () => byIdentity.has((leaderId = await holder()) ?? ""), {
+      await waitFor(async () => byIdentity.has((leaderId = await leaseHolder(kc)) ?? ""), {
         what: "one replica holding the lease",
         timeoutMs: 30_000,
         intervalMs: 100,
@@ -549,18 +535,18 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
         const account = await accountOf(projectId);
         return account !== undefined && (await resolver.lookup(account)) !== undefined;
       };
-      await waitFor(() => live(first.id), {
-        what: "the first account live",
+      await waitFor(async () => (await live(first.id)) && (await live(early.id)), {
+        what: "the first accounts live",
         timeoutMs: 30_000,
         intervalMs: 100,
       });
 
-      // A delivery to the follower is relayed to the leader (resync is 1h: only the hook can do it).
+      // A delivery to the follower reaches the leader as a signal (resync is 1h: only the hook can).
       const leader = byIdentity.get(leaderId!)!;
-      const followerPort = ports[leader === a ? 1 : 0]!;
-      const followerMetrics = await (await fetch(`http://127.0.0.1:${followerPort}/metrics`)).text();
+      const follower = leader === a ? b : a;
+      const followerMetrics = await (await fetch(`${follower.url}/metrics`)).text();
       assert.match(followerMetrics, /^natsbind_reconciling 0$/m, "the follower does not reconcile");
-      sim.addSystemHook(`http://127.0.0.1:${followerPort}/webhooks/gitlab`, SECRET);
+      sim.addSystemHook(`${follower.url}/webhooks/gitlab`, SECRET);
       const relayed = sim.createProject({ name: "relayed", groupId: group.id });
       const deliveries = await sim.deliverPending();
       assert.ok(
@@ -572,30 +558,88 @@ describe("natsbind run (Kubernetes mode): two replicas", { timeout: 300_000 }, (
         timeoutMs: 15_000,
         intervalMs: 50,
       });
+      assert.ok(
+        (await metric(leader.url, 'natsbind_webhook_relay_received{outcome="applied"}')) >= 1,
+        "the leader applied a relayed signal",
+      );
 
-      // The leader dies without releasing the lease; the other must take over within the lease.
-      const killedAt = performance.now();
-      leader.kill("SIGKILL");
-      const second = sim.createProject({ name: "second", groupId: group.id });
-      await waitFor(async () => ((await holder()) ?? leaderId) !== leaderId, {
+      // Deliveries spread over both replicas; the leader dies (SIGKILL, the lease is not released)
+      // half way. A delivery a dead replica cannot take is sent to the other one, as GitLab's retry
+      // through the Service would. Every delivery must be answered 2xx, and every project applied.
+      const answers: { project: number; replica: number; status: number }[] = [];
+      const projects = Array.from({ length: 12 }, (_, i) =>
+        sim.createProject({ name: `spread-${i}`, groupId: group.id }),
+      );
+      let killedAt = 0;
+      for (const [i, p] of projects.entries()) {
+        if (i === 6) {
+          killedAt = performance.now();
+          leader.child.kill("SIGKILL");
+        }
+        // Before the kill: alternately to each replica. After it: the survivor (the only endpoint).
+        const target = replicas[i % 2]!;
+        const order = i < 6 ? [target, target === a ? b : a] : [follower];
+        for (const r of order) {
+          try {
+            const status = await deliverProjectCreate(
+              r.url,
+              SECRET,
+              { id: p.id, path: `ha/${p.path}` },
+              `spread-${++deliveryId}`,
+            );
+            answers.push({ project: p.id, replica: r.index, status });
+            break;
+          } catch {
+            // The dead replica: the next one takes it.
+          }
+        }
+      }
+      const answeredWhileFollowing = (await leaseHolder(kc)) === leaderId;
+      assert.deepEqual(
+        answers.map((x) => x.project),
+        projects.map((p) => p.id),
+        "every delivery was answered",
+      );
+      assert.ok(
+        answers.every((x) => x.status === 202),
+        `every delivery answered 2xx: ${JSON.stringify(answers)}`,
+      );
+      await waitFor(async () => ((await leaseHolder(kc)) ?? leaderId) !== leaderId, {
         what: "the other replica holding the lease",
         timeoutMs: 15_000,
         intervalMs: 50,
       });
       const takeoverMs = performance.now() - killedAt;
-      assert.ok(takeoverMs < 3_000 + 500 + 1_000, `took over in ${Math.round(takeoverMs)} ms`);
-      // The new leader starts with a full reconcile: the project made meanwhile gets its account.
-      await waitFor(() => live(second.id), {
-        what: "the second account live",
-        timeoutMs: 30_000,
-        intervalMs: 100,
-      });
+      assert.ok(takeoverMs < 3_000 + 500 + 3_000, `took over in ${Math.round(takeoverMs)} ms`);
+      assert.equal(await leaseHolder(kc), follower.identity, "the survivor leads");
+      for (const p of projects) {
+        await waitFor(() => live(p.id), {
+          what: `the account of spread project ${p.path}`,
+          timeoutMs: 30_000,
+          intervalMs: 100,
+        });
+      }
       assert.ok(await live(first.id), "the first account is still there");
-      assert.equal((await holder()) !== leaderId, true);
-      const survivor = [a, b].find((c) => c !== leader)!;
-      assert.equal(survivor.exitCode, null, "the new leader is running");
+      if (answeredWhileFollowing) {
+        // Deliveries the survivor took while the dead replica still held the lease were pending
+        // there, and it applied them itself once it led.
+        await waitFor(async () => (await metric(follower.url, "natsbind_webhook_relay_pending")) === 0, {
+          what: "the survivor's pending signals drained",
+          timeoutMs: 15_000,
+          intervalMs: 50,
+        });
+        assert.ok(
+          (await metric(follower.url, 'natsbind_webhook_relay_signals{outcome="applied_locally"}')) >= 1,
+          "pending signals were applied by the new leader",
+        );
+      }
+      t.diagnostic(
+        `took over in ${Math.round(takeoverMs)} ms; survivor answered while following: ${answeredWhileFollowing}; ` +
+          `applied from its queue: ${await metric(follower.url, 'natsbind_webhook_relay_signals{outcome="applied_locally"}')}`,
+      );
+      assert.equal(follower.child.exitCode, null, "the new leader is running");
     } finally {
-      for (const c of children) c.kill("SIGKILL");
+      for (const r of replicas) r.child.kill("SIGKILL");
       await resolver.close();
       await server.stop();
       await sim.stop();

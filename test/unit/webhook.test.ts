@@ -514,6 +514,48 @@ describe("gitlab webhook receiver, with a fake clock and failing sinks", () => {
     }
   });
 
+  it("bounds authenticated bodies in flight: over budget they wait unread, past the line 503", async () => {
+    const h = await harness({ inFlight: { maxRequests: 1, maxWaiting: 1 } });
+    try {
+      const body = JSON.stringify(renamePayload);
+      // The first delivery sends half its body and holds the only slot.
+      const first = request(h.url, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "content-length": String(Buffer.byteLength(body)),
+          "x-gitlab-token": SECRET,
+          "x-gitlab-event": "System Hook",
+        },
+      });
+      const firstAnswer = new Promise<number>((resolve, reject) => {
+        first.on("response", (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        });
+        first.on("error", reject);
+      });
+      first.write(body.slice(0, 10));
+      await waitFor("the first delivery in flight", () => h.handler.counters.received === 1);
+      const second = deliver(h, { ...renamePayload, project_id: 43 });
+      await waitFor("the second delivery waiting", () => h.handler.counters.received === 2);
+      const third = await deliver(h, { ...renamePayload, project_id: 44 });
+      assert.equal(third.status, 503, "the waiting line is full");
+      assert.equal(h.handler.counters.rejected.busy, 1);
+      assert.equal(h.signals.length, 0, "nothing applied while the first body is incomplete");
+      first.end(body.slice(10));
+      assert.equal(await firstAnswer, 202);
+      assert.equal((await second).status, 202, "the waiting delivery is read once the slot is free");
+      await waitFor("both signals", () => h.signals.length === 2);
+      assert.deepEqual(
+        h.signals.map((s) => (s.kind === "project" ? s.projectId : 0)),
+        [42, 43],
+      );
+    } finally {
+      await h.server.close();
+    }
+  });
+
   it("refuses an empty secret and bad limits at construction", () => {
     assert.throws(() => createWebhookHandler({ secretToken: "", onSignal: () => {} }), TerminalError);
     assert.throws(
