@@ -197,6 +197,8 @@ export async function readSecretFile(path: string, what: string): Promise<string
 export const MAX_CREDS_FILE_BYTES = 64 * 1024;
 /** The operator JWT: claims plus signing keys and service URLs. */
 export const MAX_OPERATOR_JWT_BYTES = 64 * 1024;
+/** A kubeconfig (`kubernetes.kubeconfig`): embedded certificates make it tens of KiB at most. */
+export const MAX_KUBECONFIG_BYTES = 256 * 1024;
 
 /**
  * Reads a file natsbind.yaml names (`nats.systemCreds`, `nats.operatorJwt`) whole, bounded: it is

@@ -10,6 +10,7 @@ import { hostname } from "node:os";
 import { isDeepStrictEqual } from "node:util";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { BindingReconciler } from "../controllers/binding/reconciler.ts";
+import { ConfigError, MAX_KUBECONFIG_BYTES, readConfigReferencedFile } from "../config/config.ts";
 import type { ModeContext, RunningMode } from "../main.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { systemClock } from "../runtime/clock.ts";
@@ -42,10 +43,22 @@ import { startFollowerRelay } from "./follower-relay.ts";
 import { leaderIdentity } from "./leader-pod.ts";
 import type { SignalRelay } from "./relay-sender.ts";
 
-export function kubeConfigFrom(path: string | undefined): KubeConfig {
+/**
+ * The kubeconfig natsbind.yaml names, read bounded like every file natsbind reads; none: in-cluster
+ * (or $KUBECONFIG). A parse error names the file only: client-node's message may quote its content.
+ */
+export async function kubeConfigFrom(path: string | undefined): Promise<KubeConfig> {
   const kc = new KubeConfig();
-  if (path) kc.loadFromFile(path);
-  else kc.loadFromDefault();
+  if (!path) {
+    kc.loadFromDefault();
+    return kc;
+  }
+  const text = await readConfigReferencedFile(path, "kubernetes.kubeconfig", MAX_KUBECONFIG_BYTES);
+  try {
+    kc.loadFromString(text);
+  } catch {
+    throw new ConfigError(`kubernetes.kubeconfig file ${path} is not a valid kubeconfig`);
+  }
   return kc;
 }
 
@@ -108,7 +121,7 @@ class AccountEvents {
 export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode> {
   const { config, log, queue, inventories } = ctx;
   const k = config.kubernetes;
-  const kc = kubeConfigFrom(k.kubeconfig);
+  const kc = await kubeConfigFrom(k.kubeconfig);
   const customObjects = kc.makeApiClient(CustomObjectsApi);
   const core = kc.makeApiClient(CoreV1Api);
   const identity = ctx.opts.identity ?? leaderIdentity(k.relay.podName ?? hostname(), process.pid);
