@@ -22,7 +22,8 @@ import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import { ANNOTATION_ACCOUNT, accountSecretName } from "../../src/k8s/secret-keystore.ts";
 import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { installNatsBindingCrd, startKubeApiserver, type KubeApiserver } from "../support/kube.ts";
+import { installNatsbindCrds, startKubeApiserver, type KubeApiserver } from "../support/kube.ts";
+import { applyPermissivePolicy } from "../support/policy.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import {
   createTestOperator,
@@ -124,7 +125,7 @@ describe("hostile: the follower's webhook path", { timeout: 300_000 }, () => {
     resolver = await operatorResolver(op, server.url);
     kc = kube.kubeConfig();
     core = kc.makeApiClient(CoreV1Api);
-    await installNatsBindingCrd(kc);
+    await installNatsbindCrds(kc);
     for (const name of [NS, POD_NAMESPACE]) await core.createNamespace({ body: { metadata: { name } } });
     dir = await tempDir("hostile-relay");
     await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
@@ -132,6 +133,7 @@ describe("hostile: the follower's webhook path", { timeout: 300_000 }, () => {
     await writeFile(join(dir, "secret"), SECRET);
     const acme = sim.createGroup({ name: "Acme", path: "acme" });
     groupId = acme.id;
+    await applyPermissivePolicy(kc, "acme", ["acme"]);
     const first = sim.createProject({ name: "first", groupId });
     await kc.makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
       group: GROUP,
