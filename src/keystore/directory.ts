@@ -10,10 +10,14 @@
  * slot are never regenerated: a slot whose seed is missing is an error, not a new key, because a
  * JWT may already name it.
  *
- * A slot is trusted only when it is where its ref puts it (the binding's directory, the slot's file
- * name) and every key it names has a seed file whose seed derives that key. list() leaves other
- * slots out and reports them (path and problem, never data), so they are never signed with,
- * pushed or deleted, and do not stop the binding's other slots.
+ * A slot is listed only when it is where its ref puts it (the binding's directory, the slot's file
+ * name) and every key it names has a seed file; list() leaves other slots out and reports them
+ * (path and problem, never data), so they are never pushed or deleted, and do not stop the
+ * binding's other slots. Whether a seed derives the key it is stored under is checked when the
+ * seed is loaded (get, ensure), before it can sign: deriving every seed at each start cost ~4 s
+ * for 10,000 projects, and unlike tenant-writable Secrets this directory is the admin's (kept
+ * 0700). The resolver-side ownership check (controllers/binding/ownership.ts) guards pushes and
+ * deletes in both modes.
  */
 import { createHash } from "node:crypto";
 import { mkdir, readdir, rm } from "node:fs/promises";
@@ -44,6 +48,12 @@ const slotSchema = z.strictObject({
 function fileName(value: string): string {
   const readable = value.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 80);
   return `${readable}-${createHash("sha256").update(value).digest("hex").slice(0, 12)}`;
+}
+
+function missingSeed(path: string, key: string): never {
+  throw new KeyStoreError(
+    `key store: ${path} names ${key}, whose seed is missing: restore it from backup (a JWT may name it)`,
+  );
 }
 
 function sameRef(a: AccountRef, b: AccountRef): boolean {
@@ -103,10 +113,14 @@ export class DirectoryKeyStore implements KeyStore {
   }
 
   /**
-   * A slot file checked: in its own place, every key it names backed by a seed that derives it;
-   * else what is wrong (with the slot it claims to be, when it is in its own place).
+   * A slot file checked: in its own place, every key it names backed by a seed file (`seeds`: the
+   * public keys with one); else what is wrong (with the slot it claims to be, when in its place).
    */
-  async #checkSlot(binding: string, path: string): Promise<StoredAccount | UntrustedSlot | undefined> {
+  async #checkSlot(
+    binding: string,
+    path: string,
+    seeds: ReadonlySet<string>,
+  ): Promise<StoredAccount | UntrustedSlot | undefined> {
     let ref: AccountRef | undefined;
     try {
       const slot = await this.#readSlot(path);
@@ -114,7 +128,8 @@ export class DirectoryKeyStore implements KeyStore {
       if (slot.ref.binding !== binding || this.#slotPath(slot.ref) !== path)
         throw new KeyStoreError(`key store: ${path} names a slot that does not belong in this file`);
       ref = slot.ref;
-      await this.#load(slot, path);
+      for (const key of [slot.account, ...Object.values(slot.roles)])
+        if (!seeds.has(key)) missingSeed(path, key);
       return slot;
     } catch (err) {
       if (!(err instanceof KeyStoreError || err instanceof KeyError)) throw err;
@@ -133,9 +148,10 @@ export class DirectoryKeyStore implements KeyStore {
       });
       const loaded: Listing = { slots: new Map(), untrusted: new Map() };
       const files = names.filter((n) => n.endsWith(".json"));
+      const seeds = new Set(files.length > 0 ? await this.#seeds.list() : []);
       await mapLimit(files, 32, async (name) => {
         const path = join(dir, name);
-        const checked = await this.#checkSlot(binding, path);
+        const checked = await this.#checkSlot(binding, path, seeds);
         if (checked && "source" in checked) loaded.untrusted.set(path, checked);
         else if (checked) loaded.slots.set(path, checked);
       });
@@ -149,16 +165,12 @@ export class DirectoryKeyStore implements KeyStore {
     );
   }
 
+  /** The slot's seeds, each checked to derive the key it is stored under. */
   async #load(slot: StoredAccount, path: string): Promise<AccountKeys> {
-    const missing = (key: string): never => {
-      throw new KeyStoreError(
-        `key store: ${path} names ${key}, whose seed is missing: restore it from backup (a JWT may name it)`,
-      );
-    };
-    const accountKey = (await this.#seeds.load(slot.account, "account")) ?? missing(slot.account);
+    const accountKey = (await this.#seeds.load(slot.account, "account")) ?? missingSeed(path, slot.account);
     const roleKeys = new Map<string, NKeyPair>();
     for (const [role, pub] of Object.entries(slot.roles))
-      roleKeys.set(role, (await this.#seeds.load(pub, "account")) ?? missing(pub));
+      roleKeys.set(role, (await this.#seeds.load(pub, "account")) ?? missingSeed(path, pub));
     return { ...slot, accountKey, roleKeys };
   }
 
