@@ -189,6 +189,24 @@ describe("resolver on one server", TIMEOUT, () => {
     }
   });
 
+  it("a JWT naming natsbind's signing key under a forged signature is refused by the server, never stored", async () => {
+    // Why the ownership check (controllers/binding/ownership.ts) trusts the issuer of what the
+    // resolver holds without verifying its signature again: the server verifies it before storing.
+    const account = NKeyPair.generate("account");
+    const mallory = NKeyPair.generate("operator");
+    const claims = accountClaims(
+      { publicKey: account.publicKey, name: "forged", tags: ["natsbind-binding:x"], signingKeys: [] },
+      mallory.publicKey,
+    );
+    const [header, , signature] = signJwt(claims, mallory, 1).split(".");
+    const body = Buffer.from(JSON.stringify({ ...claims, iss: op.signingKey.publicKey })).toString(
+      "base64url",
+    );
+    // The client's guard checks the issuer only, so this reaches the server.
+    await assert.rejects(resolver.push(`${header}.${body}.${signature}`), ResolverRejectedError);
+    assert.equal(await resolver.lookup(account.publicKey), undefined);
+  });
+
   it("is rejected with each server's reason when the server refuses the JWT", async () => {
     // An account that names itself as its own signing key is invalid to nats-server's jwt library.
     const account = NKeyPair.generate("account");

@@ -156,20 +156,12 @@ describe("heldOwner", () => {
     assert.deepEqual(held, { owner: ownerKey(KEY, ref(1)) });
   });
 
-  it("refuses another issuer, a forged signature, another account's JWT and missing tags", () => {
+  it("refuses another issuer, another account's JWT and missing or doubled tags", () => {
     // The operator itself (nsc) made it: not natsbind's signing key.
     const admin = heldOwner(accountJwt(account, operator, ownTags(1)), account, issuers);
     assert.match("problem" in admin ? admin.problem : "", /issued by O[A-Z2-7]+, not by natsbind/);
-    // Claims that name natsbind's signer, signed by someone else.
-    const mallory = NKeyPair.generate("operator");
-    const claims = accountClaims(
-      { publicKey: account, name: "x", tags: ownTags(1), signingKeys: [] },
-      mallory.publicKey,
-    );
-    const [h, , sig] = signJwt(claims, mallory, 1).split(".");
-    const body = Buffer.from(JSON.stringify({ ...claims, iss: signer.publicKey })).toString("base64url");
-    const forged = heldOwner(`${h}.${body}.${sig}`, account, issuers);
-    assert.match("problem" in forged ? forged.problem : "", /signature does not verify/);
+    // A forged signature under natsbind's issuer never gets this far: the servers verify it before
+    // storing (test/integration/resolver.test.ts), so heldOwner() checks the issuer only.
     const other = NKeyPair.generate("account").publicKey;
     assert.ok("problem" in heldOwner(accountJwt(other, signer, ownTags(1)), account, issuers));
     assert.ok("problem" in heldOwner(accountJwt(account, signer, ["gitlab-project-id:1"]), account, issuers));

@@ -19,14 +19,14 @@ import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
 import { KeyStoreError } from "../../store/key-directory.ts";
-import { jwtClaimsHash, signJwt } from "../../nats/claims.ts";
+import { claimsHash, readJwt, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
 import type { ReconcileResult, Reconciler } from "../../runtime/controller.ts";
 import type { Clock } from "../../runtime/clock.ts";
 import { mapLimit } from "../../runtime/concurrency.ts";
 import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
-import { heldOwner, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
+import { heldOwner, heldOwnerOfClaims, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
 import { plan, type Plan } from "./plan.ts";
 import {
   CONDITION,
@@ -426,8 +426,17 @@ export class BindingReconciler implements Reconciler<string> {
           this.#held.delete(s.account);
           return;
         }
-        const owner = heldOwner(jwt, s.account, this.#issuers);
-        const hash = jwtClaimsHash(jwt);
+        // One read of the JWT for both: its claims hash and whose account it is.
+        let owner: HeldOwner;
+        let hash: string;
+        try {
+          const { claims } = readJwt(jwt, `account JWT of ${s.account} on the resolver`);
+          owner = heldOwnerOfClaims(claims, s.account, this.#issuers);
+          hash = claimsHash(claims);
+        } catch (err) {
+          owner = { problem: describeError(err) };
+          hash = "";
+        }
         this.#held.set(s.account, { hash, checkedAt: now, owner });
         hashes.set(s.account, hash);
         owners.set(s.account, owner);
