@@ -251,7 +251,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     clock: ctx.clock,
     driftCheckMs: config.gitlab!.resyncInterval,
     requeue: (key) => queue.add(key),
-    authorize: (key, binding) => gate.authorize(key, binding),
+    authorize: (key, spec) => gate.authorize(key, spec),
     events: {
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);

@@ -3,7 +3,7 @@
  * anything else, and the controller that records each granted path's GitLab group id in the
  * policy's status.
  *
- * - KubePolicyGate.authorize(key, binding): namespace labels (namespace informer), policies (policy
+ * - KubePolicyGate.authorize(key, spec): namespace labels (namespace informer), policies (policy
  *   informer; grants are the ids in status.groups for paths still in the spec), the ancestor chain
  *   of what the binding selects (GitLab, cached briefly and dropped whenever a policy or namespace
  *   changes) -> the pure authorize() in src/policy/authorize.ts.
@@ -130,12 +130,12 @@ export class KubePolicyGate {
     return out;
   }
 
-  #chain(binding: NatsBinding): Promise<number[]> {
+  #chain(spec: NatsBinding["spec"]): Promise<number[]> {
     const ttl = this.#o.chainTtlMs ?? CHAIN_TTL_MS;
     const parents = this.#parents;
     const clock = this.#o.clock;
     if (parents.size > MAX_CACHED_PARENTS) parents.clear();
-    return ancestorChain(this.#o.gitlab, binding.spec.gitlab, {
+    return ancestorChain(this.#o.gitlab, spec.gitlab, {
       get(id) {
         const hit = parents.get(id);
         return hit && clock.now() - hit.at < ttl ? hit.parentId : undefined;
@@ -147,7 +147,7 @@ export class KubePolicyGate {
   }
 
   /** The reconciler's gate. Throws when GitLab cannot answer (retried); refuses otherwise. */
-  async authorize(key: string, binding: NatsBinding): Promise<GateVerdict> {
+  async authorize(key: string, spec: NatsBinding["spec"]): Promise<GateVerdict> {
     const { namespace } = splitBindingKey(key);
     const ns = this.#o.namespaces.get(undefined, namespace);
     if (!ns) {
@@ -155,11 +155,11 @@ export class KubePolicyGate {
     }
     const policies = this.grants();
     // No policy could apply: refuse without asking GitLab anything.
-    const ancestors = policies.length === 0 ? [] : await this.#chain(binding);
+    const ancestors = policies.length === 0 ? [] : await this.#chain(spec);
     const verdict = authorize({
       namespace,
       namespaceLabels: ns.metadata?.labels ?? {},
-      spec: binding.spec,
+      spec,
       policies,
       ancestors,
     });

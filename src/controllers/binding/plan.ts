@@ -144,8 +144,9 @@ export function desiredAccount(
   };
 }
 
-export function plan(input: PlanInput): Plan {
-  const result: Plan = {
+/** A plan that does nothing. */
+export function emptyPlan(): Plan {
+  return {
     ensureKeys: [],
     push: [],
     upToDate: [],
@@ -154,8 +155,12 @@ export function plan(input: PlanInput): Plan {
     conflict: [],
     problems: [],
     notOwned: [],
-    untrusted: [...(input.untrusted ?? [])],
+    untrusted: [],
   };
+}
+
+export function plan(input: PlanInput): Plan {
+  const result: Plan = { ...emptyPlan(), untrusted: [...(input.untrusted ?? [])] };
   const untrusted = new Set(result.untrusted.flatMap((u) => (u.ref ? [refKey(u.ref)] : [])));
   const slots = new Map(input.slots.map((s) => [refKey(s.ref), s]));
   const roleNames = input.binding.spec.roles.map((r) => r.name);

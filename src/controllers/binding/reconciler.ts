@@ -27,7 +27,7 @@ import type { Clock } from "../../runtime/clock.ts";
 import { mapLimit } from "../../runtime/concurrency.ts";
 import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
 import { heldOwner, heldOwnerOfClaims, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
-import { plan, type Plan } from "./plan.ts";
+import { emptyPlan, plan, type Plan } from "./plan.ts";
 import {
   CONDITION,
   MAX_ACCOUNT_SUMMARIES,
@@ -119,7 +119,7 @@ export interface BindingReconcilerOptions {
    * anything else; a refusal reconciles nothing. Absent (local mode: admin-owned files): allowed.
    * Throws when it cannot tell (GitLab unavailable): retried like a GitLab failure.
    */
-  authorize?: (key: string, binding: NatsBinding) => Promise<GateVerdict>;
+  authorize?: (key: string, spec: NatsBinding["spec"]) => Promise<GateVerdict>;
 }
 
 /** The projects of an older, possibly overlapping binding could not be listed. */
@@ -181,7 +181,7 @@ export class BindingReconciler implements Reconciler<string> {
     if (this.#o.authorize) {
       let verdict: GateVerdict;
       try {
-        verdict = await this.#o.authorize(key, binding);
+        verdict = await this.#o.authorize(key, binding.spec);
       } catch (err) {
         return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
       }
@@ -258,16 +258,7 @@ export class BindingReconciler implements Reconciler<string> {
     spec: NatsBinding["spec"] | undefined,
   ): Promise<NatsBinding["spec"] | undefined> {
     if (!spec || !this.#o.authorize) return spec;
-    const slash = key.indexOf("/");
-    const namespace = key.slice(0, Math.max(slash, 0));
-    const name = key.slice(slash + 1);
-    const binding: NatsBinding = {
-      apiVersion: "natsbind.io/v1alpha1",
-      kind: "NatsBinding",
-      metadata: { name, ...(namespace ? { namespace } : {}) },
-      spec,
-    };
-    return (await this.#o.authorize(key, binding)).allowed ? spec : undefined;
+    return (await this.#o.authorize(key, spec)).allowed ? spec : undefined;
   }
 
   /**
@@ -341,7 +332,7 @@ export class BindingReconciler implements Reconciler<string> {
     const entry = this.#o.bindings.get(other);
     if (entry?.kind !== "valid") return false;
     try {
-      const verdict = await this.#o.authorize(other, entry.binding);
+      const verdict = await this.#o.authorize(other, entry.binding.spec);
       this.#allowed.set(other, verdict.allowed);
       return verdict.allowed;
     } catch (err) {
@@ -565,18 +556,7 @@ export class BindingReconciler implements Reconciler<string> {
         const refused = await this.#removeAccount(key, slot);
         if (refused) notOwned.push({ ref: slot.ref, account: slot.account, message: refused });
       }
-      const none: Plan = {
-        ensureKeys: [],
-        push: [],
-        upToDate: [],
-        remove: [],
-        retain: [],
-        conflict: [],
-        problems: [],
-        notOwned,
-        untrusted,
-      };
-      this.#reportRefusals(key, none, true);
+      this.#reportRefusals(key, { ...emptyPlan(), notOwned, untrusted }, true);
     } else {
       // Retain, or a policy never seen: the accounts stay, and so must their keys.
       await this.#o.keys.release?.(key);
