@@ -446,16 +446,32 @@ type Exhaustive<Union, Listed> = [Exclude<Union, Listed>] extends [never] ? true
 const _statesListed: Exhaustive<AccountSummary["state"], (typeof ACCOUNT_STATES)[number]> &
   Exhaustive<Condition["status"], (typeof CONDITION_STATUSES)[number]> = true;
 
-const conditionProperties: { [K in keyof Condition]-?: JsonSchema } = {
-  type: string("Condition type: Ready, GitLabSynced or ResolverSynced.", { maxLength: 316 }),
-  status: string("True, False or Unknown.", { enum: [...CONDITION_STATUSES] }),
-  reason: string("Machine-readable reason in CamelCase, e.g. Reconciled or GitLabError.", {
-    maxLength: 1024,
-  }),
-  message: string("Human-readable details.", { maxLength: 32768 }),
-  observedGeneration: integer("The spec generation this condition was computed from."),
-  lastTransitionTime: string("When the status last changed.", { format: "date-time" }),
-};
+/**
+ * `status.conditions` in the shape of metav1.Condition (both CRDs): `types` and `reasons` describe
+ * what this resource's conditions say, `description` the list.
+ */
+export function conditionsSchema(text: { types: string; reasons: string; description: string }): JsonSchema {
+  const properties: { [K in keyof Condition]-?: JsonSchema } = {
+    type: string(text.types, { maxLength: 316 }),
+    status: string("True, False or Unknown.", { enum: [...CONDITION_STATUSES] }),
+    reason: string(text.reasons, { maxLength: 1024 }),
+    message: string("Human-readable details.", { maxLength: 32768 }),
+    observedGeneration: integer("The spec generation this condition was computed from."),
+    lastTransitionTime: string("When the status last changed.", { format: "date-time" }),
+  };
+  return {
+    description: text.description,
+    type: "array",
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+    items: {
+      description: "One condition (the shape of metav1.Condition).",
+      type: "object",
+      required: ["type", "status", "reason", "message", "lastTransitionTime"],
+      properties,
+    },
+  };
+}
 
 const countsProperties: { [K in keyof BindingStatus["counts"]]-?: JsonSchema } = {
   projects: integer("GitLab projects the binding selects."),
@@ -481,18 +497,11 @@ const accountProperties: { [K in keyof AccountSummary]-?: JsonSchema } = {
 
 const statusProperties: { [K in keyof BindingStatus]-?: JsonSchema } = {
   observedGeneration: integer("The spec generation the status describes."),
-  conditions: {
+  conditions: conditionsSchema({
+    types: "Condition type: Ready, GitLabSynced or ResolverSynced.",
+    reasons: "Machine-readable reason in CamelCase, e.g. Reconciled or GitLabError.",
     description: "Ready, GitLabSynced and ResolverSynced, each with a reason and a message.",
-    type: "array",
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["type"],
-    items: {
-      description: "One condition (the shape of metav1.Condition).",
-      type: "object",
-      required: ["type", "status", "reason", "message", "lastTransitionTime"],
-      properties: conditionProperties,
-    },
-  },
+  }),
   counts: {
     description: "Account and project counts of the last reconcile.",
     type: "object",

@@ -8,6 +8,7 @@
 import {
   QUANTITY_PATTERN,
   QUANTITY_RULE,
+  conditionsSchema,
   toStructuralSchema,
   withOverlays,
   type CelRule,
@@ -24,7 +25,6 @@ import {
   POLICY_SINGULAR,
   natsBindingPolicySpecJsonSchema,
   type NatsBindingPolicyStatus,
-  type PolicyCondition,
   type PolicyGroupStatus,
 } from "./policy.ts";
 import { GROUP, VERSION } from "./types.ts";
@@ -98,15 +98,6 @@ const groupProperties: { [K in keyof PolicyGroupStatus]-?: JsonSchema } = {
   currentPath: string("The group's full path now (differs after a rename); absent when the group is gone."),
 };
 
-const conditionProperties: { [K in keyof PolicyCondition]-?: JsonSchema } = {
-  type: string("Condition type: Ready.", { maxLength: 316 }),
-  status: string("True, False or Unknown.", { enum: ["True", "False", "Unknown"] }),
-  reason: string("Resolved, GroupNotFound, GitLabError or InvalidSpec.", { maxLength: 1024 }),
-  message: string("Human-readable details.", { maxLength: 32768 }),
-  observedGeneration: integer("The spec generation this condition was computed from."),
-  lastTransitionTime: string("When the status last changed.", { format: "date-time" }),
-};
-
 const statusProperties: { [K in keyof NatsBindingPolicyStatus]-?: JsonSchema } = {
   observedGeneration: integer("The spec generation the status describes."),
   groups: {
@@ -120,18 +111,11 @@ const statusProperties: { [K in keyof NatsBindingPolicyStatus]-?: JsonSchema } =
       properties: groupProperties,
     },
   },
-  conditions: {
+  conditions: conditionsSchema({
+    types: "Condition type: Ready.",
+    reasons: "Resolved, GroupNotFound, GitLabError or InvalidSpec.",
     description: "Ready: every granted path resolved to a group that still exists.",
-    type: "array",
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["type"],
-    items: {
-      description: "One condition (the shape of metav1.Condition).",
-      type: "object",
-      required: ["type", "status", "reason", "message", "lastTransitionTime"],
-      properties: conditionProperties,
-    },
-  },
+  }),
 };
 
 const readyCondition = '.status.conditions[?(@.type=="Ready")]';
