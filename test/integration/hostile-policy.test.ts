@@ -6,47 +6,34 @@
 // status naming a project of team B; a granted binding works; a rename keeps the grant.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import {
-  CoreV1Api,
-  CustomObjectsApi,
   PatchStrategy,
   setHeaderOptions,
+  type CoreV1Api,
+  type CustomObjectsApi,
   type KubeConfig,
 } from "@kubernetes/client-node";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { POLICY_PLURAL } from "../../src/api/v1alpha1/policy.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
-import { parseConfig } from "../../src/config/config.ts";
 import type { BindingStatus, Condition } from "../../src/controllers/binding/status.ts";
 import type { NatsBindingObject } from "../../src/k8s/bindings.ts";
 import { ANNOTATION_ACCOUNT, LABEL_BINDING, accountSecretName } from "../../src/k8s/secret-keystore.ts";
 import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
-import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { installNatsbindCrds, startKubeApiserver, type KubeApiserver } from "../support/kube.ts";
-import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import {
-  createTestOperator,
-  natsConfigSection,
-  operatorResolver,
-  type TestOperator,
-} from "../support/operator.ts";
+import type { GitLabSimulator } from "../support/gitlab-sim.ts";
+import { startKubeRig, type KubeRig } from "../support/k8s-rig.ts";
 import { createPolicy, policyGroupIds, waitForPolicyResolved } from "../support/policy.ts";
-import { removeDir, tempDir, waitFor } from "../support/process.ts";
+import { waitFor } from "../support/process.ts";
 
 const SECRET = "webhook-secret-for-policy-tests";
 const WAIT = { timeoutMs: 20_000, intervalMs: 50 };
 
 describe("NatsBindingPolicy against a hostile tenant (Kubernetes mode)", { timeout: 300_000 }, () => {
-  let op: TestOperator;
-  let server: NatsServer;
   let sim: GitLabSimulator;
-  let kube: KubeApiserver;
+  let rig: KubeRig;
   let kc: KubeConfig;
-  let dir: string;
   let resolver: NatsResolver;
   let controller: RunningController | undefined;
   let objects: CustomObjectsApi;
@@ -178,18 +165,12 @@ describe("NatsBindingPolicy against a hostile tenant (Kubernetes mode)", { timeo
   }
 
   before(async () => {
-    [op, kube, sim] = await Promise.all([
-      createTestOperator(),
-      startKubeApiserver(),
-      GitLabSimulator.start(),
-    ]);
-    server = await startNatsServer(op.serverOptions);
-    kc = kube.kubeConfig();
-    objects = kc.makeApiClient(CustomObjectsApi);
-    core = kc.makeApiClient(CoreV1Api);
-    await installNatsbindCrds(kc);
-    for (const name of ["team-a", "team-b", "team-c", "natsbind"])
-      await core.createNamespace({ body: { metadata: { name } } });
+    rig = await startKubeRig({
+      namespaces: ["team-a", "team-b", "team-c", "natsbind"],
+      name: "hostile-policy",
+      webhookSecret: SECRET,
+    });
+    ({ sim, kc, objects, core, resolver } = rig);
 
     const acme = sim.createGroup({ name: "Acme", path: "acme" });
     teamA = sim.createGroup({ name: "Team A", path: "team-a", parentId: acme.id });
@@ -198,22 +179,7 @@ describe("NatsBindingPolicy against a hostile tenant (Kubernetes mode)", { timeo
     billing = sim.createProject({ name: "billing", groupId: teamB.id });
     ledger = sim.createProject({ name: "ledger", groupId: teamB.id });
 
-    dir = await tempDir("hostile-policy");
-    await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
-    await writeFile(join(dir, "token"), sim.token);
-    await writeFile(join(dir, "secret"), SECRET);
-    const config = parseConfig(
-      {
-        mode: "kubernetes",
-        nats: natsConfigSection(op, [server.url]),
-        gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
-        kubernetes: { kubeconfig: "kubeconfig" },
-        http: { listen: "127.0.0.1:0" },
-      },
-      "test config",
-      dir,
-    );
-    resolver = await operatorResolver(op, server.url);
+    const config = await rig.config();
     controller = await runController(config, {
       log: process.env.K8S_TEST_LOG ? createLogger({ level: "debug" }) : nullLogger,
       identity: "policy-test",
@@ -223,12 +189,7 @@ describe("NatsBindingPolicy against a hostile tenant (Kubernetes mode)", { timeo
 
   after(async () => {
     await controller?.stop();
-    await resolver?.close();
-    await sim?.stop();
-    await server?.stop();
-    await kube?.stop();
-    await op?.remove();
-    if (dir) await removeDir(dir);
+    await rig?.stop();
   });
 
   it("a binding with no policy at all is Forbidden; once a policy grants its group it works", async () => {

@@ -6,13 +6,10 @@
 // binding's own accounts keep working, and status + a Warning Event say what was refused.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { CoreV1Api, CustomObjectsApi, type KubeConfig, type V1Secret } from "@kubernetes/client-node";
-import { stringify } from "yaml";
+import type { CoreV1Api, CustomObjectsApi, KubeConfig, V1Secret } from "@kubernetes/client-node";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
-import { parseConfig, type Config } from "../../src/config/config.ts";
+import type { Config } from "../../src/config/config.ts";
 import type { BindingStatus } from "../../src/controllers/binding/status.ts";
 import type { NatsBindingObject } from "../../src/k8s/bindings.ts";
 import { ANNOTATION_ACCOUNT, accountSecretLabels, accountSecretName } from "../../src/k8s/secret-keystore.ts";
@@ -20,22 +17,19 @@ import { NKeyPair } from "../../src/nats/keys.ts";
 import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
-import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { startKubeApiserver, installNatsbindCrds, type KubeApiserver } from "../support/kube.ts";
+import type { GitLabSimulator } from "../support/gitlab-sim.ts";
+import { startKubeRig, type KubeRig } from "../support/k8s-rig.ts";
 import { applyPermissivePolicy } from "../support/policy.ts";
-import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
+import type { NatsServer } from "../support/nats-server.ts";
 import {
   connectWithCreds,
-  createTestOperator,
-  natsConfigSection,
-  operatorResolver,
   projectAccount,
   roleUserCreds,
   scopedUserCreds,
   type TestAccount,
   type TestOperator,
 } from "../support/operator.ts";
-import { removeDir, tempDir, waitFor } from "../support/process.ts";
+import { waitFor } from "../support/process.ts";
 
 const NS = "team-a";
 const BINDING = "app";
@@ -51,9 +45,8 @@ describe("hostile tenant: forged key Secrets (issue 9, finding 1)", { timeout: 3
   let op: TestOperator;
   let server: NatsServer;
   let sim: GitLabSimulator;
-  let kube: KubeApiserver;
+  let rig: KubeRig;
   let kc: KubeConfig;
-  let dir: string;
   let config: Config;
   let resolver: NatsResolver;
   let controller: RunningController | undefined;
@@ -185,36 +178,12 @@ describe("hostile tenant: forged key Secrets (issue 9, finding 1)", { timeout: 3
   }
 
   before(async () => {
-    [op, kube, sim] = await Promise.all([
-      createTestOperator(),
-      startKubeApiserver(),
-      GitLabSimulator.start(),
-    ]);
-    server = await startNatsServer(op.serverOptions);
-    kc = kube.kubeConfig();
-    objects = kc.makeApiClient(CustomObjectsApi);
-    core = kc.makeApiClient(CoreV1Api);
-    await installNatsbindCrds(kc);
     // natsbind (the Lease) and the tenant.
-    for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
-
-    dir = await tempDir("hostile");
-    await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
-    await writeFile(join(dir, "token"), sim.token);
-    await writeFile(join(dir, "secret"), SECRET);
-    const document = {
-      mode: "kubernetes",
-      nats: natsConfigSection(op, [server.url]),
-      gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
-      kubernetes: {
-        kubeconfig: "kubeconfig",
-        leaderElection: { leaseDuration: "60s", renewDeadline: "45s", retryPeriod: "2s" },
-      },
-      http: { listen: "127.0.0.1:0" },
-    };
-    await writeFile(join(dir, "natsbind.yaml"), stringify(document));
-    config = parseConfig(document, "test config", dir);
-    resolver = await operatorResolver(op, server.url);
+    rig = await startKubeRig({ namespaces: [NS, "natsbind"], name: "hostile", webhookSecret: SECRET });
+    ({ op, sim, server, kc, objects, core, resolver } = rig);
+    config = await rig.config({
+      leaderElection: { leaseDuration: "60s", renewDeadline: "45s", retryPeriod: "2s" },
+    });
 
     const group = sim.createGroup({ name: "Team A", path: "team-a" });
     for (const name of ["web", "api"]) projects.push(sim.createProject({ name, groupId: group.id }).id);
@@ -248,12 +217,7 @@ describe("hostile tenant: forged key Secrets (issue 9, finding 1)", { timeout: 3
 
   after(async () => {
     await controller?.stop();
-    await resolver?.close();
-    await sim?.stop();
-    await server?.stop();
-    await kube?.stop();
-    await op?.remove();
-    if (dir) await removeDir(dir);
+    await rig?.stop();
   });
 
   it("(a) a slot Secret pointed at finance's account with the attacker's ci key takes nothing", async () => {

@@ -6,7 +6,6 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CoreV1Api, CustomObjectsApi, type KubeConfig, type V1Secret } from "@kubernetes/client-node";
-import { stringify } from "yaml";
 import { PLURAL } from "../../src/api/v1alpha1/crd.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import { parseConfig, type Config } from "../../src/config/config.ts";
@@ -20,6 +19,7 @@ import { createLogger, nullLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import { startKubeApiserver, installNatsbindCrds, type KubeApiserver } from "../support/kube.ts";
+import { startKubeRig, type KubeRig } from "../support/k8s-rig.ts";
 import { applyPermissivePolicy } from "../support/policy.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import {
@@ -59,6 +59,7 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
   let server: NatsServer;
   let sim: GitLabSimulator;
   let kube: KubeApiserver;
+  let rig: KubeRig;
   let kc: KubeConfig;
   let dir: string;
   let config: Config;
@@ -128,47 +129,18 @@ describe("natsbind run (Kubernetes mode)", { timeout: 300_000 }, () => {
   }
 
   before(async () => {
-    [op, kube, sim] = await Promise.all([
-      createTestOperator(),
-      startKubeApiserver(),
-      GitLabSimulator.start(),
-    ]);
-    server = await startNatsServer(op.serverOptions);
-    kc = kube.kubeConfig();
-    objects = kc.makeApiClient(CustomObjectsApi);
-    core = kc.makeApiClient(CoreV1Api);
-    await installNatsbindCrds(kc);
-    for (const name of [NS, "natsbind"]) await core.createNamespace({ body: { metadata: { name } } });
-
-    dir = await tempDir("k8s-run");
-    await writeFile(join(dir, "kubeconfig"), kc.exportConfig());
-    await writeFile(join(dir, "token"), sim.token);
-    await writeFile(join(dir, "secret"), SECRET);
-    const document = {
-      mode: "kubernetes",
-      nats: natsConfigSection(op, [server.url]),
-      gitlab: { url: sim.url, tokenFile: "token", webhookSecretFile: "secret", resyncInterval: "1h" },
-      kubernetes: {
-        kubeconfig: "kubeconfig",
-        // Long enough to keep the lease through an apiserver restart (the two-replica suite below
-        // uses short ones); a longer outage makes the leader stop, and the pod restart, by design.
-        leaderElection: { leaseDuration: "60s", renewDeadline: "45s", retryPeriod: "2s" },
-      },
-      http: { listen: "127.0.0.1:0" },
-    };
-    await writeFile(join(dir, "natsbind.yaml"), stringify(document));
-    config = parseConfig(document, "test config", dir);
-    resolver = await operatorResolver(op, server.url);
+    rig = await startKubeRig({ namespaces: [NS, "natsbind"], name: "k8s-run", webhookSecret: SECRET });
+    ({ op, kube, sim, server, kc, objects, core, dir, resolver } = rig);
+    config = await rig.config({
+      // Long enough to keep the lease through an apiserver restart (the two-replica suite below
+      // uses short ones); a longer outage makes the leader stop, and the pod restart, by design.
+      leaderElection: { leaseDuration: "60s", renewDeadline: "45s", retryPeriod: "2s" },
+    });
   });
 
   after(async () => {
     await controller?.stop();
-    await resolver?.close();
-    await sim?.stop();
-    await server?.stop();
-    await kube?.stop();
-    await op?.remove();
-    if (dir) await removeDir(dir);
+    await rig?.stop();
   });
 
   it("binding -> accounts pushed, Secrets owned by the binding, finalizer, Ready status, Events", async () => {
