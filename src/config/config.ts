@@ -44,6 +44,69 @@ const dnsLabel = z
 const labelName = /^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 const labelValue = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
 
+const MINUTE_MS = 60_000;
+
+/**
+ * CI credentials (src/credentials/): GitLab CI ID tokens exchanged for short-lived NATS user JWTs,
+ * through POST /v1/credentials and, when `callout` is set, the NATS auth callout.
+ */
+const CredentialsSchema = z
+  .strictObject({
+    /** The ID token's `aud` must contain this (the `aud` of `id_tokens:` in .gitlab-ci.yml). */
+    audience: z.string().min(1).max(512),
+    /** Exact `iss`; default gitlab.url (without a trailing slash). */
+    issuer: z
+      .string()
+      .regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL")
+      .max(2048)
+      .optional(),
+    /** JWKS URL; default: jwks_uri of <issuer>/.well-known/openid-configuration. */
+    jwksUrl: z
+      .string()
+      .regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL")
+      .max(2048)
+      .optional(),
+    /** Longest lifetime of an issued user JWT. */
+    maxTtl: duration(MINUTE_MS, 3_600_000).default(900_000),
+    /** Lifetime when the request names none. */
+    defaultTtl: duration(10_000, 3_600_000).default(600_000),
+    /** Clock skew allowed on exp, nbf and iat. */
+    leeway: duration(0, 300_000).default(60_000),
+    /** Tokens issued longer ago than this are refused (GitLab's longest job timeout is far below). */
+    maxTokenAge: duration(MINUTE_MS, 7 * 86_400_000).default(86_400_000),
+    /** An unknown `kid` refetches the JWKS at most once per this. */
+    jwksCooldown: duration(1_000, 3_600_000).default(30_000),
+    /** NATS URLs handed to jobs in the answer; default nats.servers. */
+    servers: z.array(natsUrl).min(1).max(64).optional(),
+    rateLimit: z
+      .strictObject({
+        perProjectPerMinute: z.number().int().min(1).max(1_000_000).default(600),
+        perClientPerMinute: z.number().int().min(1).max(1_000_000).default(1_200),
+      })
+      .prefault({}),
+    audit: z
+      .strictObject({
+        /** Append JSON lines here (0600); absent: standard output. */
+        file: z.string().min(1).optional(),
+        /** Also log nats.connect / nats.disconnect of issued users from $SYS.ACCOUNT.*.(DIS)CONNECT. */
+        connections: z.boolean().default(true),
+      })
+      .prefault({}),
+    /** NATS auth callout (nats-server >= 2.11.2): written by `natsbind init --callout`. */
+    callout: z
+      .strictObject({
+        /** Creds of natsbind's callout user (an auth_users entry of the callout account). */
+        credsFile: z.string().min(1),
+        /** Seed file of the callout account key (or one of its signing keys): signs the responses. */
+        signingKeyFile: z.string().min(1),
+      })
+      .optional(),
+  })
+  .refine((c) => c.defaultTtl <= c.maxTtl, {
+    message: "defaultTtl must not be longer than maxTtl",
+    path: ["defaultTtl"],
+  });
+
 const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
@@ -130,7 +193,14 @@ const ConfigSchema = z.strictObject({
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
   /** Local mode: status files, one per binding (what `natsbind status` reads). */
   state: z.strictObject({ directory: z.string().min(1).default("state") }).prefault({}),
-  http: z.strictObject({ listen: listenAddress.default("127.0.0.1:8080") }).prefault({}),
+  http: z
+    .strictObject({
+      listen: listenAddress.default("127.0.0.1:8080"),
+      /** Serve HTTPS (ID tokens are bearer credentials); the files are re-read when they change. */
+      tls: z.strictObject({ certFile: z.string().min(1), keyFile: z.string().min(1) }).optional(),
+    })
+    .prefault({}),
+  credentials: CredentialsSchema.optional(),
 });
 
 export type Config = z.output<typeof ConfigSchema>;
@@ -162,6 +232,31 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
     bindings: { directory: at(config.bindings.directory) },
     keys: { directory: at(config.keys.directory) },
     state: { directory: at(config.state.directory) },
+    http: {
+      ...config.http,
+      ...(config.http.tls
+        ? { tls: { certFile: at(config.http.tls.certFile), keyFile: at(config.http.tls.keyFile) } }
+        : {}),
+    },
+    ...(config.credentials
+      ? {
+          credentials: {
+            ...config.credentials,
+            audit: {
+              ...config.credentials.audit,
+              ...(config.credentials.audit.file ? { file: at(config.credentials.audit.file) } : {}),
+            },
+            ...(config.credentials.callout
+              ? {
+                  callout: {
+                    credsFile: at(config.credentials.callout.credsFile),
+                    signingKeyFile: at(config.credentials.callout.signingKeyFile),
+                  },
+                }
+              : {}),
+          },
+        }
+      : {}),
     ...(config.gitlab
       ? {
           gitlab: {

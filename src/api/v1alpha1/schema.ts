@@ -220,6 +220,44 @@ const ResponsesSchema = z
   .optional()
   .describe("Allow replying to received requests (request/reply services) without publish permission.");
 
+const CiSchema = z
+  .strictObject({
+    refs: z
+      .enum(["protected", "any"])
+      .default("protected")
+      .describe(
+        'Which refs: "protected" (default) only jobs on protected branches and tags (ref_protected), "any" every ref.',
+      ),
+    refTypes: z
+      .array(z.enum(["branch", "tag"]))
+      .min(1, "must list at least one ref type")
+      .max(2, "must list at most 2 ref types")
+      .superRefine((types, ctx) => duplicates(types, ctx, (t) => t, "ref type"), { when: () => true })
+      .optional()
+      .describe("Only jobs of these ref types (branch, tag). Absent: both."),
+    environments: z
+      .array(environmentName)
+      .min(1, "must list at least one environment")
+      .max(MAX_ENVIRONMENTS, `must list at most ${MAX_ENVIRONMENTS} environments`)
+      .superRefine((names, ctx) => duplicates(names, ctx, (n) => n, "environment"), { when: () => true })
+      .optional()
+      .describe(
+        "Only jobs deploying to one of these environments, and only when GitLab marks the environment " +
+          "protected (environment_protected). Absent: any job.",
+      ),
+    allowForkMergeRequests: z
+      .boolean()
+      .default(false)
+      .describe(
+        "Issue to merge-request jobs that run in a fork (job_project_id differs from project_id). Default false.",
+      ),
+  })
+  .optional()
+  .describe(
+    "CI jobs of the project may get short-lived credentials of this role from their GitLab ID token. " +
+      "Absent: never issued to CI jobs.",
+  );
+
 const RoleSchema = z
   .strictObject({
     name: dnsLabel("role name").describe(
@@ -228,6 +266,7 @@ const RoleSchema = z
     publish: permission("publish"),
     subscribe: permission("subscribe"),
     responses: ResponsesSchema,
+    ci: CiSchema,
   })
   .describe("A permission role: becomes a scoped signing key on every account of the binding.");
 
@@ -500,6 +539,11 @@ function toSpec(s: z.output<typeof NatsBindingSpecSchema>): NatsBindingSpec {
     if (r.responses) {
       const ttl = parseDuration(r.responses.ttl, MAX_RESPONSE_TTL_MS);
       role.responses = { max: r.responses.max, ttlMs: "value" in ttl ? ttl.value : 0 };
+    }
+    if (r.ci) {
+      role.ci = { refs: r.ci.refs, allowForkMergeRequests: r.ci.allowForkMergeRequests };
+      if (r.ci.refTypes) role.ci.refTypes = [...r.ci.refTypes];
+      if (r.ci.environments) role.ci.environments = [...r.ci.environments];
     }
     return role;
   });

@@ -31,11 +31,27 @@ export interface ResponsePermission {
   ttlMs: number;
 }
 
+/**
+ * Which GitLab CI jobs may get credentials of a role (src/credentials/). A role without it is never
+ * issued to a job.
+ */
+export interface CiIssuance {
+  /** "protected": only jobs whose ref is protected (ref_protected "true"); "any": every ref. */
+  refs: "protected" | "any";
+  /** Absent: branches and tags. */
+  refTypes?: Array<"branch" | "tag">;
+  /** Absent: any job (with or without an environment). Set: the job deploys to one of these, protected. */
+  environments?: string[];
+  /** false (default): refuse jobs running in a fork (job_project_id / job_namespace_id differ). */
+  allowForkMergeRequests: boolean;
+}
+
 export interface Role {
   name: string;
   publish: SubjectRules;
   subscribe: SubjectRules;
   responses?: ResponsePermission;
+  ci?: CiIssuance;
 }
 
 export interface JetStreamBindingLimits {
