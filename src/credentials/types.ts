@@ -71,43 +71,45 @@ export interface CredentialIssuer {
 }
 
 /** One audit line (audit.ts writes it as JSON). Never a token, a seed or a whole user JWT. */
-export type AuditEvent =
-  | {
-      event: "credentials.issued" | "credentials.refused";
-      time: string;
-      via: Via;
-      client: string;
-      projectId?: number;
-      projectPath?: string;
-      pipelineId?: number;
-      jobId?: number;
-      ref?: string;
-      refProtected?: boolean;
-      user?: string;
-      environment?: string;
-      role?: string;
-      account?: string;
-      binding?: string;
-      userPublicKey?: string;
-      expiresAt?: string;
-      /** Refusals: code and reason. */
-      code?: RefusalCode;
-      reason?: string;
-      message?: string;
-    }
-  | {
-      event: "nats.connect" | "nats.disconnect";
-      time: string;
-      account: string;
-      userPublicKey: string;
-      name?: string;
-      tags?: string[];
-      server?: string;
-      clientAddress?: string;
-      sent?: { msgs: number; bytes: number };
-      received?: { msgs: number; bytes: number };
-      reason?: string;
-    };
+export type AuditEvent = CredentialAuditEvent | ConnectionAuditEvent;
+
+export interface CredentialAuditEvent {
+  event: "credentials.issued" | "credentials.refused";
+  time: string;
+  via: Via;
+  client: string;
+  projectId?: number;
+  projectPath?: string;
+  pipelineId?: number;
+  jobId?: number;
+  ref?: string;
+  refProtected?: boolean;
+  user?: string;
+  environment?: string;
+  role?: string;
+  account?: string;
+  binding?: string;
+  userPublicKey?: string;
+  expiresAt?: string;
+  /** Refusals: code and reason. */
+  code?: RefusalCode;
+  reason?: string;
+  message?: string;
+}
+
+export interface ConnectionAuditEvent {
+  event: "nats.connect" | "nats.disconnect";
+  time: string;
+  account: string;
+  userPublicKey: string;
+  name?: string;
+  tags?: string[];
+  server?: string;
+  clientAddress?: string;
+  sent?: { msgs: number; bytes: number };
+  received?: { msgs: number; bytes: number };
+  reason?: string;
+}
 
 export interface AuditSink {
   write(event: AuditEvent): void;

@@ -31,7 +31,11 @@ interface Scope {
   bindings: Set<string>;
   /** The resync being reported: callers that joined it (ProjectInventory.resync) report it once. */
   reporting?: { run: Promise<InventoryDiff>; done: Promise<void> };
+  /** A first listing started by projectOf(): one at a time, retried at most every 10 s. */
+  firstListing?: { atMs: number; inFlight: boolean };
 }
+
+const FIRST_LISTING_RETRY_MS = 10_000;
 
 /** One fetch of a project for every scope a signal concerns, with each scope's listing count then. */
 interface Fetched {
@@ -89,6 +93,30 @@ export class ProjectInventories implements ProjectSource {
     const scope = this.#scopeFor(key, spec);
     if (!scope.inventory.synced) await scope.inventory.resync();
     return [...scope.inventory.snapshot().values()];
+  }
+
+  /**
+   * The project with this id among those the binding selects, from the scope's last complete
+   * listing (a Map lookup: credential issuance asks this per request). "unsynced": the scope was
+   * never listed; its first listing is started (at most one at a time) and the caller answers later.
+   */
+  projectOf(
+    key: string,
+    spec: NatsBinding["spec"],
+    projectId: number,
+  ): GitLabProject | undefined | "unsynced" {
+    const scope = this.#scopeFor(key, spec);
+    if (scope.inventory.synced) return scope.inventory.snapshot().get(projectId);
+    const now = this.#o.clock.now();
+    if (
+      !scope.firstListing?.inFlight &&
+      now - (scope.firstListing?.atMs ?? -Infinity) >= FIRST_LISTING_RETRY_MS
+    ) {
+      const attempt = { atMs: now, inFlight: true };
+      scope.firstListing = attempt;
+      void this.#resync(scope, "first listing (credentials)").finally(() => (attempt.inFlight = false));
+    }
+    return "unsynced";
   }
 
   knownProjects(key: string): readonly GitLabProject[] | undefined {
