@@ -21,6 +21,7 @@ import type { GitLabSignal } from "./gitlab/signals.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
 import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.ts";
+import type { CredentialSources } from "./credentials/directory.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectResolver } from "./nats/from-config.ts";
 import type { AccountResolver } from "./nats/resolver.ts";
@@ -90,6 +91,11 @@ export interface ModeContext {
   setFollowerSignals(sink: (signal: GitLabSignal) => void): void;
   /** Called by the mode when it stopped on its own. */
   stoppedOnItsOwn(reason: string): void;
+  /**
+   * Where CI credential issuance finds bindings and keys (src/credentials/): every replica issues,
+   * leader or not, so a mode sets this whether or not it reconciles.
+   */
+  setCredentialSources(sources: CredentialSources): void;
 }
 
 export interface RunningMode {
@@ -147,6 +153,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   };
 
   let reconciling = false;
+  let credentialSources: CredentialSources | undefined;
   let followerSignals: ((signal: GitLabSignal) => void) | undefined;
   const routes: Record<string, Handler> = {
     "/metrics": metricsHandler(metrics),
@@ -160,7 +167,11 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       secretToken: webhookSecret,
       onSignal: (signal) => {
         if (reconciling || !followerSignals) void inventories.handle(signal);
-        else followerSignals(signal);
+        else {
+          followerSignals(signal);
+          // A follower that issues CI credentials keeps its own inventories current as well.
+          if (config.credentials) void inventories.handle(signal);
+        }
       },
       log,
     });
@@ -262,6 +273,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       followerSignals = sink;
     },
     stoppedOnItsOwn: (reason) => stoppedOnItsOwn(reason),
+    setCredentialSources(sources) {
+      credentialSources = sources;
+    },
   };
 
   let mode: RunningMode;
@@ -323,10 +337,11 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
       return explicit !== undefined ? Date.parse(explicit) : firstSeen.get(key);
     },
   };
+  const keys = new DirectoryKeyStore(config.keys.directory, { owner: true });
   const reconciler = new BindingReconciler({
     bindings: lookup,
     projects: inventories,
-    keys: new DirectoryKeyStore(config.keys.directory, { owner: true }),
+    keys,
     resolver: ctx.resolver,
     statuses: new StatusFiles(config.state.directory),
     signer: ctx.signer,
@@ -349,6 +364,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   });
   const controller = ctx.startController(reconciler);
   ctx.setReconciling(true);
+  ctx.setCredentialSources({ bindings: lookup, keys, ready: () => true });
   for (const key of presentKeys(snapshot)) queue.add(key);
   ctx.log.info(
     { bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },

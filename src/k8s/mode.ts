@@ -304,6 +304,15 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
   ]);
   let relay: SignalRelay | undefined;
   synced.catch(() => undefined); // stop() before the first list: nothing to report
+  // Every replica issues CI credentials (issuance only reads bindings, Secrets and policies).
+  let loaded = false;
+  void synced.then(() => (loaded = true)).catch(() => undefined);
+  ctx.setCredentialSources({
+    bindings,
+    keys,
+    authorize: (key, spec) => gate.authorize(key, spec),
+    ready: () => loaded,
+  });
 
   const lead = async (): Promise<void> => {
     await synced;

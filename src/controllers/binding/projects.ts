@@ -212,7 +212,9 @@ export class ProjectInventories implements ProjectSource {
   }
 
   /** Starts the periodic full resync of every scope. */
+  /** Starts the periodic full resync of every scope (again after stop(); a no-op while running). */
   start(): void {
+    if (!this.#stopped && this.#timer !== undefined) return;
     this.#stopped = false;
     this.#schedule();
   }
