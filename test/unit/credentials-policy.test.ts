@@ -67,46 +67,67 @@ describe("issuing policy", () => {
     assert.ok(named.allowed && named.role.name === "ci");
   });
 
-  const refusals: Array<[string, Record<string, unknown>, Partial<CiIdentity>, string | undefined, string]> = [
-    ["no binding", {}, {}, undefined, "project_not_bound"],
-    ["role without ci", { roles: [{ name: "admin" }, ciRole()] }, {}, "admin", "role_not_issuable"],
-    ["unknown role", { roles: [ciRole()] }, {}, "deploy", "role_unknown"],
-    ["unprotected ref", { roles: [ciRole()] }, { refProtected: false }, undefined, "unprotected_ref"],
-    ["tag-only role on a branch", { roles: [ciRole({ refTypes: ["tag"] })] }, {}, undefined, "ref_type_not_allowed"],
-    ["fork MR (project)", { roles: [ciRole()] }, { jobProjectId: 99 }, undefined, "fork_merge_request"],
-    ["fork MR (namespace)", { roles: [ciRole()] }, { jobNamespaceId: 98 }, undefined, "fork_merge_request"],
-    ["no environment", { roles: [ciRole({ environments: ["production"] })] }, {}, undefined, "environment_required"],
+  const refusals: Array<[string, Record<string, unknown>, Partial<CiIdentity>, string | undefined, string]> =
     [
-      "wrong environment",
-      { roles: [ciRole({ environments: ["production"] })] },
-      { environment: { name: "staging", protected: true } },
-      undefined,
-      "environment_not_allowed",
-    ],
-    [
-      "unprotected environment",
-      { roles: [ciRole({ environments: ["production"] })] },
-      { environment: { name: "production", protected: false } },
-      undefined,
-      "environment_unprotected",
-    ],
-    ["namespace moved", { roles: [ciRole()] }, { namespaceId: 8 }, undefined, "namespace_mismatch"],
-    ["no ci role at all", { roles: [{ name: "admin" }] }, {}, undefined, "no_issuable_role"],
-    [
-      "per-environment account, no environment",
-      { accountPer: "environment", environments: { names: ["production"] }, roles: [ciRole({ refs: "any" })] },
-      {},
-      undefined,
-      "environment_required",
-    ],
-    [
-      "per-environment account, unknown environment",
-      { accountPer: "environment", environments: { names: ["production"] }, roles: [ciRole({ refs: "any" })] },
-      { environment: { name: "review/x", protected: false } },
-      undefined,
-      "environment_not_bound",
-    ],
-  ];
+      ["no binding", {}, {}, undefined, "project_not_bound"],
+      ["role without ci", { roles: [{ name: "admin" }, ciRole()] }, {}, "admin", "role_not_issuable"],
+      ["unknown role", { roles: [ciRole()] }, {}, "deploy", "role_unknown"],
+      ["unprotected ref", { roles: [ciRole()] }, { refProtected: false }, undefined, "unprotected_ref"],
+      [
+        "tag-only role on a branch",
+        { roles: [ciRole({ refTypes: ["tag"] })] },
+        {},
+        undefined,
+        "ref_type_not_allowed",
+      ],
+      ["fork MR (project)", { roles: [ciRole()] }, { jobProjectId: 99 }, undefined, "fork_merge_request"],
+      ["fork MR (namespace)", { roles: [ciRole()] }, { jobNamespaceId: 98 }, undefined, "fork_merge_request"],
+      [
+        "no environment",
+        { roles: [ciRole({ environments: ["production"] })] },
+        {},
+        undefined,
+        "environment_required",
+      ],
+      [
+        "wrong environment",
+        { roles: [ciRole({ environments: ["production"] })] },
+        { environment: { name: "staging", protected: true } },
+        undefined,
+        "environment_not_allowed",
+      ],
+      [
+        "unprotected environment",
+        { roles: [ciRole({ environments: ["production"] })] },
+        { environment: { name: "production", protected: false } },
+        undefined,
+        "environment_unprotected",
+      ],
+      ["namespace moved", { roles: [ciRole()] }, { namespaceId: 8 }, undefined, "namespace_mismatch"],
+      ["no ci role at all", { roles: [{ name: "admin" }] }, {}, undefined, "no_issuable_role"],
+      [
+        "per-environment account, no environment",
+        {
+          accountPer: "environment",
+          environments: { names: ["production"] },
+          roles: [ciRole({ refs: "any" })],
+        },
+        {},
+        undefined,
+        "environment_required",
+      ],
+      [
+        "per-environment account, unknown environment",
+        {
+          accountPer: "environment",
+          environments: { names: ["production"] },
+          roles: [ciRole({ refs: "any" })],
+        },
+        { environment: { name: "review/x", protected: false } },
+        undefined,
+        "environment_not_bound",
+      ],
+    ];
   for (const [what, spec, claims, role, reason] of refusals) {
     it(`refuses: ${what} -> ${reason}`, () => {
       const o = what === "no binding" ? undefined : owner({ gitlab: { group: "acme" }, ...spec });
@@ -195,7 +216,11 @@ describe("user JWT", () => {
     const account = NKeyPair.generate("account");
     const signingKey = NKeyPair.generate("account");
     const user = NKeyPair.generate("user");
-    const identity: CiIdentity = { ...job, ref: "feature/New Thing*", environment: { name: "prod", protected: true } };
+    const identity: CiIdentity = {
+      ...job,
+      ref: "feature/New Thing*",
+      environment: { name: "prod", protected: true },
+    };
     const jwt = signUserJwt({
       identity,
       role: "ci",
