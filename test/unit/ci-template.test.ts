@@ -6,8 +6,10 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { describe, it } from "node:test";
 import { parse } from "yaml";
+import { parseBinding } from "../../src/api/v1alpha1/schema.ts";
 
 const TEMPLATE = new URL("../../ci/natsbind.gitlab-ci.yml", import.meta.url);
+const GUIDE = new URL("../../docs/ci-credentials.md", import.meta.url);
 
 interface Job {
   id_tokens?: Record<string, { aud: unknown }>;
@@ -90,5 +92,64 @@ describe("ci/natsbind.gitlab-ci.yml", async () => {
     assert.match(script, /export NATS_USER="\$NATSBIND_ID_TOKEN"/);
     assert.match(script, /unset NATS_CREDS NATS_NKEY/);
     assert.doesNotMatch(script, /curl/);
+  });
+});
+
+describe("docs/ci-credentials.md", async () => {
+  const text = await readFile(GUIDE, "utf8");
+  const blocks = [...text.matchAll(/^```yaml\n([\s\S]*?)^```$/gm)].map(
+    (m) => parse(m[1]!) as Record<string, unknown>,
+  );
+  const template = parse(await readFile(TEMPLATE, "utf8")) as Record<string, Job>;
+
+  it("shows a roles[].ci example that is a valid binding spec", () => {
+    const specs = blocks.filter((b) => typeof b.spec === "object");
+    assert.equal(specs.length, 1);
+    const binding = parseBinding(
+      { apiVersion: "natsbind.io/v1alpha1", kind: "NatsBinding", metadata: { name: "x" }, ...specs[0] },
+      "doc",
+    );
+    assert.deepEqual(binding.spec.roles[0]!.ci, {
+      refs: "protected",
+      refTypes: ["branch", "tag"],
+      environments: ["production"],
+      allowForkMergeRequests: false,
+    });
+  });
+
+  it("shows a pipeline whose jobs extend the template's hidden jobs and set what their scripts need", () => {
+    const pipeline = blocks.find((b) => "include" in b);
+    assert.ok(pipeline, "a .gitlab-ci.yml example");
+    const variables = pipeline.variables as Record<string, string>;
+    for (const name of ["NATSBIND_URL", "NATSBIND_AUDIENCE", "NATS_URL"]) assert.ok(variables[name], name);
+    assert.match(variables.NATSBIND_URL!, /^https:\/\//);
+    const extended = Object.values(pipeline)
+      .map((job) => (job as { extends?: string }).extends)
+      .filter((e) => e !== undefined)
+      .sort();
+    assert.deepEqual(extended, [".natsbind-callout", ".natsbind-credentials"]);
+    for (const name of extended) assert.ok(template[name], `${name} is in the template`);
+  });
+
+  it("documents every status of the exchange and keeps the places of the callout and audit sections", () => {
+    for (const status of [400, 401, 403, 405, 406, 408, 413, 415, 429, 503]) {
+      assert.match(text, new RegExp(`^\\| ${status} `, "m"), `status ${status}`);
+    }
+    for (const code of [
+      "invalid_token",
+      "forbidden",
+      "bad_request",
+      "payload_too_large",
+      "unsupported_media_type",
+      "rate_limited",
+      "unavailable",
+    ]) {
+      assert.ok(text.includes(`\`${code}\``), code);
+    }
+    assert.ok(
+      text.includes("Retry-After") && text.includes('WWW-Authenticate: Bearer error="invalid_token"'),
+    );
+    assert.ok(text.includes("<!-- callout: merged from docs/ci-credentials-callout.md -->"));
+    assert.ok(text.includes("<!-- audit: merged from docs/ci-credentials-audit.md -->"));
   });
 });

@@ -43,7 +43,7 @@ describe("docs/configuration.md", async () => {
     assert.deepEqual(documentFields(document).sort(), [...fields].sort());
     const config = parseConfig(document, "docs/configuration.md", "/etc/natsbind");
     assert.equal(config.credentials?.maxTtl, 900_000);
-    assert.equal(config.credentials?.callout?.credsFile, "/etc/natsbind/callout/callout.creds");
+    assert.equal(config.credentials?.callout?.credsFile, "/etc/natsbind/callout.creds");
   });
 
   it("names every field of credentials and http.tls in a table, with its default and bounds", () => {
