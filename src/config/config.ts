@@ -107,7 +107,7 @@ const CredentialsSchema = z
     path: ["defaultTtl"],
   });
 
-const ConfigSchema = z.strictObject({
+export const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
     servers: z.array(natsUrl).min(1).max(64),

@@ -16,7 +16,11 @@ import {
 } from "@kubernetes/client-node";
 import { parse } from "yaml";
 import { CRD_NAME, natsBindingCrd, PLURAL, type JsonSchema } from "../../src/api/v1alpha1/crd.ts";
-import { BindingValidationError, parseBinding } from "../../src/api/v1alpha1/schema.ts";
+import {
+  BindingValidationError,
+  NatsBindingSpecSchema,
+  parseBinding,
+} from "../../src/api/v1alpha1/schema.ts";
 import { GROUP, VERSION } from "../../src/api/v1alpha1/types.ts";
 import type { BindingStatus } from "../../src/controllers/binding/status.ts";
 import {
@@ -221,6 +225,70 @@ const INVALID: Case[] = [
     message: /spec\.roles\[0\]\.responses\.ttl: Invalid value: "24h1s": must be at most 24h/,
   },
   {
+    what: "ci.refs other than protected or any",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { refs: "unprotected" } }] },
+    message:
+      /spec\.roles\[0\]\.ci\.refs: Unsupported value: "unprotected": supported values: "protected", "any"/,
+  },
+  {
+    what: "an unknown ci.refTypes value",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { refTypes: ["merge_request"] } }] },
+    message:
+      /spec\.roles\[0\]\.ci\.refTypes\[0\]: Unsupported value: "merge_request": supported values: "branch", "tag"/,
+  },
+  {
+    what: "empty ci.refTypes",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { refTypes: [] } }] },
+    message: /spec\.roles\[0\]\.ci\.refTypes: Invalid value: 0: .*should have at least 1 items/,
+  },
+  {
+    what: "a duplicate ci.refTypes value",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { refTypes: ["tag", "tag"] } }] },
+    message: /spec\.roles\[0\]\.ci\.refTypes\[1\]: Duplicate value: "tag"/,
+  },
+  {
+    what: "a duplicate ci.environments name",
+    spec: {
+      gitlab: { group: "acme" },
+      roles: [{ name: "ci", ci: { environments: ["production", "staging", "production"] } }],
+    },
+    message: /spec\.roles\[0\]\.ci\.environments\[2\]: Duplicate value: "production"/,
+  },
+  {
+    what: "a ci.environments name with an edge space",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { environments: [" production"] } }] },
+    message:
+      /spec\.roles\[0\]\.ci\.environments\[0\]: Invalid value: " production": must not contain control characters/,
+  },
+  {
+    what: "65 ci.environments",
+    spec: {
+      gitlab: { group: "acme" },
+      roles: [{ name: "ci", ci: { environments: Array.from({ length: 65 }, (_, i) => `e${i}`) } }],
+    },
+    message: /spec\.roles\[0\]\.ci\.environments: Too many: 65: must have at most 64 items/,
+  },
+  {
+    what: "allowForkMergeRequests as a string",
+    spec: { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: { allowForkMergeRequests: "true" } }] },
+    message:
+      /spec\.roles\[0\]\.ci\.allowForkMergeRequests: Invalid value: "string": .*must be of type boolean/,
+  },
+  {
+    what: "a ci environment outside environments.names with accountPer: environment",
+    spec: {
+      gitlab: { group: "acme" },
+      accountPer: "environment",
+      environments: { names: ["production", "staging"] },
+      roles: [
+        { name: "build", ci: {} },
+        { name: "deploy", ci: { environments: ["staging", "prod"] } },
+      ],
+    },
+    message:
+      /spec\.roles: Invalid value: .*ci\.environments lists an environment that is not in environments\.names/,
+  },
+  {
     what: "a name longer than 63 characters",
     spec: { gitlab: { group: "acme" } },
     metadataName: "x".repeat(64),
@@ -272,6 +340,54 @@ const VALID: { what: string; spec: Spec }[] = [
   {
     what: "a reply permission without time limit",
     spec: { gitlab: { group: "acme" }, roles: [{ name: "svc", responses: { max: 1, ttl: "0" } }] },
+  },
+  {
+    what: "every ci field, per project (ci.environments filter the job's environment claim)",
+    spec: {
+      gitlab: { group: "acme" },
+      roles: [
+        {
+          name: "ci",
+          publish: { allow: ["build.{{project.id}}.{{tag(pipeline)}}.>"] },
+          ci: {
+            refs: "any",
+            refTypes: ["branch", "tag"],
+            environments: ["review/app"],
+            allowForkMergeRequests: true,
+          },
+        },
+      ],
+    },
+  },
+  {
+    what: "ci.environments within environments.names",
+    spec: {
+      gitlab: { group: "acme" },
+      accountPer: "environment",
+      environments: { names: ["production", "staging"] },
+      roles: [{ name: "deploy", ci: { environments: ["production"] } }],
+    },
+  },
+  {
+    what: "ci.environments with environments fromGitLab (checked at issuance)",
+    spec: {
+      gitlab: { group: "acme" },
+      accountPer: "environment",
+      environments: { fromGitLab: true },
+      roles: [{ name: "deploy", ci: { environments: ["production", "anything"] } }],
+    },
+  },
+  {
+    what: "the most ci work the CEL cost budget must allow: 32 roles x 64 ci environments x 64 names",
+    spec: {
+      gitlab: { group: "acme" },
+      accountPer: "environment",
+      environments: { names: Array.from({ length: 64 }, (_, i) => `environment-${"x".repeat(40)}-${i}`) },
+      roles: Array.from({ length: 32 }, (_, r) => ({
+        name: `r${r}`,
+        ci: { environments: Array.from({ length: 64 }, (_, i) => `environment-${"x".repeat(40)}-${63 - i}`) },
+      })),
+    },
   },
 ];
 
@@ -395,6 +511,18 @@ describe("NatsBinding CRD on a real kube-apiserver", { timeout: 180_000 }, () =>
       const created = await create(doc);
       assert.deepEqual(parseBinding(created, "apiserver").spec, parseBinding(doc, "sent").spec, c.what);
     }
+  });
+
+  it("applies zod's ci defaults (refs protected, allowForkMergeRequests false) to ci: {}", async () => {
+    const doc = binding("ci-defaults", { gitlab: { group: "acme" }, roles: [{ name: "ci", ci: {} }] });
+    const created = await create(doc);
+    const roles = (created.spec as { roles: Spec[] }).roles;
+    assert.deepEqual(roles[0]!.ci, { refs: "protected", allowForkMergeRequests: false });
+    assert.deepEqual(roles[0]!.ci, NatsBindingSpecSchema.parse(doc.spec).roles[0]!.ci);
+    assert.deepEqual(parseBinding(created, "apiserver").spec.roles[0]!.ci, {
+      refs: "protected",
+      allowForkMergeRequests: false,
+    });
   });
 
   it("refuses exactly the subjects zod refuses, out of 512 random ones (RE2 in the apiserver, not JS)", async () => {

@@ -30,6 +30,7 @@ import {
   type V1ConfigMap,
   type V1Container,
   type V1Deployment,
+  type V1Ingress,
   type V1PolicyRule,
   type V1Role,
   type V1RoleBinding,
@@ -224,6 +225,29 @@ function applyPatch(out: Located[], patch: Manifest, source: string): void {
   };
   target.object = { ...target.object, data };
   target.source = `${target.source} + ${source}`;
+}
+
+/**
+ * `text` with its optional blocks switched on: after a comment line ending in "(uncomment below):",
+ * the following comment lines at the same indentation lose their "# ". What the manifests offer in
+ * comments is tested as it would be applied.
+ */
+function uncommented(text: string): { text: string; blocks: number } {
+  const lines = text.split("\n");
+  let blocks = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const marker = /^(\s*)#.*\(uncomment below\):$/.exec(lines[i]!);
+    if (!marker) continue;
+    const indent = marker[1]!;
+    blocks += 1;
+    let j = i + 1;
+    for (; j < lines.length && lines[j]!.startsWith(`${indent}# `); j++) {
+      lines[j] = indent + lines[j]!.slice(indent.length + 2);
+    }
+    assert.ok(j > i + 1, `an empty block after line ${i + 1}`);
+    i = j - 1;
+  }
+  return { text: lines.join("\n"), blocks };
 }
 
 async function yamlFilesUnder(dir: string): Promise<string[]> {
@@ -989,6 +1013,94 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
       only<V1Role & Manifest>(base, "Role", "natsbind-webhook-relay").metadata?.namespace,
       podNamespace,
     );
+  });
+
+  it("CI credentials: the Service carries the listener; the credentials Ingress routes /v1/credentials alone, over TLS", () => {
+    const service = only<V1Service & Manifest>(base, "Service", "natsbind");
+    const port = service.spec?.ports?.[0];
+    assert.equal(port?.name, "http");
+    const deployment = only<V1Deployment & Manifest>(base, "Deployment", "natsbind");
+    assert.ok(
+      deployment.spec?.template.spec?.containers[0]?.ports?.some((p) => p.name === port?.targetPort),
+      "the Service's target port is the container's listener (http.listen :8080)",
+    );
+    const ingresses = samples
+      .filter((s) => s.object.kind === "Ingress")
+      .map((s) => s.object as V1Ingress & Manifest);
+    const routes = (name: string): string[] =>
+      ingresses
+        .find((i) => i.metadata?.name === name)!
+        .spec!.rules!.flatMap((r) =>
+          r.http!.paths.map(
+            (p) => `${p.pathType} ${p.path} -> ${p.backend.service?.name}:${p.backend.service?.port?.name}`,
+          ),
+        );
+    assert.deepEqual(routes("natsbind-credentials"), ["Exact /v1/credentials -> natsbind:http"]);
+    assert.deepEqual(
+      routes("natsbind-webhooks"),
+      ["Exact /webhooks/gitlab -> natsbind:http"],
+      "webhooks keep their own route",
+    );
+    for (const ingress of ingresses) {
+      const hosts = ingress.spec!.rules!.map((r) => r.host);
+      assert.deepEqual(
+        ingress.spec!.tls?.flatMap((t) => t.hosts),
+        hosts,
+        `${ingress.metadata?.name}: TLS for every host`,
+      );
+    }
+  });
+
+  it("CI credentials: uncommenting the callout blocks mounts Secret natsbind-callout (0400) where credentials.callout reads, and the apiserver accepts it", async () => {
+    const deploymentText = uncommented(await readFile(join(BASE_DIR, "deployment.yaml"), "utf8"));
+    const configText = uncommented(await readFile(join(BASE_DIR, "configmap.yaml"), "utf8"));
+    assert.equal(deploymentText.blocks, 2, "deployment.yaml: the volume mount and the volume");
+    assert.equal(configText.blocks, 1, "configmap.yaml: the credentials section");
+
+    const deployment = parseManifests(
+      deploymentText.text,
+      "deployment.yaml (uncommented)",
+    )[0] as V1Deployment & Manifest;
+    await create(objects, deployment, true);
+    const pod = deployment.spec!.template.spec!;
+    const volume = pod.volumes?.find((v) => v.name === "callout");
+    assert.equal(volume?.secret?.secretName, "natsbind-callout");
+    assert.equal(volume?.secret?.defaultMode, 0o400);
+    const mount = pod.containers[0]!.volumeMounts?.find((m) => m.name === "callout");
+    assert.equal(mount?.readOnly, true);
+
+    const configMap = parseManifests(configText.text, "configmap.yaml (uncommented)")[0] as V1ConfigMap &
+      Manifest;
+    await create(objects, configMap, true);
+    const config = parseConfig(
+      parseYaml(configMap.data!["natsbind.yaml"]!),
+      "ConfigMap natsbind-config natsbind.yaml (uncommented)",
+      "/etc/natsbind/config",
+    );
+    const credentials = config.credentials;
+    assert.ok(credentials?.callout, "a credentials section with callout");
+    for (const file of [credentials.callout.credsFile, credentials.callout.signingKeyFile]) {
+      assert.ok(file.startsWith(`${mount!.mountPath}/`), `${file} is in the mounted Secret`);
+    }
+    assert.ok(
+      credentials.servers?.every((s) => !s.includes(".svc")),
+      "jobs get an address outside the cluster",
+    );
+    // deploy/single-namespace repeats the whole natsbind.yaml, this block included.
+    const singleText = uncommented(
+      await readFile(join(SINGLE_NAMESPACE_DIR, "natsbind-config.yaml"), "utf8"),
+    );
+    assert.equal(singleText.blocks, 1);
+    const singleMap = parseManifests(
+      singleText.text,
+      "natsbind-config.yaml (uncommented)",
+    )[0] as V1ConfigMap & Manifest;
+    const singleConfig = parseConfig(
+      parseYaml(singleMap.data!["natsbind.yaml"]!),
+      "single",
+      "/etc/natsbind/config",
+    );
+    assert.deepEqual(singleConfig.credentials, credentials);
   });
 
   it("the Dockerfile: Node 24, non-root, and the same command as the Deployment", async () => {

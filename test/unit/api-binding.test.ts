@@ -166,6 +166,55 @@ describe("parseBinding", () => {
     assert.deepEqual(binding.spec.roles[0]!.responses, { max: 3, ttlMs: 90_000 });
   });
 
+  it("reads roles[].ci with its defaults (refs protected, no fork merge requests); no ci: never issued", () => {
+    const binding = parseBinding(
+      doc({
+        roles: [
+          { name: "plain" },
+          { name: "build", ci: {} },
+          {
+            name: "deploy",
+            ci: {
+              refs: "any",
+              refTypes: ["tag"],
+              environments: ["production"],
+              allowForkMergeRequests: true,
+            },
+          },
+        ],
+      }),
+      "b",
+    );
+    const [plain, build, deploy] = binding.spec.roles;
+    assert.equal(plain!.ci, undefined);
+    assert.ok(!("ci" in plain!), "no ci field at all");
+    assert.deepEqual(build!.ci, { refs: "protected", allowForkMergeRequests: false });
+    assert.deepEqual(deploy!.ci, {
+      refs: "any",
+      refTypes: ["tag"],
+      environments: ["production"],
+      allowForkMergeRequests: true,
+    });
+  });
+
+  it("accepts ci.environments per project, with fromGitLab, and within environments.names", () => {
+    const role = { name: "deploy", ci: { environments: ["production", "review/app"] } };
+    for (const spec of [
+      { roles: [role] },
+      { accountPer: "environment", environments: { fromGitLab: true }, roles: [role] },
+      {
+        accountPer: "environment",
+        environments: { names: ["staging", "review/app", "production"] },
+        roles: [role],
+      },
+    ]) {
+      assert.deepEqual(parseBinding(doc(spec), "b").spec.roles[0]!.ci?.environments, [
+        "production",
+        "review/app",
+      ]);
+    }
+  });
+
   it("ignores Kubernetes metadata and top-level fields it does not use", () => {
     const binding = parseBinding(
       doc(
@@ -355,6 +404,90 @@ describe("parseBinding rejects, naming the field", () => {
       doc({ roles: [{ name: "r", responses: { max: 0, ttl: "5s" } }] }),
       "spec.roles[0].responses.max",
       /at least 1/,
+    ],
+    [
+      "ci.refs other than protected or any",
+      doc({ roles: [{ name: "r", ci: { refs: "unprotected" } }] }),
+      "spec.roles[0].ci.refs",
+      /"protected"\|"any"/,
+    ],
+    [
+      "an unknown ci.refTypes value",
+      doc({ roles: [{ name: "r", ci: { refTypes: ["branch", "merge_request"] } }] }),
+      "spec.roles[0].ci.refTypes[1]",
+      /"branch"\|"tag"/,
+    ],
+    [
+      "empty ci.refTypes",
+      doc({ roles: [{ name: "r", ci: { refTypes: [] } }] }),
+      "spec.roles[0].ci.refTypes",
+      /at least one ref type/,
+    ],
+    [
+      "a duplicate ci.refTypes value",
+      doc({ roles: [{ name: "r", ci: { refTypes: ["tag", "tag"] } }] }),
+      "spec.roles[0].ci.refTypes[1]",
+      /duplicates ref type "tag" at \[0\]/,
+    ],
+    [
+      "three ci.refTypes",
+      doc({ roles: [{ name: "r", ci: { refTypes: ["tag", "branch", "tag"] } }] }),
+      "spec.roles[0].ci.refTypes",
+      /at most 2 ref types/,
+    ],
+    [
+      "empty ci.environments",
+      doc({ roles: [{ name: "r", ci: { environments: [] } }] }),
+      "spec.roles[0].ci.environments",
+      /at least one environment/,
+    ],
+    [
+      "a duplicate ci.environments name",
+      doc({ roles: [{ name: "r", ci: { environments: ["production", "production"] } }] }),
+      "spec.roles[0].ci.environments[1]",
+      /duplicates environment "production" at \[0\]/,
+    ],
+    [
+      "a ci.environments name with an edge space",
+      doc({ roles: [{ name: "r", ci: { environments: ["production "] } }] }),
+      "spec.roles[0].ci.environments[0]",
+      /control characters or edge spaces/,
+    ],
+    [
+      "a ci.environments name with a control character",
+      doc({ roles: [{ name: "r", ci: { environments: ["prod\u0000uction"] } }] }),
+      "spec.roles[0].ci.environments[0]",
+      /control characters/,
+    ],
+    [
+      "65 ci.environments",
+      doc({ roles: [{ name: "r", ci: { environments: Array.from({ length: 65 }, (_, i) => `e${i}`) } }] }),
+      "spec.roles[0].ci.environments",
+      /at most 64 environments/,
+    ],
+    [
+      "allowForkMergeRequests as a string",
+      doc({ roles: [{ name: "r", ci: { allowForkMergeRequests: "true" } }] }),
+      "spec.roles[0].ci.allowForkMergeRequests",
+      /boolean/,
+    ],
+    [
+      "an unknown ci field (typo of refs)",
+      doc({ roles: [{ name: "r", ci: { ref: "any" } }] }),
+      "spec.roles[0].ci.ref",
+      /unknown field/,
+    ],
+    ["ci that is not an object", doc({ roles: [{ name: "r", ci: true }] }), "spec.roles[0].ci", /object/],
+    [
+      // Issue 10: the job's environment picks the account; "prod" has none, so it could never be issued.
+      "a ci environment outside environments.names with accountPer: environment",
+      doc({
+        accountPer: "environment",
+        environments: { names: ["production", "staging"] },
+        roles: [{ name: "deploy", ci: { environments: ["staging", "prod"] } }],
+      }),
+      "spec.roles[0].ci.environments[1]",
+      /"prod" is not in environments\.names: .*no account for it/,
     ],
     ["an unknown deletionPolicy", doc({ deletionPolicy: "Orphan" }), "spec.deletionPolicy", /Retain|Delete/],
     ["rotation (not yet)", doc({ rotation: { every: "30d" } }), "spec.rotation", /unknown field/],

@@ -156,6 +156,54 @@ describe("natsBindingCrd()", () => {
     assert.deepEqual(defaults, { accountPer: "project", roles: [], limits: {}, deletionPolicy: "Retain" });
   });
 
+  it("roles[].ci: zod's enums and defaults, sets where zod refuses duplicates, the environment-name rule", () => {
+    const role = properties(spec).roles!.items as JsonSchema;
+    const ci = properties(role).ci!;
+    const fields = properties(ci);
+    assert.deepEqual(Object.keys(fields).sort(), [
+      "allowForkMergeRequests",
+      "environments",
+      "refTypes",
+      "refs",
+    ]);
+    assert.equal(ci.required, undefined, "every ci field is optional");
+    const parsed = NatsBindingSpecSchema.parse({ gitlab: { group: "acme" }, roles: [{ name: "r", ci: {} }] });
+    const defaults = Object.fromEntries(
+      Object.entries(fields)
+        .filter(([, node]) => node.default !== undefined)
+        .map(([name, node]) => [name, node.default]),
+    );
+    assert.deepEqual(defaults, parsed.roles[0]!.ci);
+    assert.deepEqual(defaults, { refs: "protected", allowForkMergeRequests: false });
+    assert.deepEqual(fields.refs!.enum, ["protected", "any"]);
+    assert.deepEqual((fields.refTypes!.items as JsonSchema).enum, ["branch", "tag"]);
+    for (const list of ["refTypes", "environments"]) {
+      assert.equal(
+        fields[list]!["x-kubernetes-list-type"],
+        "set",
+        `${list}: the apiserver refuses duplicates`,
+      );
+      assert.equal(fields[list]!.minItems, 1, list);
+    }
+    assert.equal(fields.refTypes!.maxItems, 2);
+    const environmentNames = properties(properties(spec).environments!).names!;
+    assert.equal(environmentNames["x-kubernetes-list-type"], "set");
+    assert.deepEqual(
+      fields.environments!.items,
+      environmentNames.items,
+      "the same name rules as environments.names",
+    );
+    assert.equal(fields.environments!.maxItems, environmentNames.maxItems);
+  });
+
+  it("refuses ci.environments outside environments.names with a CEL rule guarded like zod's", () => {
+    const rule = rulesOf(spec).find((r) => /ci\.environments/.test(r.message));
+    assert.ok(rule, "a spec-level rule about ci.environments");
+    assert.match(rule.rule, /^!\(has\(self\.accountPer\) && self\.accountPer == 'environment'\) \|\| /);
+    assert.match(rule.rule, /!has\(self\.environments\.names\)/, "fromGitLab: not checked");
+    assert.match(rule.rule, /r\.ci\.environments\.all\(e, e in self\.environments\.names\)/);
+  });
+
   it("bounds every list and string a CEL rule walks (the apiserver's cost estimate needs them)", () => {
     const subjectItems = [...nodes(spec, "spec")].filter(([path]) => /\.(allow|deny)\[\]$/.test(path));
     assert.equal(subjectItems.length, 4);

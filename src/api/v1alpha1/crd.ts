@@ -76,6 +76,14 @@ export interface CelRule {
   reason?: "FieldValueInvalid" | "FieldValueForbidden" | "FieldValueRequired";
 }
 
+/** schema.ts environmentName: environments.names[] and roles[].ci.environments[]. */
+const ENVIRONMENT_NAME_RULES: CelRule[] = [
+  {
+    rule: `self.matches(r'${ENVIRONMENT_NAME_RE2}')`,
+    message: "must not contain control characters or edge spaces",
+  },
+];
+
 const isEnvironmentMode = "(has(self.accountPer) && self.accountPer == 'environment')";
 
 const SUBJECT_RULES: CelRule[] = [
@@ -144,6 +152,17 @@ const SPEC_OVERLAYS: Record<string, JsonSchema> = {
         message: "a role subject uses {{environment}}, which needs accountPer: environment",
         fieldPath: ".roles",
       },
+      {
+        // schema.ts ciEnvironmentsWithoutAccount: such an entry could never be issued.
+        rule:
+          `!${isEnvironmentMode} || !has(self.roles) || !has(self.environments) || ` +
+          "!has(self.environments.names) || self.roles.all(r, !has(r.ci) || !has(r.ci.environments) || " +
+          "r.ci.environments.all(e, e in self.environments.names))",
+        message:
+          "a role's ci.environments lists an environment that is not in environments.names: with " +
+          "accountPer: environment there is no account for it, so no job could get the role there",
+        fieldPath: ".roles",
+      },
     ] satisfies CelRule[],
   },
   gitlab: {
@@ -184,14 +203,7 @@ const SPEC_OVERLAYS: Record<string, JsonSchema> = {
   },
   // Duplicates are rejected by the apiserver itself ("Duplicate value").
   "environments.names": { "x-kubernetes-list-type": "set" },
-  "environments.names[]": {
-    "x-kubernetes-validations": [
-      {
-        rule: `self.matches(r'${ENVIRONMENT_NAME_RE2}')`,
-        message: "must not contain control characters or edge spaces",
-      },
-    ] satisfies CelRule[],
-  },
+  "environments.names[]": { "x-kubernetes-validations": ENVIRONMENT_NAME_RULES },
   roles: {
     "x-kubernetes-validations": [
       {
@@ -201,6 +213,10 @@ const SPEC_OVERLAYS: Record<string, JsonSchema> = {
       },
     ] satisfies CelRule[],
   },
+  // Duplicates are rejected by the apiserver itself, as for environments.names.
+  "roles[].ci.refTypes": { "x-kubernetes-list-type": "set" },
+  "roles[].ci.environments": { "x-kubernetes-list-type": "set" },
+  "roles[].ci.environments[]": { "x-kubernetes-validations": ENVIRONMENT_NAME_RULES },
   "roles[].publish.allow[]": { "x-kubernetes-validations": SUBJECT_RULES },
   "roles[].publish.deny[]": { "x-kubernetes-validations": SUBJECT_RULES },
   "roles[].subscribe.allow[]": { "x-kubernetes-validations": SUBJECT_RULES },

@@ -229,7 +229,7 @@ const CiSchema = z
         'Which refs: "protected" (default) only jobs on protected branches and tags (ref_protected), "any" every ref.',
       ),
     refTypes: z
-      .array(z.enum(["branch", "tag"]))
+      .array(z.enum(["branch", "tag"]).describe('A GitLab ref type (the ref_type claim): "branch" or "tag".'))
       .min(1, "must list at least one ref type")
       .max(2, "must list at most 2 ref types")
       .superRefine((types, ctx) => duplicates(types, ctx, (t) => t, "ref type"), { when: () => true })
@@ -382,7 +382,11 @@ export const NatsBindingSpecSchema = z
           message: "applies only with accountPer: environment",
         });
       }
-      if (perEnvironment || !Array.isArray(v.roles)) return;
+      if (perEnvironment) {
+        ciEnvironmentsWithoutAccount(v, ctx);
+        return;
+      }
+      if (!Array.isArray(v.roles)) return;
       v.roles.forEach((role: unknown, i) => {
         for (const verb of ["publish", "subscribe"] as const) {
           const rules = asRecord(asRecord(role)?.[verb]);
@@ -407,6 +411,32 @@ export const NatsBindingSpecSchema = z
     { when: () => true },
   )
   .describe("How the GitLab projects a NatsBinding selects become NATS accounts.");
+
+/**
+ * With accountPer: environment and environments.names, the job's environment picks the account, so
+ * a ci.environments entry outside names could never be issued: almost surely a typo ("prod" for
+ * "production"), refused here rather than found when a deploy job is refused. With fromGitLab the
+ * accounts follow GitLab, and an environment GitLab does not have yet is refused at issuance.
+ */
+function ciEnvironmentsWithoutAccount(spec: Record<string, unknown>, ctx: z.RefinementCtx): void {
+  const names = asRecord(spec.environments)?.names;
+  if (!Array.isArray(names) || !Array.isArray(spec.roles)) return;
+  const accounts = new Set(names.filter((n): n is string => typeof n === "string"));
+  spec.roles.forEach((role: unknown, i) => {
+    const listed = asRecord(asRecord(role)?.ci)?.environments;
+    if (!Array.isArray(listed)) return;
+    listed.forEach((name: unknown, j) => {
+      if (typeof name !== "string" || accounts.has(name)) return;
+      ctx.addIssue({
+        code: "custom",
+        path: ["roles", i, "ci", "environments", j],
+        message:
+          `${JSON.stringify(name.slice(0, 80))} is not in environments.names: with accountPer: environment ` +
+          "there is no account for it, so no job could get this role there",
+      });
+    });
+  });
+}
 
 const MetadataSchema = z
   .object({
