@@ -230,7 +230,13 @@ describe("user JWT", () => {
       expiresAtS: 1_800_000_600,
       issuedAtS: 1_800_000_000,
     });
-    const claims = decode<Record<string, unknown>>(jwt) as unknown as Record<string, any>;
+    const claims = decode<Record<string, unknown>>(jwt) as unknown as {
+      iss: string;
+      sub: string;
+      exp: number;
+      name: string;
+      nats: { issuer_account: string; pub?: unknown; sub?: unknown; tags: string[] };
+    };
     assert.equal(claims.iss, signingKey.getPublicKey());
     assert.equal(claims.sub, user.getPublicKey());
     assert.equal(claims.exp, 1_800_000_600);
