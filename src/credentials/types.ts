@@ -113,6 +113,11 @@ export interface ConnectionAuditEvent {
 
 export interface AuditSink {
   write(event: AuditEvent): void;
+  /**
+   * False while the sink cannot take lines (buffer nearly full, writes failing, closed): the
+   * issuer refuses ("unavailable") rather than issue credentials it cannot audit. Absent: always.
+   */
+  accepting?(): boolean;
   /** Flushes what is buffered (fsync for a file) and closes. */
   close(): Promise<void>;
 }
