@@ -12,7 +12,8 @@ import type { Registry } from "../observability/metrics.ts";
 import type { Clock } from "../runtime/clock.ts";
 import { owningBinding, type CredentialSources, type ProjectIndex } from "./directory.ts";
 import type { CiIdentity } from "./identity.ts";
-import { signUserJwt, userExpiry } from "./issue.ts";
+import type { IssuedUser } from "./audit-connections.ts";
+import { jobName, jobTags, signUserJwt, userExpiry } from "./issue.ts";
 import { decide } from "./policy.ts";
 import { RateLimiter } from "./ratelimit.ts";
 import type {
@@ -36,7 +37,7 @@ export interface TokenVerifier {
 
 /** Remembers the users natsbind issued, so connection events of those users can be audited. */
 export interface IssuedUserRegistry {
-  add(userPublicKey: string, expiresAtMs: number): void;
+  add(user: IssuedUser): void;
 }
 
 export interface CredentialServiceOptions {
@@ -110,6 +111,17 @@ export class CredentialService implements CredentialIssuer {
 
   async #issue(req: IssueRequest): Promise<IssueResult> {
     const o = this.#o;
+    // An issuance that cannot be audited is not made.
+    if (o.audit.accepting && !o.audit.accepting()) {
+      return refused(
+        "unavailable",
+        "audit_unavailable",
+        "natsbind cannot write its audit log; try again later",
+        {
+          retryAfterS: RETRY_AFTER_UNAVAILABLE_S,
+        },
+      );
+    }
     const now = o.clock.now();
     const byClient = this.#perClient.take(req.client, now);
     if (!byClient.allowed) {
@@ -213,7 +225,14 @@ export class CredentialService implements CredentialIssuer {
       expiresAtS,
       issuedAtS: Math.floor(issuedAt / 1000),
     });
-    o.issued?.add(userPublicKey, expiresAtS * 1000);
+    o.issued?.add({
+      userPublicKey,
+      account: slot.account,
+      issuer: signingKey.getPublicKey(),
+      name: jobName(identity),
+      tags: jobTags(identity, role),
+      expiresAt: expiresAtS * 1000,
+    });
     return {
       kind: "issued",
       account: slot.account,

@@ -1,0 +1,228 @@
+// CI credentials end to end (local mode): the GitLab simulator mints RS256 ID tokens, natsbind run
+// exchanges them for user JWTs of the project's own account, and a real nats-server (operator
+// mode, full resolver) enforces the role's scope. Refusals issue nothing; no token or seed reaches
+// a log line or the audit log.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { connect, jwtAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { parseConfig, type Config } from "../../src/config/config.ts";
+import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
+import { decodeJwt } from "../../src/nats/claims.ts";
+import { NKeyPair } from "../../src/nats/keys.ts";
+import type { NatsResolver } from "../../src/nats/resolver.ts";
+import { createLogger } from "../../src/observability/logger.ts";
+import { runController, type RunningController } from "../../src/main.ts";
+import { GitLabSimulator } from "../support/gitlab-sim.ts";
+import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
+import {
+  connectWithCreds,
+  createTestOperator,
+  natsConfigSection,
+  operatorResolver,
+  watchStatus,
+  type TestOperator,
+} from "../support/operator.ts";
+import { removeDir, tempDir, waitFor } from "../support/process.ts";
+
+const AUDIENCE = "https://natsbind.test";
+
+const BINDING = `apiVersion: natsbind.io/v1alpha1
+kind: NatsBinding
+metadata: {name: acme}
+spec:
+  gitlab: {group: acme}
+  roles:
+    - name: ci
+      publish: {allow: ["build.{{project.id}}.{{tag(pipeline)}}.>"]}
+      subscribe: {allow: ["_INBOX.>", "build.{{project.id}}.>"]}
+      ci: {refs: protected}
+    - name: admin
+      publish: {allow: [">"]}
+`;
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  text: string;
+  json(): Record<string, unknown>;
+}
+
+describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, () => {
+  let op: TestOperator;
+  let server: NatsServer;
+  let sim: GitLabSimulator;
+  let dir: string;
+  let config: Config;
+  let controller: RunningController | undefined;
+  let resolver: NatsResolver;
+  const logLines: string[] = [];
+  const tokens: string[] = [];
+  const seeds: string[] = [];
+  let api: { id: number };
+
+  async function exchange(token: string | undefined, body?: unknown, accept = "application/json"): Promise<Answer> {
+    const headers: Record<string, string> = { accept };
+    if (token !== undefined) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const res = await fetch(`${controller!.url}/v1/credentials`, {
+      method: "POST",
+      headers,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+  }
+
+  function mint(o: Parameters<GitLabSimulator["mintIdToken"]>[0]): string {
+    const token = sim.mintIdToken(o);
+    tokens.push(token);
+    return token;
+  }
+
+  before(async () => {
+    op = await createTestOperator();
+    server = await startNatsServer(op.serverOptions);
+    sim = await GitLabSimulator.start();
+    dir = await tempDir("creds");
+    await mkdir(join(dir, "bindings"));
+    await writeFile(join(dir, "token"), sim.token);
+    config = parseConfig(
+      {
+        nats: natsConfigSection(op, [server.url]),
+        gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
+        http: { listen: "127.0.0.1:0" },
+        credentials: { audience: AUDIENCE, audit: { file: "audit/credentials.log" } },
+      },
+      "test config",
+      dir,
+    );
+    resolver = await operatorResolver(op, server.url);
+    const acme = sim.createGroup({ name: "Acme", path: "acme" });
+    api = sim.createProject({ name: "api", groupId: acme.id });
+    sim.createGroup({ name: "Other", path: "other" });
+    await writeFile(join(dir, "bindings", "acme.yaml"), BINDING);
+    controller = await runController(config, { log: createLogger({ write: (l) => void logLines.push(l) }) });
+    await waitFor(
+      async () => {
+        const slot = await new DirectoryKeyStore(config.keys.directory).get({ binding: "acme", projectId: api.id });
+        return slot !== undefined && (await resolver.lookup(slot.account)) !== undefined;
+      },
+      { what: "the project's account on the server", timeoutMs: 15_000, intervalMs: 25 },
+    );
+  });
+
+  after(async () => {
+    await controller?.stop();
+    await resolver?.close();
+    await sim?.stop();
+    await server?.stop();
+    await op?.remove();
+    if (dir) await removeDir(dir);
+  });
+
+  it("a protected-branch job gets a creds file with curl's headers and publishes only its pipeline's subjects", async () => {
+    const token = mint({ projectId: api.id, aud: AUDIENCE, extra: { pipeline_id: "777", job_id: "9001" } });
+    const answer = await exchange(token, { role: "ci", ttl: "5m" }, "text/plain");
+    assert.equal(answer.status, 200, answer.text);
+    assert.match(answer.headers.get("content-type") ?? "", /^text\/plain/);
+    assert.match(answer.text, /-----BEGIN NATS USER JWT-----/);
+    const seed = /\bSU[A-Z2-7]{56}\b/.exec(answer.text)?.[0];
+    assert.ok(seed, "natsbind generated the user key: the creds file holds its seed");
+    seeds.push(seed);
+    const jwt = /-----BEGIN NATS USER JWT-----\n([^\n]+)\n/.exec(answer.text)![1]!;
+    const claims = decodeJwt(jwt);
+    const slot = (await new DirectoryKeyStore(config.keys.directory).get({ binding: "acme", projectId: api.id }))!;
+    assert.equal(claims.iss, slot.roles.ci, "signed by the project's ci role key");
+    assert.equal(claims.nats.issuer_account, slot.account);
+    assert.equal(claims.name, `acme/api#9001`);
+    const tags = claims.nats.tags as string[];
+    for (const t of [`project:${api.id}`, "pipeline:777", "job:9001", "ref:main"]) assert.ok(tags.includes(t), t);
+    const now = Date.now() / 1000;
+    assert.ok(claims.exp! > now + 240 && claims.exp! <= now + 301, `exp ${claims.exp} is now + 5m`);
+
+    const nc = await connectWithCreds(server.url, new TextEncoder().encode(answer.text));
+    const events = watchStatus(nc);
+    try {
+      const sub = nc.subscribe(`build.${api.id}.777.>`, { max: 1 });
+      const got = (async () => {
+        for await (const m of sub) return m.string();
+      })();
+      nc.publish(`build.${api.id}.777.status`, "green");
+      assert.equal(await got, "green");
+      nc.publish(`build.${api.id}.778.status`, "not my pipeline");
+      await nc.flush();
+      await events.next("a permissions violation", (e) => e.startsWith("error: "));
+      assert.match(events.errors()[0]!, /Permissions Violation for Publish to "?build\.\d+\.778\.status"?/);
+    } finally {
+      await nc.close();
+    }
+  });
+
+  it("with publicKey, only the JWT comes back: the seed never leaves the job", async () => {
+    const user = NKeyPair.generate("user");
+    const token = mint({ projectId: api.id, aud: AUDIENCE });
+    const answer = await exchange(token, { publicKey: user.getPublicKey() });
+    assert.equal(answer.status, 200, answer.text);
+    const body = answer.json();
+    assert.equal(body.user, user.getPublicKey());
+    assert.equal(body.role, "ci", "the one issuable role is chosen when none is named");
+    assert.equal(body.creds, undefined);
+    assert.deepEqual(body.servers, [server.url]);
+    assert.ok(Date.parse(String(body.expiresAt)) > Date.now());
+    const nc: NatsConnection = await connect({
+      servers: server.url,
+      authenticator: jwtAuthenticator(String(body.jwt), user.getSeed()),
+      maxReconnectAttempts: 0,
+    });
+    await nc.flush();
+    await nc.close();
+  });
+
+  it("refuses jobs the policy does not allow, and issues nothing", async () => {
+    const other = sim.createProject({ name: "lib", groupId: sim.createGroup({ name: "X", path: "x" }).id });
+    const cases: Array<[string, string, unknown, number, string]> = [
+      ["unprotected ref", mint({ projectId: api.id, aud: AUDIENCE, ref: "feature/x", refProtected: false }), undefined, 403, "forbidden"],
+      ["role not issuable", mint({ projectId: api.id, aud: AUDIENCE }), { role: "admin" }, 403, "forbidden"],
+      ["project no binding selects", mint({ projectId: other.id, aud: AUDIENCE }), undefined, 403, "forbidden"],
+      [
+        "reclaimed path (the project_path of a bound project, another id)",
+        mint({ projectId: other.id, aud: AUDIENCE, extra: { project_path: "acme/api", namespace_path: "acme" } }),
+        undefined,
+        403,
+        "forbidden",
+      ],
+      ["fork merge request", mint({ projectId: api.id, aud: AUDIENCE, extra: { job_project_id: String(other.id) } }), undefined, 403, "forbidden"],
+      ["another audience", mint({ projectId: api.id, aud: "https://vault.example" }), undefined, 401, "invalid_token"],
+    ];
+    for (const [what, token, body, status, error] of cases) {
+      const answer = await exchange(token, body);
+      assert.equal(answer.status, status, `${what}: ${answer.text}`);
+      assert.equal(answer.json().error, error, what);
+      assert.equal(answer.json().jwt, undefined, what);
+    }
+  });
+
+  it("writes one audit line per issuance and refusal; no token or seed in the audit log or the logs", async () => {
+    const audit = (await readFile(join(dir, "audit", "credentials.log"), "utf8")).trim().split("\n");
+    const lines = audit.map((l) => JSON.parse(l) as Record<string, unknown>);
+    const issued = lines.filter((l) => l.event === "credentials.issued");
+    const refused = lines.filter((l) => l.event === "credentials.refused");
+    assert.ok(issued.length >= 2 && refused.length >= 6, `${issued.length} issued, ${refused.length} refused`);
+    const first = issued.find((l) => l.jobId === 9001)!;
+    assert.equal(first.via, "exchange");
+    assert.equal(first.projectId, api.id);
+    assert.equal(first.pipelineId, 777);
+    assert.equal(first.role, "ci");
+    assert.equal(first.refProtected, true);
+    assert.match(String(first.userPublicKey), /^U[A-Z2-7]{55}$/);
+    assert.ok(refused.some((l) => l.reason === "unprotected_ref"));
+    assert.ok(refused.some((l) => l.reason === "fork_merge_request"));
+    const everything = [...audit, ...logLines].join("\n");
+    for (const secret of [...tokens, ...seeds]) {
+      assert.equal(everything.includes(secret), false, "a token or seed was written out");
+      assert.equal(everything.includes(secret.split(".")[1] ?? secret), false, "a token's claims part was written out");
+    }
+  });
+});
