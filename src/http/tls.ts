@@ -180,7 +180,8 @@ export function watchTlsFiles(opts: TlsWatcherOptions): TlsWatcher {
   const watchers: FSWatcher[] = [];
   for (const dir of new Set([dirname(files.certFile), dirname(files.keyFile)])) {
     try {
-      const watcher = watch(dir, { persistent: false }, soon);
+      // Ref'd like the listener it serves: close() must stop it (a forgotten close shows as a hang).
+      const watcher = watch(dir, soon);
       watcher.on("error", (err) => {
         log?.warn({ dir, err: describeError(err) }, "watching TLS files failed; polling continues");
         watcher.close();
