@@ -161,26 +161,20 @@ function send(
   });
 }
 
-/** Writes `head` (and optional body bytes) on a raw socket; resolves with what the server sent until it closed. */
-function raw(
-  port: number,
-  head: string,
-  body: Buffer = Buffer.alloc(0),
-  onOpen?: () => void,
-): Promise<string> {
+/**
+ * Writes `head` on a raw socket; resolves with what the server sent once the server closed the
+ * connection, rejects if it has not within `timeoutMs`.
+ */
+function raw(port: number, head: string, timeoutMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
-    const socket = connect(port, "127.0.0.1", () => {
-      socket.write(head);
-      if (body.length) socket.write(body);
-      onOpen?.();
-    });
+    const socket = connect(port, "127.0.0.1", () => socket.write(head));
     const chunks: Buffer[] = [];
     socket.on("data", (c: Buffer) => chunks.push(c));
     socket.on("error", () => {}); // a reset after the answer is fine: the answer is what is checked
     socket.on("close", () => resolve(Buffer.concat(chunks).toString("utf8")));
-    socket.setTimeout(10_000, () => {
+    socket.setTimeout(timeoutMs, () => {
       socket.destroy();
-      reject(new Error("raw request timed out"));
+      reject(new Error("the server did not close the connection in time"));
     });
   });
 }
@@ -578,15 +572,14 @@ describe("token exchange door (POST /v1/credentials)", () => {
       assert.equal(issuer.calls.length, 0);
     });
 
-    it("a body declared far larger is answered and the connection cut, without reading it", async () => {
-      let received = 0;
+    it("a body declared far larger is answered and the connection cut, without waiting for it", async () => {
+      // The client sends 8 of the 1 GiB it declares and then nothing: the server must answer and
+      // close at once (well before its 10 s request timeout), not wait for or read the rest.
       const answer = await raw(
         server.port,
         `POST ${CREDENTIALS_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${secretToken()}\r\nContent-Type: application/json\r\nContent-Length: ${1024 * 1024 * 1024}\r\n\r\n{"role":`,
-        undefined,
-        () => (received += 1),
+        3_000,
       );
-      assert.equal(received, 1);
       assert.match(answer, /^HTTP\/1\.1 413 /);
       assert.match(answer, /connection: close/i);
       assert.equal(issuer.calls.length, 0);
