@@ -66,7 +66,8 @@ function decodePart(token: string, index: 0 | 1): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split(".")[index] ?? "", "base64url").toString("utf8"));
 }
 
-describe("IdTokenVerifier against the GitLab simulator", () => {
+// A verifier that hangs (a fetch timeout not firing) fails the test instead of stalling the run.
+describe("IdTokenVerifier against the GitLab simulator", { timeout: 60_000 }, () => {
   let sim: GitLabSimulator;
   let project: SimProject;
 
