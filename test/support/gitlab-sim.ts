@@ -36,7 +36,6 @@ import type {
 
 export type * from "./gitlab-sim/types.ts";
 export type { PublicJwk } from "./gitlab-sim/oidc.ts";
-export { signJws } from "./gitlab-sim/oidc.ts";
 export { COUNT_LIMIT, DEFAULT_PER_PAGE, MAX_PER_PAGE } from "./gitlab-sim/pagination.ts";
 
 const API_PREFIX = "/api/v4/";
