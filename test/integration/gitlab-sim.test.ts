@@ -4,7 +4,13 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { createPublicKey, verify as cryptoVerify, type JsonWebKey } from "node:crypto";
+import {
+  createHmac,
+  createPublicKey,
+  generateKeyPairSync,
+  verify as cryptoVerify,
+  type JsonWebKey,
+} from "node:crypto";
 import { Gitlab, GitbeakerRequestError } from "@gitbeaker/rest";
 import {
   GitLabSimulator,
@@ -13,6 +19,7 @@ import {
   type SimGroup,
   type SimProject,
 } from "../support/gitlab-sim.ts";
+import { waitFor } from "../support/process.ts";
 
 const TIMEOUT = { timeout: 120_000 };
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -857,5 +864,128 @@ describe("gitlab-sim: OIDC and CI ID tokens", TIMEOUT, () => {
     const only = await jwks();
     assert.equal(only.length, 1);
     assert.equal(verifyWith(only, after), false, "retired kid is gone");
+  });
+
+  it("publicJwks() is what the JWKS endpoint serves, without a logged request", async () => {
+    sim.resetRequests();
+    const served = await jwks();
+    assert.equal(sim.oidcRequests.length, 1);
+    assert.deepEqual(sim.publicJwks().keys, served);
+    assert.equal(sim.oidcRequests.length, 1);
+  });
+
+  it("mints with a caller-given header and signer (hostile tokens)", async () => {
+    const keys = await jwks();
+    const parts = (token: string): string[] => token.split(".");
+
+    const unsigned = sim.mintIdToken({ projectId: project.id, aud: "x", signWith: "unsigned" });
+    assert.deepEqual(decode(unsigned).header, { kid: sim.signingKeyId, typ: "JWT", alg: "none" });
+    assert.equal(parts(unsigned)[2], "");
+
+    const hs = sim.mintIdToken({ projectId: project.id, aud: "x", signWith: { hmacSecret: "s3cret" } });
+    assert.equal(decode(hs).header.alg, "HS256");
+    const [h, p, s] = parts(hs);
+    assert.equal(s, createHmac("sha256", "s3cret").update(`${h}.${p}`).digest("base64url"));
+
+    const { privateKey: ecKey, publicKey: ecPublic } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const es = sim.mintIdToken({ projectId: project.id, aud: "x", signWith: { ecKey } });
+    assert.equal(decode(es).header.alg, "ES256");
+    const [eh, ep, esig] = parts(es);
+    assert.equal(Buffer.from(esig ?? "", "base64url").length, 64, "JWS (IEEE P1363) signature");
+    assert.ok(
+      cryptoVerify(
+        "sha256",
+        Buffer.from(`${eh}.${ep}`),
+        { key: ecPublic, dsaEncoding: "ieee-p1363" },
+        Buffer.from(esig ?? "", "base64url"),
+      ),
+    );
+
+    const { privateKey: rsaKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+    const foreign = sim.mintIdToken({ projectId: project.id, aud: "x", signWith: { rsaKey } });
+    assert.deepEqual(decode(foreign).header, { kid: sim.signingKeyId, typ: "JWT", alg: "RS256" });
+    assert.equal(verifyWith(keys, foreign), false, "GitLab's kid, someone else's key");
+
+    const lying = sim.mintIdToken({
+      projectId: project.id,
+      aud: "x",
+      header: { alg: "HS256", kid: undefined, typ: undefined, extra: 1 },
+      extra: { nbf: undefined },
+    });
+    assert.deepEqual(decode(lying).header, { alg: "HS256", extra: 1 });
+    assert.equal("nbf" in decode(lying).claims, false);
+    const kid = decode(lying).header.kid;
+    assert.equal(kid, undefined);
+    // Still signed with GitLab's RSA key, whatever the header says.
+    const [lh, lp, ls] = parts(lying);
+    const gitlabKey = createPublicKey({ key: { ...keys.at(-1)! } satisfies JsonWebKey, format: "jwk" });
+    assert.ok(
+      cryptoVerify("sha256", Buffer.from(`${lh}.${lp}`), gitlabKey, Buffer.from(ls ?? "", "base64url")),
+    );
+  });
+
+  it("fails OIDC requests on demand: status, body, chunked body, redirect, hang; count and path", async () => {
+    sim.resetRequests();
+    const keysUrl = `${sim.url}/oauth/discovery/keys`;
+    const discoveryUrl = `${sim.url}/.well-known/openid-configuration`;
+
+    sim.failOidc({ status: 503, pathIncludes: "/oauth/discovery/keys", count: 1 });
+    const down = await fetch(keysUrl);
+    assert.equal(down.status, 503);
+    assert.deepEqual(await down.json(), { message: "503 Service Unavailable" });
+    assert.equal((await fetch(discoveryUrl)).status, 200, "another path is not affected");
+    assert.equal((await fetch(keysUrl)).status, 200, "count 1 is used up");
+
+    sim.failOidc({ body: "<html>", contentType: "text/html" });
+    for (const url of [keysUrl, discoveryUrl]) {
+      const res = await fetch(url);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers.get("content-type"), "text/html");
+      assert.equal(await res.text(), "<html>");
+    }
+    sim.clearOidcFaults();
+    const restored = (await (await fetch(keysUrl)).json()) as { keys: PublicJwk[] };
+    assert.deepEqual(restored, sim.publicJwks());
+
+    const big = "x".repeat(300_000);
+    sim.failOidc({ body: big, count: 1 });
+    const sized = await fetch(keysUrl);
+    assert.equal(sized.headers.get("content-length"), String(big.length));
+    assert.equal((await sized.text()).length, big.length);
+    sim.failOidc({ body: big, chunked: true, count: 1 });
+    const chunked = await fetch(keysUrl);
+    assert.equal(chunked.headers.get("content-length"), null);
+    assert.equal(chunked.headers.get("transfer-encoding"), "chunked");
+    assert.equal(await chunked.text(), big);
+
+    sim.failOidc({ redirectTo: "https://elsewhere.example/keys", count: 1 });
+    const moved = await fetch(keysUrl, { redirect: "manual" });
+    assert.equal(moved.status, 302);
+    assert.equal(moved.headers.get("location"), "https://elsewhere.example/keys");
+
+    sim.failOidc({ hang: true, count: 1 });
+    const abort = new AbortController();
+    const hung = fetch(keysUrl, { signal: abort.signal });
+    await waitFor(async () => sim.oidcRequests.at(-1)?.status === 0, { what: "the hung request" });
+    abort.abort();
+    await assert.rejects(hung, { name: "AbortError" });
+
+    assert.deepEqual(
+      sim.oidcRequests.map((r) => [r.path, r.status]),
+      [
+        ["/oauth/discovery/keys", 503],
+        ["/.well-known/openid-configuration", 200],
+        ["/oauth/discovery/keys", 200],
+        ["/oauth/discovery/keys", 200],
+        ["/.well-known/openid-configuration", 200],
+        ["/oauth/discovery/keys", 200],
+        ["/oauth/discovery/keys", 200],
+        ["/oauth/discovery/keys", 200],
+        ["/oauth/discovery/keys", 302],
+        ["/oauth/discovery/keys", 0],
+      ],
+    );
+    assert.equal((await fetch(keysUrl)).status, 200);
+    assert.throws(() => sim.failOidc({ status: 500, count: 0 }), /count must be >= 1/);
   });
 });

@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { HookQueue } from "./gitlab-sim/hooks.ts";
-import { OidcKeys, discoveryDocument, mintIdToken } from "./gitlab-sim/oidc.ts";
+import { OidcKeys, discoveryDocument, mintIdToken, type PublicJwk } from "./gitlab-sim/oidc.ts";
 import { BadRequest, paginate, parsePaging } from "./gitlab-sim/pagination.ts";
 import { environmentJson, groupJson, projectJson } from "./gitlab-sim/render.ts";
 import {
@@ -26,6 +26,7 @@ import type {
   SimEnvironmentState,
   SimFailure,
   SimGroup,
+  SimOidcFault,
   SimOidcRequest,
   SimProject,
   SimRequest,
@@ -140,6 +141,7 @@ export class GitLabSimulator {
   private readonly log: SimRequest[] = [];
   private readonly oidcLog: SimOidcRequest[] = [];
   private readonly faults: Array<{ remaining: number; spec: SimFailure }> = [];
+  private readonly oidcFaults: Array<{ remaining: number; spec: SimOidcFault }> = [];
   private readonly hookSettings: { instanceUrl: string; version: string; timeoutMs: number };
   private readonly counters = { pipeline: 0, job: 0 };
   private latencyMs: number;
@@ -315,6 +317,21 @@ export class GitLabSimulator {
     this.oidcLog.length = 0;
   }
 
+  /**
+   * Makes discovery and JWKS requests (those whose path contains `pathIncludes`, if given) fail as
+   * `fault` says: every one until clearOidcFaults(), or the next `count`. Calls queue up; the first
+   * matching fault is used. API requests are not affected (failNext is theirs).
+   */
+  failOidc(fault: SimOidcFault): void {
+    const count = fault.count ?? Infinity;
+    if (!(count >= 1)) throw new Error("gitlab-sim: failOidc count must be >= 1");
+    this.oidcFaults.push({ remaining: count, spec: { ...fault } });
+  }
+
+  clearOidcFaults(): void {
+    this.oidcFaults.length = 0;
+  }
+
   /** Discovery and JWKS requests, in arrival order. */
   get oidcRequests(): ReadonlyArray<SimOidcRequest> {
     return this.oidcLog;
@@ -363,6 +380,11 @@ export class GitLabSimulator {
     return mintIdToken(this.store, this.oidc, this.issuer, this.counters, o);
   }
 
+  /** The JWKS as `/oauth/discovery/keys` serves it now (without a request in oidcRequests). */
+  publicJwks(): { keys: PublicJwk[] } {
+    return this.oidc.jwks();
+  }
+
   /** New signing key (new kid). The JWKS serves old and new unless keepOld is false. */
   rotateSigningKey(opts: { keepOld?: boolean } = {}): void {
     this.oidc.rotate(opts.keepOld ?? true);
@@ -400,6 +422,9 @@ export class GitLabSimulator {
         entry.status = 405;
         return this.send(res, json(405, { error: "405 Method Not Allowed" }));
       }
+      req.resume();
+      const fault = this.takeOidcFault(rawPath);
+      if (fault) return this.sendOidcFault(res, entry, fault);
       const body = rawPath.startsWith("/.well-known") ? discoveryDocument(this.issuer) : this.oidc.jwks();
       return this.send(res, json(200, body, { "Cache-Control": "max-age=86400, public" }));
     }
@@ -486,6 +511,60 @@ export class GitLabSimulator {
       { message: text },
       retryAfterSeconds === undefined ? undefined : { "Retry-After": String(retryAfterSeconds) },
     );
+  }
+
+  private takeOidcFault(rawPath: string): SimOidcFault | undefined {
+    const i = this.oidcFaults.findIndex(
+      (f) => f.spec.pathIncludes === undefined || rawPath.includes(f.spec.pathIncludes),
+    );
+    if (i === -1) return undefined;
+    const fault = this.oidcFaults[i] as { remaining: number; spec: SimOidcFault };
+    fault.remaining -= 1;
+    if (fault.remaining <= 0) this.oidcFaults.splice(i, 1);
+    return fault.spec;
+  }
+
+  private sendOidcFault(res: ServerResponse, entry: SimOidcRequest, fault: SimOidcFault): void {
+    if ("hang" in fault) {
+      entry.status = 0;
+      return;
+    }
+    if ("redirectTo" in fault) {
+      entry.status = 302;
+      res.writeHead(302, { Location: fault.redirectTo, "Content-Type": "text/html; charset=utf-8" });
+      res.end(`<html><body>You are being <a href="${fault.redirectTo}">redirected</a>.</body></html>`);
+      return;
+    }
+    if ("status" in fault) {
+      entry.status = fault.status;
+      const message = {
+        404: "404 Not Found",
+        500: "500 Internal Server Error",
+        502: "502 Bad Gateway",
+        503: "503 Service Unavailable",
+      }[fault.status];
+      return this.send(res, json(fault.status, { message }));
+    }
+    entry.status = 200;
+    const contentType = fault.contentType ?? "application/json; charset=utf-8";
+    if (!fault.chunked) {
+      res.writeHead(200, { "Content-Type": contentType, "Content-Length": Buffer.byteLength(fault.body) });
+      res.end(fault.body);
+      return;
+    }
+    res.writeHead(200, { "Content-Type": contentType, "Transfer-Encoding": "chunked" });
+    const CHUNK = 64 * 1024;
+    const write = (offset: number): void => {
+      if (res.destroyed) return;
+      if (offset >= fault.body.length) {
+        res.end();
+        return;
+      }
+      const more = res.write(fault.body.slice(offset, offset + CHUNK));
+      if (more) setImmediate(() => write(offset + CHUNK));
+      else res.once("drain", () => write(offset + CHUNK));
+    };
+    write(0);
   }
 
   /** PRIVATE-TOKEN, Authorization: Bearer, or the private_token query parameter. */

@@ -1,8 +1,16 @@
 // OIDC side of the simulator: RSA signing keys, the JWKS and discovery documents, RS256 ID tokens
 // with GitLab's CI claim set. node:crypto only.
-import { createHash, generateKeyPairSync, randomBytes, randomUUID, sign, type KeyObject } from "node:crypto";
+import {
+  createHash,
+  createHmac,
+  generateKeyPairSync,
+  randomBytes,
+  randomUUID,
+  sign,
+  type KeyObject,
+} from "node:crypto";
 import { guessTier, type SimStore } from "./store.ts";
-import type { MintIdTokenOptions } from "./types.ts";
+import type { MintIdTokenOptions, SimTokenSigner } from "./types.ts";
 
 export interface PublicJwk {
   kty: "RSA";
@@ -42,13 +50,30 @@ function newSigningKey(): SigningKey {
   };
 }
 
-export function signRs256(
+/** The `alg` a signer produces, the header's default. */
+function signerAlg(signer: SimTokenSigner): string {
+  if (signer === "unsigned") return "none";
+  if ("rsaKey" in signer) return "RS256";
+  if ("ecKey" in signer) return "ES256";
+  return "HS256";
+}
+
+/**
+ * A compact JWS over `header` and `payload`, signed as `signer` says whatever the header claims:
+ * hostile tests lie in the header (alg, kid) on purpose. `undefined` header fields are left out.
+ */
+export function signJws(
   header: Record<string, unknown>,
   payload: Record<string, unknown>,
-  key: KeyObject,
+  signer: SimTokenSigner,
 ): string {
   const input = `${b64url(JSON.stringify(header))}.${b64url(JSON.stringify(payload))}`;
-  const signature = sign("sha256", Buffer.from(input), key);
+  if (signer === "unsigned") return `${input}.`;
+  let signature: Buffer;
+  if ("rsaKey" in signer) signature = sign("sha256", Buffer.from(input), signer.rsaKey);
+  else if ("ecKey" in signer) {
+    signature = sign("sha256", Buffer.from(input), { key: signer.ecKey, dsaEncoding: "ieee-p1363" });
+  } else signature = createHmac("sha256", signer.hmacSecret).update(input).digest();
   return `${input}.${signature.toString("base64url")}`;
 }
 
@@ -197,5 +222,7 @@ export function mintIdToken(
   });
   if (o.extra) Object.assign(claims, o.extra);
   const key = keys.current;
-  return signRs256({ kid: key.kid, typ: "JWT", alg: "RS256" }, claims, key.privateKey);
+  const signer: SimTokenSigner = o.signWith ?? { rsaKey: key.privateKey };
+  const header = { kid: key.kid, typ: "JWT", alg: signerAlg(signer), ...o.header };
+  return signJws(header, claims, signer);
 }

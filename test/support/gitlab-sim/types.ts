@@ -1,4 +1,5 @@
 // Public types of the GitLab simulator (test/support/gitlab-sim.ts re-exports them).
+import type { KeyObject } from "node:crypto";
 
 export type SimVisibility = "private" | "internal" | "public";
 export type SimEnvironmentState = "available" | "stopped";
@@ -67,9 +68,10 @@ export interface SimRequest {
   headers: Record<string, string>;
 }
 
-/** An OIDC request (discovery document or JWKS); these are never delayed nor failed on purpose. */
+/** An OIDC request (discovery document or JWKS); only failOidc() fails them, nothing delays them. */
 export interface SimOidcRequest {
   path: string;
+  /** 0 while unanswered (a `hang` fault). */
   status: number;
   atMs: number;
 }
@@ -135,8 +137,57 @@ export interface MintIdTokenOptions {
   expiresInS?: number;
   /** iat (default: now). nbf is iat - 5, as GitLab does. */
   nowS?: number;
-  /** Claims added last: they override any claim above. */
+  /** Claims added last: they override any claim above; a claim set to undefined is left out. */
   extra?: Record<string, unknown>;
+  /**
+   * Header fields over `{kid: <current kid>, typ: "JWT", alg: <signWith's alg>}`; a field set to
+   * undefined is left out. The header may lie about the signature (hostile tests).
+   */
+  header?: Record<string, unknown>;
+  /** How to sign (default: the simulator's current RSA key). */
+  signWith?: SimTokenSigner;
+}
+
+/**
+ * How a minted token is signed, and the header's default alg: `rsaKey` (a private RSA key) RS256,
+ * `ecKey` (a private P-256 key) ES256, `hmacSecret` HS256, "unsigned" alg "none" with an empty
+ * signature.
+ */
+export type SimTokenSigner =
+  { rsaKey: KeyObject } | { ecKey: KeyObject } | { hmacSecret: string | Uint8Array } | "unsigned";
+
+/**
+ * What failOidc() makes discovery and JWKS requests answer. Every matching request fails until
+ * `count` are used up (default: until clearOidcFaults()).
+ */
+export type SimOidcFault = {
+  /** Only requests whose raw path contains this string (e.g. "/oauth/discovery/keys"). */
+  pathIncludes?: string;
+  count?: number;
+} & (SimOidcStatusFault | SimOidcHangFault | SimOidcBodyFault | SimOidcRedirectFault);
+
+/** GitLab's JSON error body with this status. */
+export interface SimOidcStatusFault {
+  status: 404 | 500 | 502 | 503;
+}
+
+/** Never answers, until the client gives up or the simulator stops. */
+export interface SimOidcHangFault {
+  hang: true;
+}
+
+/** 200 with this body instead of the document. */
+export interface SimOidcBodyFault {
+  body: string;
+  /** Default application/json; charset=utf-8. */
+  contentType?: string;
+  /** Sent in chunks without Content-Length: a client must bound what it reads itself. */
+  chunked?: boolean;
+}
+
+/** 302 to this URL. */
+export interface SimOidcRedirectFault {
+  redirectTo: string;
 }
 
 export interface PopulateOptions {
