@@ -22,6 +22,7 @@ import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
 import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.ts";
 import type { CredentialSources } from "./credentials/directory.ts";
+import { setupCredentials } from "./credentials/start.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectResolver } from "./nats/from-config.ts";
 import type { AccountResolver } from "./nats/resolver.ts";
@@ -220,12 +221,31 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     Number(config.http.listen.slice(config.http.listen.lastIndexOf(":") + 1)),
   ];
   let ready = false;
-  const http: HttpServer = await startHttpServer({
-    host: host!,
-    port: port!,
-    routes,
-    readiness: () => ready,
+  // CI credentials (config.credentials): POST /v1/credentials here; callout and audit once the mode runs.
+  const credentials = await setupCredentials({
+    config,
+    clock,
+    log,
+    metrics,
+    projects: inventories,
+    sources: () => credentialSources,
   });
+  Object.assign(routes, credentials?.routes);
+  let http: HttpServer;
+  try {
+    http = await startHttpServer({
+      host: host!,
+      port: port!,
+      routes,
+      readiness: () => ready,
+      log,
+      ...(config.http.tls ? { tls: config.http.tls } : {}),
+    });
+  } catch (err) {
+    await credentials?.stop();
+    await resolver.close();
+    throw err;
+  }
 
   let stoppedOnItsOwn!: (reason: string) => void;
   const stopped = new Promise<string>((resolve) => (stoppedOnItsOwn = resolve));
@@ -279,14 +299,24 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   };
 
   let mode: RunningMode;
+  let started: RunningMode | undefined;
   try {
     // Loaded only when used: @kubernetes/client-node alone adds ~55 MB RSS to a local-mode process.
     mode =
       config.mode === "kubernetes"
         ? await (await import("./k8s/mode.ts")).startKubernetesMode(ctx)
         : await startLocalMode(ctx);
+    started = mode;
+    if (credentials) {
+      // Every replica issues: its inventories list and resync whether or not it reconciles.
+      inventories.start();
+      await credentials.startNats();
+    }
   } catch (err) {
+    await started?.stop();
     await http.close();
+    await credentials?.stop();
+    inventories.stop();
     await resolver.close();
     throw err;
   }
@@ -300,7 +330,9 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       ready = false;
       reconciling = false;
       await mode.stop();
+      inventories.stop();
       await http.close();
+      await credentials?.stop();
       await resolver.close();
       log.info({}, "natsbind stopped");
     },

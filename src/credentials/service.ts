@@ -31,7 +31,8 @@ export interface TokenVerifier {
   verify(
     token: string,
   ): Promise<
-    { identity: CiIdentity } | { code: "invalid_token" | "unavailable"; reason: string; message: string }
+    | { identity: CiIdentity }
+    | { code: "invalid_token" | "unavailable"; reason: string; message: string; retryAfterS?: number }
   >;
 }
 
@@ -141,7 +142,9 @@ export class CredentialService implements CredentialIssuer {
     const verified = await o.verifier.verify(req.token);
     if (!("identity" in verified)) {
       return refused(verified.code, verified.reason, verified.message, {
-        ...(verified.code === "unavailable" ? { retryAfterS: RETRY_AFTER_UNAVAILABLE_S } : {}),
+        ...(verified.code === "unavailable"
+          ? { retryAfterS: Math.max(1, verified.retryAfterS ?? RETRY_AFTER_UNAVAILABLE_S) }
+          : {}),
       });
     }
     const identity = verified.identity;

@@ -62,7 +62,11 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
   const seeds: string[] = [];
   let api: { id: number };
 
-  async function exchange(token: string | undefined, body?: unknown, accept = "application/json"): Promise<Answer> {
+  async function exchange(
+    token: string | undefined,
+    body?: unknown,
+    accept = "application/json",
+  ): Promise<Answer> {
     const headers: Record<string, string> = { accept };
     if (token !== undefined) headers.authorization = `Bearer ${token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -72,7 +76,12 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     });
     const text = await res.text();
-    return { status: res.status, headers: res.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+    return {
+      status: res.status,
+      headers: res.headers,
+      text,
+      json: () => JSON.parse(text) as Record<string, unknown>,
+    };
   }
 
   function mint(o: Parameters<GitLabSimulator["mintIdToken"]>[0]): string {
@@ -106,7 +115,10 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     controller = await runController(config, { log: createLogger({ write: (l) => void logLines.push(l) }) });
     await waitFor(
       async () => {
-        const slot = await new DirectoryKeyStore(config.keys.directory).get({ binding: "acme", projectId: api.id });
+        const slot = await new DirectoryKeyStore(config.keys.directory).get({
+          binding: "acme",
+          projectId: api.id,
+        });
         return slot !== undefined && (await resolver.lookup(slot.account)) !== undefined;
       },
       { what: "the project's account on the server", timeoutMs: 15_000, intervalMs: 25 },
@@ -133,12 +145,16 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     seeds.push(seed);
     const jwt = /-----BEGIN NATS USER JWT-----\n([^\n]+)\n/.exec(answer.text)![1]!;
     const claims = decodeJwt(jwt);
-    const slot = (await new DirectoryKeyStore(config.keys.directory).get({ binding: "acme", projectId: api.id }))!;
+    const slot = (await new DirectoryKeyStore(config.keys.directory).get({
+      binding: "acme",
+      projectId: api.id,
+    }))!;
     assert.equal(claims.iss, slot.roles.ci, "signed by the project's ci role key");
     assert.equal(claims.nats.issuer_account, slot.account);
     assert.equal(claims.name, `acme/api#9001`);
     const tags = claims.nats.tags as string[];
-    for (const t of [`project:${api.id}`, "pipeline:777", "job:9001", "ref:main"]) assert.ok(tags.includes(t), t);
+    for (const t of [`project:${api.id}`, "pipeline:777", "job:9001", "ref:main"])
+      assert.ok(tags.includes(t), t);
     const now = Date.now() / 1000;
     assert.ok(claims.exp! > now + 240 && claims.exp! <= now + 301, `exp ${claims.exp} is now + 5m`);
 
@@ -183,18 +199,46 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
   it("refuses jobs the policy does not allow, and issues nothing", async () => {
     const other = sim.createProject({ name: "lib", groupId: sim.createGroup({ name: "X", path: "x" }).id });
     const cases: Array<[string, string, unknown, number, string]> = [
-      ["unprotected ref", mint({ projectId: api.id, aud: AUDIENCE, ref: "feature/x", refProtected: false }), undefined, 403, "forbidden"],
-      ["role not issuable", mint({ projectId: api.id, aud: AUDIENCE }), { role: "admin" }, 403, "forbidden"],
-      ["project no binding selects", mint({ projectId: other.id, aud: AUDIENCE }), undefined, 403, "forbidden"],
       [
-        "reclaimed path (the project_path of a bound project, another id)",
-        mint({ projectId: other.id, aud: AUDIENCE, extra: { project_path: "acme/api", namespace_path: "acme" } }),
+        "unprotected ref",
+        mint({ projectId: api.id, aud: AUDIENCE, ref: "feature/x", refProtected: false }),
         undefined,
         403,
         "forbidden",
       ],
-      ["fork merge request", mint({ projectId: api.id, aud: AUDIENCE, extra: { job_project_id: String(other.id) } }), undefined, 403, "forbidden"],
-      ["another audience", mint({ projectId: api.id, aud: "https://vault.example" }), undefined, 401, "invalid_token"],
+      ["role not issuable", mint({ projectId: api.id, aud: AUDIENCE }), { role: "admin" }, 403, "forbidden"],
+      [
+        "project no binding selects",
+        mint({ projectId: other.id, aud: AUDIENCE }),
+        undefined,
+        403,
+        "forbidden",
+      ],
+      [
+        "reclaimed path (the project_path of a bound project, another id)",
+        mint({
+          projectId: other.id,
+          aud: AUDIENCE,
+          extra: { project_path: "acme/api", namespace_path: "acme" },
+        }),
+        undefined,
+        403,
+        "forbidden",
+      ],
+      [
+        "fork merge request",
+        mint({ projectId: api.id, aud: AUDIENCE, extra: { job_project_id: String(other.id) } }),
+        undefined,
+        403,
+        "forbidden",
+      ],
+      [
+        "another audience",
+        mint({ projectId: api.id, aud: "https://vault.example" }),
+        undefined,
+        401,
+        "invalid_token",
+      ],
     ];
     for (const [what, token, body, status, error] of cases) {
       const answer = await exchange(token, body);
@@ -209,7 +253,10 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     const lines = audit.map((l) => JSON.parse(l) as Record<string, unknown>);
     const issued = lines.filter((l) => l.event === "credentials.issued");
     const refused = lines.filter((l) => l.event === "credentials.refused");
-    assert.ok(issued.length >= 2 && refused.length >= 6, `${issued.length} issued, ${refused.length} refused`);
+    assert.ok(
+      issued.length >= 2 && refused.length >= 6,
+      `${issued.length} issued, ${refused.length} refused`,
+    );
     const first = issued.find((l) => l.jobId === 9001)!;
     assert.equal(first.via, "exchange");
     assert.equal(first.projectId, api.id);
@@ -222,7 +269,11 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     const everything = [...audit, ...logLines].join("\n");
     for (const secret of [...tokens, ...seeds]) {
       assert.equal(everything.includes(secret), false, "a token or seed was written out");
-      assert.equal(everything.includes(secret.split(".")[1] ?? secret), false, "a token's claims part was written out");
+      assert.equal(
+        everything.includes(secret.split(".")[1] ?? secret),
+        false,
+        "a token's claims part was written out",
+      );
     }
   });
 });

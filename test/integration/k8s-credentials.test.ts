@@ -26,7 +26,11 @@ async function exchange(url: string, token: string): Promise<{ status: number; t
 
 describe("CI credentials (Kubernetes mode)", { timeout: 300_000 }, () => {
   it("a follower issues, and keeps issuing after the leader is killed", async (t) => {
-    const rig = await startKubeRig({ namespaces: [NS, "natsbind"], name: "k8s-creds", webhookSecret: "s3cret-k8s" });
+    const rig = await startKubeRig({
+      namespaces: [NS, "natsbind"],
+      name: "k8s-creds",
+      webhookSecret: "s3cret-k8s",
+    });
     let replicas: Replica[] = [];
     try {
       const group = rig.sim.createGroup({ name: "Creds", path: "creds" });
@@ -88,15 +92,24 @@ describe("CI credentials (Kubernetes mode)", { timeout: 300_000 }, () => {
       });
       const jwt = /-----BEGIN NATS USER JWT-----\n([^\n]+)\n/.exec(answer.text)![1]!;
       const account = String(decodeJwt(jwt).nats.issuer_account);
-      assert.ok((await rig.resolver.lookup(account)) !== undefined, "the issued user's account is on the server");
+      assert.ok(
+        (await rig.resolver.lookup(account)) !== undefined,
+        "the issued user's account is on the server",
+      );
       const nc = await connectWithCreds(rig.server.url, new TextEncoder().encode(answer.text));
       await nc.flush();
       await nc.close();
 
       leader.child.kill("SIGKILL");
-      const afterKill = await exchange(follower.url, rig.sim.mintIdToken({ projectId: project.id, aud: AUDIENCE }));
+      const afterKill = await exchange(
+        follower.url,
+        rig.sim.mintIdToken({ projectId: project.id, aud: AUDIENCE }),
+      );
       assert.equal(afterKill.status, 200, `issued right after the leader died: ${afterKill.text}`);
-      const refused = await exchange(follower.url, rig.sim.mintIdToken({ projectId: project.id, aud: "other" }));
+      const refused = await exchange(
+        follower.url,
+        rig.sim.mintIdToken({ projectId: project.id, aud: "other" }),
+      );
       assert.equal(refused.status, 401);
       t.diagnostic(`leader ${leader.podName} killed; follower ${follower.podName} issued before and after`);
       for (const r of replicas) assert.equal(r.log().includes(token), false, "no token in a replica's log");

@@ -1,0 +1,131 @@
+/**
+ * Wiring of CI credentials for `natsbind run` (config.credentials set): the audit sink, the ID token
+ * verifier, the issuer, the exchange route on the HTTP listener, and, once the mode runs, the NATS
+ * parts: the auth callout responder (credentials.callout) and the connection audit
+ * (credentials.audit.connections). Every replica runs all of it (issuance only reads).
+ */
+import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { MAX_CREDS_FILE_BYTES, readConfigReferencedFile, type Config } from "../config/config.ts";
+import type { RouteHandler } from "../http/server.ts";
+import { plainHttpWarning } from "../http/server.ts";
+import type { Logger } from "../observability/logger.ts";
+import type { Registry } from "../observability/metrics.ts";
+import type { Clock } from "../runtime/clock.ts";
+import { openAuditSink } from "./audit.ts";
+import { IssuedUsers, startConnectionAudit, type ConnectionAudit } from "./audit-connections.ts";
+import type { CredentialSources, ProjectIndex } from "./directory.ts";
+import { CREDENTIALS_PATH, createExchangeHandler } from "./exchange.ts";
+import { IdTokenVerifier } from "./idtoken.ts";
+import { CredentialService } from "./service.ts";
+
+export interface CredentialsRuntime {
+  service: CredentialService;
+  /** Routes for the HTTP listener (POST /v1/credentials). */
+  routes: Record<string, RouteHandler>;
+  /** Starts what talks to NATS (callout, connection audit); call once the mode runs. */
+  startNats(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface CredentialsSetup {
+  config: Config;
+  clock: Clock;
+  log: Logger;
+  metrics: Registry;
+  projects: ProjectIndex;
+  sources: () => CredentialSources | undefined;
+}
+
+export async function setupCredentials(s: CredentialsSetup): Promise<CredentialsRuntime | undefined> {
+  const c = s.config.credentials;
+  if (!c) return undefined;
+  const log = s.log.child({ component: "credentials" });
+  const audit = await openAuditSink({ ...(c.audit.file ? { file: c.audit.file } : {}), clock: s.clock, log });
+  const issued = new IssuedUsers({ clock: s.clock });
+  const verifier = new IdTokenVerifier({
+    issuer: c.issuer!,
+    audience: c.audience,
+    ...(c.jwksUrl ? { jwksUrl: c.jwksUrl } : {}),
+    leewayMs: c.leeway,
+    maxTokenAgeMs: c.maxTokenAge,
+    jwksCooldownMs: c.jwksCooldown,
+    clock: s.clock,
+    log,
+  });
+  const service = new CredentialService({
+    config: c,
+    natsServers: s.config.nats.servers,
+    verifier,
+    projects: s.projects,
+    sources: s.sources,
+    clock: s.clock,
+    log,
+    audit,
+    metrics: s.metrics,
+    issued,
+  });
+  const exchange = createExchangeHandler({
+    issuer: service,
+    log: log.child({ door: "exchange" }),
+    clock: s.clock,
+  });
+  const warning = plainHttpWarning(s.config.http.listen, s.config.http.tls !== undefined);
+  if (warning) log.warn({ listen: s.config.http.listen }, warning);
+
+  const auditGauge = s.metrics.gauge({
+    name: "natsbind_credentials_audit_lines",
+    help: "Audit lines since start, by outcome (written, dropped, write failures).",
+    labelNames: ["outcome"],
+  });
+  const exchangeGauge = s.metrics.gauge({
+    name: "natsbind_credentials_exchange_responses",
+    help: "POST /v1/credentials answers since start, by HTTP status.",
+    labelNames: ["status"],
+  });
+  s.metrics.onCollect(() => {
+    auditGauge.labels({ outcome: "written" }).set(audit.counters.written);
+    auditGauge.labels({ outcome: "dropped" }).set(audit.counters.dropped);
+    auditGauge.labels({ outcome: "failed" }).set(audit.counters.failures);
+    for (const [status, n] of Object.entries(exchange.counters.byStatus)) {
+      exchangeGauge.labels({ status }).set(n);
+    }
+  });
+
+  let systemNc: NatsConnection | undefined;
+  let connections: ConnectionAudit | undefined;
+  const stops: Array<() => Promise<void>> = [];
+  return {
+    service,
+    routes: { [CREDENTIALS_PATH]: exchange },
+    async startNats() {
+      if (c.audit.connections) {
+        const creds = await readConfigReferencedFile(
+          s.config.nats.systemCreds,
+          "nats.systemCreds",
+          MAX_CREDS_FILE_BYTES,
+        );
+        systemNc = await connect({
+          servers: s.config.nats.servers,
+          authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
+          name: "natsbind-audit",
+          maxReconnectAttempts: -1,
+          timeout: s.config.nats.timeoutMs,
+        });
+        connections = startConnectionAudit({
+          nc: systemNc,
+          sink: audit,
+          isIssued: (user, seen) => issued.isIssued(user, seen),
+          calloutUser: (name, seen) => issued.calloutUser(name, seen),
+          log,
+          clock: s.clock,
+        });
+      }
+    },
+    async stop() {
+      for (const stop of stops.reverse()) await stop();
+      await connections?.stop();
+      await systemNc?.close();
+      await audit.close();
+    },
+  };
+}
