@@ -196,6 +196,31 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     await nc.close();
   });
 
+  it("the server closes the connection when the user JWT expires; fresh credentials connect again", async () => {
+    const token = mint({ projectId: api.id, aud: AUDIENCE });
+    const first = await exchange(token, { ttl: "3s" }, "text/plain");
+    assert.equal(first.status, 200, first.text);
+    const nc = await connectWithCreds(server.url, new TextEncoder().encode(first.text));
+    const events = watchStatus(nc);
+    const closed = nc.closed();
+    await waitFor(async () => events.all.some((e) => /expired/i.test(e)) || nc.isClosed(), {
+      what: "the server to close the expired user's connection",
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    await closed;
+    assert.ok(
+      events.errors().some((e) => /authentication expired/i.test(e)),
+      `events: ${events.all.join(", ")}`,
+    );
+    // The ID token is still valid: the job asks again (as a callout client would reconnect).
+    const again = await exchange(token, { ttl: "5m" }, "text/plain");
+    assert.equal(again.status, 200, again.text);
+    const nc2 = await connectWithCreds(server.url, new TextEncoder().encode(again.text));
+    await nc2.flush();
+    await nc2.close();
+  });
+
   it("refuses jobs the policy does not allow, and issues nothing", async () => {
     const other = sim.createProject({ name: "lib", groupId: sim.createGroup({ name: "X", path: "x" }).id });
     const cases: Array<[string, string, unknown, number, string]> = [
@@ -249,8 +274,20 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
   });
 
   it("writes one audit line per issuance and refusal; no token or seed in the audit log or the logs", async () => {
-    const audit = (await readFile(join(dir, "audit", "credentials.log"), "utf8")).trim().split("\n");
-    const lines = audit.map((l) => JSON.parse(l) as Record<string, unknown>);
+    // Lines are written in batches (group commit): wait for the refusals above to be on disk.
+    let audit: string[] = [];
+    let lines: Record<string, unknown>[] = [];
+    await waitFor(
+      async () => {
+        audit = (await readFile(join(dir, "audit", "credentials.log"), "utf8")).trim().split("\n");
+        lines = audit.map((l) => JSON.parse(l) as Record<string, unknown>);
+        return (
+          lines.filter((l) => l.event === "credentials.refused").length >= 6 &&
+          lines.some((l) => l.event === "nats.disconnect" && /expired/i.test(String(l.reason)))
+        );
+      },
+      { what: "six refusals in the audit file", timeoutMs: 5_000, intervalMs: 20 },
+    );
     const issued = lines.filter((l) => l.event === "credentials.issued");
     const refused = lines.filter((l) => l.event === "credentials.refused");
     assert.ok(
@@ -265,6 +302,14 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     assert.equal(first.refProtected, true);
     assert.match(String(first.userPublicKey), /^U[A-Z2-7]{55}$/);
     assert.ok(refused.some((l) => l.reason === "unprotected_ref"));
+    // Each job's NATS use, under the user natsbind issued it: connect, then disconnect with counts.
+    const connected = lines.find(
+      (l) => l.event === "nats.connect" && l.userPublicKey === first.userPublicKey,
+    );
+    assert.ok(connected, "the first job's connection is in the audit log");
+    const gone = lines.find((l) => l.event === "nats.disconnect" && l.userPublicKey === first.userPublicKey);
+    assert.ok(gone, "and its disconnect");
+    assert.ok((gone.sent as { msgs: number }).msgs >= 2, "with the messages it published");
     assert.ok(refused.some((l) => l.reason === "fork_merge_request"));
     const everything = [...audit, ...logLines].join("\n");
     for (const secret of [...tokens, ...seeds]) {
