@@ -32,8 +32,16 @@ import {
   type Subscription,
 } from "@nats-io/transport-node";
 import { z } from "zod";
+import {
+  ConfigError,
+  MAX_CREDS_FILE_BYTES,
+  readConfigReferencedFile,
+  type Config,
+} from "../config/config.ts";
 import { NatsbindError } from "../errors.ts";
 import { decodeJwt } from "../nats/claims.ts";
+import { parseCreds } from "../nats/creds.ts";
+import { readSeedFile } from "../store/key-directory.ts";
 import { isPublicKey, type NKeyPair } from "../nats/keys.ts";
 import { hasControlCharacter } from "../nats/subjects.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -236,6 +244,44 @@ function responseError(result: { code: string; reason: string; message: string }
   if (token.length >= 8 && message.includes(token)) message = "(message withheld)";
   const full = `${result.code} (${result.reason}): ${message}`;
   return full.length > MAX_ERROR_LENGTH ? `${full.slice(0, MAX_ERROR_LENGTH - 3)}...` : full;
+}
+
+/**
+ * What startCallout needs from `credentials.callout`: the service user's creds, the response
+ * signing key, and the callout account (the issuer_account of the service user's JWT, or its
+ * issuer when the account key signed it). Files are read bounded; errors name the field and the
+ * file, never the content.
+ */
+export async function readCalloutFiles(
+  callout: NonNullable<NonNullable<Config["credentials"]>["callout"]>,
+): Promise<{ credsText: string; signingKey: NKeyPair; calloutAccount: string }> {
+  const credsText = await readConfigReferencedFile(
+    callout.credsFile,
+    "credentials.callout.credsFile",
+    MAX_CREDS_FILE_BYTES,
+  );
+  let calloutAccount: string;
+  try {
+    const claims = decodeJwt(parseCreds(credsText, callout.credsFile).jwt, "the callout user JWT");
+    const account = claims.nats.issuer_account;
+    calloutAccount = typeof account === "string" && account !== "" ? account : claims.iss;
+  } catch (cause) {
+    throw new ConfigError(`credentials.callout.credsFile ${callout.credsFile}: ${(cause as Error).message}`, {
+      cause,
+    });
+  }
+  if (!isPublicKey(calloutAccount, "account")) {
+    throw new ConfigError(
+      `credentials.callout.credsFile ${callout.credsFile}: the user is not issued by an account key`,
+    );
+  }
+  let signingKey: NKeyPair;
+  try {
+    signingKey = await readSeedFile(callout.signingKeyFile, "account");
+  } catch (cause) {
+    throw new ConfigError(`credentials.callout.signingKeyFile: ${(cause as Error).message}`, { cause });
+  }
+  return { credsText, signingKey, calloutAccount };
 }
 
 export async function startCallout(opts: CalloutOptions): Promise<Callout> {

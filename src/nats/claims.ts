@@ -142,7 +142,10 @@ function checkName(path: string, value: string): void {
 
 function checkKey(path: string, value: string, kind: KeyKind): void {
   if (!isPublicKey(value, kind))
-    fail(path, `is not ${kind === "account" ? "an account" : `an ${kind}`} public key`);
+    fail(
+      path,
+      `is not ${kind === "user" ? "a user" : kind === "server" ? "a server" : `an ${kind}`} public key`,
+    );
 }
 
 function checkSubjects(path: string, subjects: string[] | undefined): string[] | undefined {

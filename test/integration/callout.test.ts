@@ -3,8 +3,12 @@
 // (default_sentinel); .cache/bin has 2.15.2.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
-import { startCallout, type Callout } from "../../src/credentials/callout.ts";
+import { readCalloutFiles, startCallout, type Callout } from "../../src/credentials/callout.ts";
+import { INIT_LAYOUT, initOperator } from "../../src/cli/init.ts";
+import { loadConfig } from "../../src/config/config.ts";
+import { connectResolver } from "../../src/nats/from-config.ts";
 import { AUTH_CALLOUT_SUBJECT } from "../../src/credentials/callout-account.ts";
 import type { CiIdentity } from "../../src/credentials/identity.ts";
 import type { CredentialIssuer, IssueRequest, IssueResult, Refused } from "../../src/credentials/types.ts";
@@ -32,7 +36,15 @@ import {
   type TestAccount,
   type TestOperator,
 } from "../support/operator.ts";
-import { waitFor } from "../support/process.ts";
+import {
+  freePorts,
+  httpGet,
+  ManagedProcess,
+  removeDir,
+  tempDir,
+  toolBinary,
+  waitFor,
+} from "../support/process.ts";
 
 const TIMEOUT = { timeout: 120_000 };
 
@@ -750,6 +762,68 @@ describe("auth callout: hostile requests (where someone else can publish them)",
     } finally {
       rig.issuer.gate = undefined;
       release();
+    }
+  });
+});
+
+describe("natsbind init --callout, its files as written", TIMEOUT, () => {
+  let dir: string | undefined;
+  let proc: ManagedProcess | undefined;
+
+  after(async () => {
+    await proc?.stop();
+    if (dir) await removeDir(dir);
+  });
+
+  it("runs nats-server from the generated config and the callout from natsbind.yaml's credentials.callout", async () => {
+    dir = await tempDir("init-callout");
+    const [port, monitorPort] = await freePorts(2);
+    const init = await initOperator({
+      outDir: dir,
+      callout: true,
+      natsPort: port!,
+      monitorPort: monitorPort!,
+    });
+    proc = new ManagedProcess(toolBinary("nats-server"), ["-c", join(dir, INIT_LAYOUT.natsServerConfig)], {
+      name: "init-callout",
+    });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${monitorPort}/healthz`)).status === 200, {
+      what: "nats-server from init's config",
+      timeoutMs: 15_000,
+      intervalMs: 50,
+      failIf: () => proc?.exitReason(),
+    });
+
+    // As `natsbind run` wires it: the config, the resolver, the callout files.
+    const config = await loadConfig(join(dir, INIT_LAYOUT.config));
+    assert.ok(config.credentials?.callout);
+    const files = await readCalloutFiles(config.credentials.callout);
+    assert.equal(files.calloutAccount, init.callout?.account);
+    assert.equal(files.signingKey.publicKey, init.callout?.signingKey);
+    const { resolver, signer } = await connectResolver(config.nats);
+    const acc = projectAccount({ signingKey: signer }, "group/project");
+    await resolver.push(acc.jwt);
+    const issuer = new TestIssuer(acc, grants());
+    const callout = await startCallout({
+      servers: config.nats.servers,
+      ...files,
+      issuer,
+      log: createLogger({ level: "error", write: () => {} }),
+      timeoutMs: config.nats.timeoutMs,
+    });
+    try {
+      const nc = await connectBare(config.nats.servers[0]!, { token: GOOD });
+      assert.equal(await roundTrip(nc, "build.42.init"), true);
+      await nc.close();
+      await assert.rejects(
+        connectBare(config.nats.servers[0]!, { token: "nope" }),
+        /Authorization Violation/,
+      );
+      // The preloaded callout account is on the resolver, next to the system account.
+      assert.ok((await resolver.list()).includes(init.callout!.account));
+    } finally {
+      await callout.stop();
+      await resolver.close();
     }
   });
 });

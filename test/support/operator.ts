@@ -147,7 +147,11 @@ export interface TestAccount {
   desired: DesiredAccount;
 }
 
-export function projectAccount(op: TestOperator, name: string, iat = 1_700_000_000): TestAccount {
+export function projectAccount(
+  op: Pick<TestOperator, "signingKey">,
+  name: string,
+  iat = 1_700_000_000,
+): TestAccount {
   const account = NKeyPair.generate("account");
   const ciKey = NKeyPair.generate("account");
   const desired: DesiredAccount = {
