@@ -75,7 +75,8 @@ export interface InitResult {
   files: string[];
 }
 
-async function checkTarget(dir: string, force: boolean): Promise<void> {
+/** Creates `dir` (0700) or checks that it is a writable, empty directory (any directory with force). */
+export async function checkTarget(dir: string, force: boolean): Promise<void> {
   try {
     const info = await stat(dir);
     if (!info.isDirectory()) throw new InitError(`init: ${dir} exists and is not a directory`);
@@ -119,16 +120,7 @@ function serverConfig(o: {
 }): string {
   const preload = [`  ${o.systemAccount}: ${JSON.stringify(o.systemAccountJwt)}`];
   if (o.callout) preload.push(`  ${o.callout.account}: ${JSON.stringify(o.callout.accountJwt)}`);
-  const callout = o.callout
-    ? `
-# Auth callout (natsbind init --callout; nats-server >= 2.11.2). A client without creds connects as
-# this bearer sentinel (a user of the callout account that may do nothing); the callout account's
-# JWT sends every such connection to natsbind, which answers with a user JWT for the client.
-default_sentinel: ${JSON.stringify(o.callout.sentinelJwt)}
-# A CONNECT carrying a GitLab ID token is larger than the default 4 KiB.
-max_control_line: ${CALLOUT_MAX_CONTROL_LINE}
-`
-    : "";
+  const callout = o.callout ? `\n${calloutServerConfig(o.callout.sentinelJwt)}` : "";
   return `# nats-server configuration written by natsbind init (operator mode, full account resolver).
 server_name: natsbind-0
 host: ${o.host}
@@ -152,17 +144,49 @@ ${preload.join("\n")}
 ${callout}`;
 }
 
-function credentialsSection(audience: string): string {
+/** The lines a nats-server config needs for the callout (besides the callout account's JWT). */
+export function calloutServerConfig(sentinelJwt: string): string {
+  return `# Auth callout (natsbind; nats-server >= 2.11.2). A client without creds connects as this bearer
+# sentinel (a user of the callout account that may do nothing); the callout account's JWT sends
+# every such connection to natsbind, which answers with a user JWT for the client.
+default_sentinel: ${JSON.stringify(sentinelJwt)}
+# A CONNECT carrying a GitLab ID token is larger than the default 4 KiB.
+max_control_line: ${CALLOUT_MAX_CONTROL_LINE}
+`;
+}
+
+/** natsbind.yaml's credentials section for the callout; `dir` prefixes the file paths. */
+export function credentialsSection(audience: string, dir = ""): string {
+  const at = (p: string): string => (dir ? JSON.stringify(join(dir, p)) : p);
   return `credentials:
   # The aud of the jobs' ID tokens (id_tokens: <NAME>: aud: ${audience} in .gitlab-ci.yml).
-  # The issuer is gitlab.url: set the gitlab section above.
+  # The issuer is gitlab.url: set the gitlab section.
   audience: ${JSON.stringify(audience)}
   callout:
     # natsbind's callout user: answers $SYS.REQ.USER.AUTH in the callout account.
-    credsFile: ${INIT_LAYOUT.calloutCreds}
+    credsFile: ${at(INIT_LAYOUT.calloutCreds)}
     # Signs the authorization responses (a signing key of the callout account).
-    signingKeyFile: ${INIT_LAYOUT.calloutAccountSigningKey}
+    signingKeyFile: ${at(INIT_LAYOUT.calloutAccountSigningKey)}
 `;
+}
+
+/** Checks an audience before anything is written (credentials.audience's bounds, plain YAML). */
+export function checkAudience(audience: string): void {
+  if (audience.length === 0 || audience.length > 512 || /\s/.test(audience)) {
+    throw new InitError("init: the audience must be 1 to 512 characters without whitespace");
+  }
+}
+
+/** The callout's files (INIT_LAYOUT paths), keys first. */
+export function calloutFiles(callout: CalloutAccount): Array<[string, string, number]> {
+  const seed = (k: NKeyPair): string => `${new TextDecoder().decode(k.getSeed())}\n`;
+  return [
+    [INIT_LAYOUT.calloutAccountKey, seed(callout.account), 0o600],
+    [INIT_LAYOUT.calloutAccountSigningKey, seed(callout.signingKey), 0o600],
+    [INIT_LAYOUT.calloutCreds, callout.serviceCreds, 0o600],
+    [INIT_LAYOUT.calloutAccountJwt, `${callout.accountJwt}\n`, 0o644],
+    [INIT_LAYOUT.calloutSentinelJwt, `${callout.sentinelJwt}\n`, 0o644],
+  ];
 }
 
 function natsbindConfig(o: { host: string; port: number; audience?: string }): string {
@@ -197,10 +221,7 @@ ${o.audience !== undefined ? credentialsSection(o.audience) : ""}`;
 export async function initOperator(opts: InitOptions): Promise<InitResult> {
   const outDir = resolve(opts.outDir);
   const audience = opts.audience ?? DEFAULT_AUDIENCE;
-  // credentials.audience's bounds (config.ts); no whitespace keeps the YAML line plain.
-  if (audience.length === 0 || audience.length > 512 || /\s/.test(audience)) {
-    throw new InitError("init: the audience must be 1 to 512 characters without whitespace");
-  }
+  checkAudience(audience);
   await checkTarget(outDir, opts.force ?? false);
   const iat = Math.floor((opts.now ?? Date.now)() / 1000);
   const host = opts.natsHost ?? "127.0.0.1";
@@ -261,15 +282,7 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
     [INIT_LAYOUT.systemAccountKey, seed(system), 0o600],
     [INIT_LAYOUT.systemAccountSigningKey, seed(systemSigning), 0o600],
     [INIT_LAYOUT.systemCreds, formatCreds(userJwt, systemUser), 0o600],
-    ...(callout
-      ? ([
-          [INIT_LAYOUT.calloutAccountKey, seed(callout.account), 0o600],
-          [INIT_LAYOUT.calloutAccountSigningKey, seed(callout.signingKey), 0o600],
-          [INIT_LAYOUT.calloutCreds, callout.serviceCreds, 0o600],
-          [INIT_LAYOUT.calloutAccountJwt, `${callout.accountJwt}\n`, 0o644],
-          [INIT_LAYOUT.calloutSentinelJwt, `${callout.sentinelJwt}\n`, 0o644],
-        ] satisfies Array<[string, string, number]>)
-      : []),
+    ...(callout ? calloutFiles(callout) : []),
     [INIT_LAYOUT.operatorJwt, `${operatorJwt}\n`, 0o644],
     [INIT_LAYOUT.systemAccountJwt, `${systemJwt}\n`, 0o644],
     [

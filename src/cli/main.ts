@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { NatsbindError } from "../errors.ts";
 import { INIT_LAYOUT, initOperator } from "./init.ts";
 import { accountsCommand } from "./accounts.ts";
+import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
 import { UsageError } from "./usage.ts";
@@ -21,6 +22,10 @@ commands:
         (nats-server >= 2.11.2): a callout account, natsbind's callout user and response signing
         key, a deny-all bearer sentinel as default_sentinel, and credentials.callout in
         natsbind.yaml (credentials.audience: AUD, default "natsbind")
+  callout setup --config FILE --out DIR [--audience AUD] [--force]
+        the auth callout for a running operator (natsbind.yaml's operator signing key): writes
+        what init --callout writes to DIR, pushes the callout account, and prints the nats-server
+        include line and the credentials section for natsbind.yaml
   accounts push-sample --config FILE --name NAME --project-id ID
         create (or reuse) an account with a scoped "ci" signing key and push it to the resolver
   accounts list --config FILE          accounts the resolver holds
@@ -96,6 +101,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "accounts":
         await accountsCommand(rest);
+        return 0;
+      case "callout":
+        await calloutCommand(rest);
         return 0;
       case "gitlab":
         await gitlabCommand(rest);

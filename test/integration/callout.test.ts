@@ -3,7 +3,10 @@
 // (default_sentinel); .cache/bin has 2.15.2.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { appendFile, readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { readCalloutFiles, startCallout, type Callout } from "../../src/credentials/callout.ts";
 import { INIT_LAYOUT, initOperator } from "../../src/cli/init.ts";
@@ -40,6 +43,7 @@ import {
   freePorts,
   httpGet,
   ManagedProcess,
+  REPO_ROOT,
   removeDir,
   tempDir,
   toolBinary,
@@ -47,6 +51,20 @@ import {
 } from "../support/process.ts";
 
 const TIMEOUT = { timeout: 120_000 };
+
+async function runCli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(
+      process.execPath,
+      [join(REPO_ROOT, "src", "cli", "main.ts"), ...args],
+      { timeout: 30_000 },
+    );
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
 
 // Tokens the test issuer knows. Real ID tokens are JWTs of 1-2 KiB; LONG is past the 4 KiB default
 // max_control_line on purpose.
@@ -821,6 +839,81 @@ describe("natsbind init --callout, its files as written", TIMEOUT, () => {
       );
       // The preloaded callout account is on the resolver, next to the system account.
       assert.ok((await resolver.list()).includes(init.callout!.account));
+    } finally {
+      await callout.stop();
+      await resolver.close();
+    }
+  });
+});
+
+describe("an existing operator: natsbind callout setup", TIMEOUT, () => {
+  let dir: string | undefined;
+  let proc: ManagedProcess | undefined;
+
+  after(async () => {
+    await proc?.stop();
+    if (dir) await removeDir(dir);
+  });
+
+  it("sets up the callout for a running server: push, config snippet, reload, and natsbind.yaml's credentials", async () => {
+    dir = await tempDir("callout-setup");
+    const opDir = join(dir, "op");
+    const [port, monitorPort] = await freePorts(2);
+    await initOperator({ outDir: opDir, natsPort: port!, monitorPort: monitorPort! });
+    const serverConfig = join(opDir, INIT_LAYOUT.natsServerConfig);
+    proc = new ManagedProcess(toolBinary("nats-server"), ["-c", serverConfig], { name: "callout-setup" });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${monitorPort}/healthz`)).status === 200, {
+      what: "nats-server",
+      timeoutMs: 15_000,
+      intervalMs: 50,
+      failIf: () => proc?.exitReason(),
+    });
+
+    const calloutDir = join(dir, "callout");
+    const setup = await runCli(
+      "callout",
+      "setup",
+      "--config",
+      join(opDir, INIT_LAYOUT.config),
+      "--out",
+      calloutDir,
+    );
+    assert.equal(setup.code, 0, setup.stderr);
+    assert.match(setup.stdout, /push on .*: 200 jwt updated/);
+    assert.doesNotMatch(setup.stdout, /S[OAU][A-Z2-7]{56}/, "no seed printed");
+    const snippet = /append (\S+) to its config/.exec(setup.stdout)?.[1];
+    assert.equal(snippet, join(calloutDir, "nats-server-callout.conf"), setup.stdout);
+    const credentials = setup.stdout.slice(setup.stdout.indexOf("   credentials:")).replace(/^ {3}/gm, "");
+
+    // A client with only a token cannot get in before the servers know the sentinel.
+    await assert.rejects(connectBare(`nats://127.0.0.1:${port}`, { token: GOOD }), /Authorization Violation/);
+
+    await appendFile(serverConfig, `\n${await readFile(snippet, "utf8")}`);
+    proc.child.kill("SIGHUP");
+    await new Promise((r) => setTimeout(r, 1500));
+    console.log("LOGS", proc.logs().slice(-3000));
+    await waitFor(async () => /Reloaded: default_sentinel/.test(proc!.logs()), {
+      what: "the reload",
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    await appendFile(join(opDir, INIT_LAYOUT.config), credentials);
+    const config = await loadConfig(join(opDir, INIT_LAYOUT.config));
+    assert.ok(config.credentials?.callout);
+    const files = await readCalloutFiles(config.credentials.callout);
+    const { resolver, signer } = await connectResolver(config.nats);
+    const acc = projectAccount({ signingKey: signer }, "group/project");
+    await resolver.push(acc.jwt);
+    const callout = await startCallout({
+      servers: config.nats.servers,
+      ...files,
+      issuer: new TestIssuer(acc, grants()),
+      log: createLogger({ level: "error", write: () => {} }),
+    });
+    try {
+      const nc = await connectBare(config.nats.servers[0]!, { token: LONG });
+      assert.equal(await roundTrip(nc, "build.42.setup"), true);
+      await nc.close();
     } finally {
       await callout.stop();
       await resolver.close();
