@@ -47,7 +47,7 @@ import { hasControlCharacter } from "../nats/subjects.ts";
 import type { Logger } from "../observability/logger.ts";
 import { systemClock, type Clock } from "../runtime/clock.ts";
 import { AUTH_CALLOUT_SUBJECT } from "./callout-account.ts";
-import type { CredentialIssuer, IssueResult } from "./types.ts";
+import type { CredentialIssuer, IssueResult, RefusalCode } from "./types.ts";
 
 export class CalloutError extends NatsbindError {}
 
@@ -212,12 +212,13 @@ function parseRequest(msg: Msg, calloutAccount: string, now: number, clockSkewMs
 /** The ID token and role from CONNECT: `token`, or `user` (the role) and `pass` (the token). */
 function credentialsOf(
   o: AuthRequest["connectOpts"],
-): { token: string; role?: string } | { problem: string; reason: string } {
+): { token: string; role?: string } | { code: RefusalCode; reason: string; problem: string } {
   const token = o.auth_token ?? "";
   const pass = o.pass ?? "";
   const role = o.user ?? "";
   if (token !== "" && pass !== "") {
     return {
+      code: "bad_request",
       reason: "ambiguous_token",
       problem: "send the ID token once: as token, or as password with the role as user",
     };
@@ -225,15 +226,24 @@ function credentialsOf(
   const idToken = token || pass;
   if (idToken === "") {
     return {
+      code: "invalid_token",
       reason: "no_token",
       problem: "no ID token: connect with token <ID token>, or user <role> and password <ID token>",
     };
   }
   if (Buffer.byteLength(idToken) > MAX_TOKEN_BYTES) {
-    return { reason: "oversize_token", problem: `the ID token is larger than ${MAX_TOKEN_BYTES} bytes` };
+    return {
+      code: "invalid_token",
+      reason: "oversize_token",
+      problem: `the ID token is larger than ${MAX_TOKEN_BYTES} bytes`,
+    };
   }
   if (role.length > MAX_ROLE_LENGTH) {
-    return { reason: "bad_role", problem: `the user (role) is longer than ${MAX_ROLE_LENGTH} characters` };
+    return {
+      code: "bad_request",
+      reason: "bad_role",
+      problem: `the user (role) is longer than ${MAX_ROLE_LENGTH} characters`,
+    };
   }
   return role === "" ? { token: idToken } : { token: idToken, role };
 }
@@ -390,7 +400,7 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
       log.debug({ ...fields, reason: credentials.reason }, "callout: refused before issuing");
       await answer(msg, request, {
         error: responseError(
-          { code: "invalid_token", reason: credentials.reason, message: credentials.problem },
+          { code: credentials.code, reason: credentials.reason, message: credentials.problem },
           "",
         ),
       });
@@ -497,6 +507,10 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
   );
 
   let stopping: Promise<void> | undefined;
+  // The client reconnects forever; it closes for good only on stop() or a fatal error.
+  void nc.closed().then((err) => {
+    if (!stopping) log.error({ ...(err ? { error: err } : {}) }, "callout: connection closed, not answering");
+  });
   return {
     counters,
     stop() {

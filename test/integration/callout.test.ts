@@ -3,8 +3,8 @@
 // (default_sentinel); .cache/bin has 2.15.2.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { appendFile, readFile } from "node:fs/promises";
+import { execFile, spawnSync } from "node:child_process";
+import { appendFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
@@ -25,7 +25,7 @@ import {
 } from "../../src/nats/claims.ts";
 import { formatCreds, parseCreds } from "../../src/nats/creds.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
-import type { NatsResolver } from "../../src/nats/resolver.ts";
+import { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { startNatsServer, type NatsServer, type NatsServerOptions } from "../support/nats-server.ts";
 import {
@@ -41,6 +41,7 @@ import {
 } from "../support/operator.ts";
 import {
   freePorts,
+  hasToolBinary,
   httpGet,
   ManagedProcess,
   REPO_ROOT,
@@ -343,10 +344,14 @@ describe("auth callout: clients connect with only an ID token", TIMEOUT, () => {
     );
     assert.equal(rig.issuer.requestsFor("id-token-stolen-or-forged").length, 1);
     assert.equal(callout.counters.refused, refusedBefore + 1);
-    await waitFor(async () => rig.server.logs().includes("invalid_token (unknown_token)"), {
-      what: "the refusal in the nats-server log",
-      timeoutMs: 5_000,
-    });
+    await waitFor(
+      async () =>
+        rig.server.logs().includes("Auth callout service returned an error: invalid_token (unknown_token)"),
+      {
+        what: "the refusal in the nats-server log",
+        timeoutMs: 5_000,
+      },
+    );
   });
 
   it("refuses a client with no token without asking the issuer", async () => {
@@ -721,6 +726,28 @@ describe("auth callout: hostile requests (where someone else can publish them)",
     assert.equal(rig.issuer.requests.length, asked + 1);
     assert.equal(rig.issuer.requests.at(-1)?.client, "203.0.113.9");
 
+    // CONNECT options natsbind refuses itself, answering without asking the issuer.
+    const refusedHere: Array<[Record<string, unknown>, RegExp]> = [
+      [{}, /^invalid_token \(no_token\)/],
+      [{ user: "ci" }, /^invalid_token \(no_token\)/],
+      [{ auth_token: GOOD, pass: GOOD }, /^bad_request \(ambiguous_token\)/],
+      [{ auth_token: "x".repeat(17 * 1024) }, /^invalid_token \(oversize_token\)/],
+      [{ user: "r".repeat(300), pass: GOOD }, /^bad_request \(bad_role\)/],
+    ];
+    for (const [connectOpts, expected] of refusedHere) {
+      const to = reply();
+      publisher.publish(AUTH_CALLOUT_SUBJECT, forgedRequest(forger, account, connectOpts), { reply: to });
+      await waitFor(async () => answers.some((a) => a.subject === to), {
+        what: `the answer to ${JSON.stringify(connectOpts).slice(0, 60)}`,
+        timeoutMs: 5_000,
+        intervalMs: 20,
+      });
+      const refusal = decodeJwt(answers.find((a) => a.subject === to)!.string());
+      assert.match(String(refusal.nats.error), expected);
+      assert.ok(!String(refusal.nats.error).includes(GOOD));
+    }
+    assert.equal(rig.issuer.requests.length, asked + 1, "none of them reached the issuer");
+
     // Still serving: the real callout lets a real client in.
     const nc = await connectBare(rig.server.url, { token: GOOD });
     assert.equal(await roundTrip(nc, "build.42.after"), true);
@@ -920,3 +947,160 @@ describe("an existing operator: natsbind callout setup", TIMEOUT, () => {
     }
   });
 });
+
+/** An nsc with its own home (as in nsc.test.ts): config, stores and keys under one temp dir. */
+function nscIn(home: string): (...args: string[]) => string {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of ["NSC_HOME", "NKEYS_PATH", "NSC_CWD_ONLY"]) delete env[name];
+  Object.assign(env, {
+    HOME: home,
+    XDG_CONFIG_HOME: join(home, "xdg-config"),
+    XDG_DATA_HOME: join(home, "xdg-data"),
+  });
+  return (...args) => {
+    const r = spawnSync(toolBinary("nsc"), ["-H", home, ...args], {
+      cwd: home,
+      env,
+      encoding: "utf8",
+      timeout: 30_000,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    if (r.status !== 0) throw new Error(`nsc ${args.join(" ")}: ${r.status}\n${r.stderr}${r.stdout}`);
+    return r.stdout.trim();
+  };
+}
+
+describe(
+  "an existing operator: the nsc commands of docs/ci-credentials-callout.md",
+  { ...TIMEOUT, skip: hasToolBinary("nsc") ? false : "nsc binary not found (.cache/bin/nsc)" },
+  () => {
+    let dir: string | undefined;
+    let server: NatsServer | undefined;
+
+    after(async () => {
+      await server?.stop();
+      if (dir) await removeDir(dir);
+    });
+
+    it("set up a callout natsbind serves", async () => {
+      dir = await tempDir("callout-nsc");
+      const home = join(dir, "nsc");
+      const out = join(dir, "natsbind");
+      await mkdir(home, { recursive: true, mode: 0o700 });
+      await mkdir(out, { recursive: true, mode: 0o700 });
+      await writeFile(
+        join(home, "nsc.json"),
+        JSON.stringify({
+          store_root: home,
+          operator: "",
+          account: "",
+          github_updates: "nats-io/nsc",
+          last_update: Math.floor(Date.now() / 1000),
+        }),
+      );
+      const nsc = nscIn(home);
+      // The existing operator (strict signing keys, as natsbind's own).
+      nsc("add", "operator", "--generate-signing-key", "--sys", "--name", "OP");
+      nsc("edit", "operator", "--require-signing-keys");
+
+      // The documented commands.
+      nsc("add", "account", "CALLOUT");
+      nsc("edit", "account", "CALLOUT", "--sk", "generate");
+      nsc(
+        "add",
+        "user",
+        "--account",
+        "CALLOUT",
+        "--name",
+        "natsbind-callout",
+        "--allow-sub",
+        "$SYS.REQ.USER.AUTH",
+        "--allow-pub-response",
+        "--response-ttl",
+        "1m",
+      );
+      nsc("add", "user", "--account", "CALLOUT", "--name", "sentinel", "--bearer", "--deny-pubsub", ">");
+      const serviceUser = JSON.parse(
+        nsc("describe", "user", "--account", "CALLOUT", "--name", "natsbind-callout", "--field", "sub"),
+      ) as string;
+      nsc(
+        "edit",
+        "authcallout",
+        "--account",
+        "CALLOUT",
+        "--auth-user",
+        serviceUser,
+        "--allowed-account",
+        "*",
+      );
+      nsc(
+        "generate",
+        "creds",
+        "--account",
+        "CALLOUT",
+        "--name",
+        "natsbind-callout",
+        "-o",
+        join(out, "callout.creds"),
+      );
+      const sk = JSON.parse(
+        nsc("describe", "account", "CALLOUT", "--field", "nats.signing_keys[0]"),
+      ) as string;
+      nsc("export", "keys", "--accounts", "--account", "CALLOUT", "--filter", sk, "--dir", out);
+      const sentinelJwt = nsc("describe", "user", "--account", "CALLOUT", "--name", "sentinel", "--raw");
+      const calloutJwt = nsc("describe", "account", "CALLOUT", "--raw");
+
+      // A server of that operator with the callout account preloaded (`nsc push` would do as well).
+      const operatorJwt = nsc("describe", "operator", "--raw");
+      const systemAccountJwt = nsc("describe", "account", "SYS", "--raw");
+      const systemAccount = decodeJwt(systemAccountJwt).sub;
+      const calloutAccount = decodeJwt(calloutJwt).sub;
+      server = await startNatsServer({
+        operatorJwt,
+        systemAccount,
+        systemAccountJwt,
+        preloadAccounts: { [calloutAccount]: calloutJwt },
+        defaultSentinel: sentinelJwt,
+        maxControlLine: 16 * 1024,
+      });
+
+      const files = await readCalloutFiles({
+        credsFile: join(out, "callout.creds"),
+        signingKeyFile: join(out, `${sk}.nk`),
+      });
+      assert.equal(files.calloutAccount, calloutAccount);
+      assert.equal(files.signingKey.publicKey, sk);
+
+      // A project account for the test issuer, signed by the operator's signing key.
+      const opSk = (JSON.parse(nsc("describe", "operator", "--field", "nats.signing_keys")) as string[])[0]!;
+      nsc("export", "keys", "--operator", "--filter", opSk, "--dir", out);
+      const operatorSigningKey = NKeyPair.fromSeed(
+        await readFile(join(out, `${opSk}.nk`), "utf8"),
+        "operator",
+      );
+      nsc("generate", "creds", "--account", "SYS", "--name", "sys", "-o", join(out, "sys.creds"));
+      const resolver = await NatsResolver.connect({
+        servers: server.url,
+        creds: await readFile(join(out, "sys.creds")),
+        operatorSigningKey,
+      });
+      const acc = projectAccount({ signingKey: operatorSigningKey }, "group/project");
+      await resolver.push(acc.jwt);
+      const callout = await startCallout({
+        servers: server.url,
+        ...files,
+        issuer: new TestIssuer(acc, grants()),
+        log: createLogger({ level: "error", write: () => {} }),
+      });
+      try {
+        const nc = await connectBare(server.url, { token: LONG });
+        assert.equal(await roundTrip(nc, "build.42.nsc"), true);
+        await nc.close();
+        await assert.rejects(connectBare(server.url, { token: "nope" }), /Authorization Violation/);
+      } finally {
+        await callout.stop();
+        await resolver.close();
+      }
+    });
+  },
+);
