@@ -13,8 +13,7 @@ const id = z
   .transform(Number);
 /** GitLab's token booleans: "true" or "false". */
 const flag = z.enum(["true", "false"], 'must be "true" or "false"').transform((v) => v === "true");
-const text = (max: number) =>
-  z.string().min(1, "must not be empty").max(max, `must be at most ${max} characters`);
+const text = (max: number) => z.string().min(1, "must not be empty").max(max, `must be at most ${max} characters`);
 
 export const MAX_REF_LENGTH = 1024;
 
