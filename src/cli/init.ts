@@ -4,6 +4,10 @@
  * The operator identity key is written once and is not needed at run time: natsbind signs with the
  * operator signing key only. The operator JWT sets strict_signing_key_usage, so identity keys
  * (operator and account) cannot sign anything the servers accept: only signing keys can.
+ *
+ * With `callout`, also the NATS auth callout (credentials/callout-account.ts): a callout account
+ * preloaded into the server config, natsbind's callout user, the signing key of the responses, and
+ * a bearer sentinel as `default_sentinel` (nats-server >= 2.11.2).
  */
 import { access, constants, mkdir, readdir, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -12,6 +16,11 @@ import { accountClaims, operatorClaims, signJwt, userClaims } from "../nats/clai
 import { formatCreds } from "../nats/creds.ts";
 import { NKeyPair } from "../nats/keys.ts";
 import { writeFileAtomic } from "../store/files.ts";
+import {
+  CALLOUT_MAX_CONTROL_LINE,
+  createCalloutAccount,
+  type CalloutAccount,
+} from "../credentials/callout-account.ts";
 
 export class InitError extends NatsbindError {}
 
@@ -23,6 +32,10 @@ export interface InitOptions {
   natsHost?: string;
   natsPort?: number;
   monitorPort?: number;
+  /** Also set up the NATS auth callout for CI credentials. */
+  callout?: boolean;
+  /** credentials.audience of the starter natsbind.yaml (with callout; default "natsbind"). */
+  audience?: string;
   /** Wall clock in ms (iat of the JWTs). */
   now?: () => number;
 }
@@ -41,7 +54,15 @@ export const INIT_LAYOUT = {
   resolverDir: "jwt",
   accountKeyDir: "keys",
   bindingsDir: "bindings",
+  // --callout
+  calloutAccountKey: "operator/callout-account.nk",
+  calloutAccountSigningKey: "operator/callout-account-signing.nk",
+  calloutAccountJwt: "callout-account.jwt",
+  calloutCreds: "callout.creds",
+  calloutSentinelJwt: "callout-sentinel.jwt",
 } as const;
+
+export const DEFAULT_AUDIENCE = "natsbind";
 
 export interface InitResult {
   outDir: string;
@@ -49,10 +70,13 @@ export interface InitResult {
   operatorSigningKey: string;
   systemAccount: string;
   systemUser: string;
+  /** With callout: the public keys of what it made. */
+  callout?: { account: string; signingKey: string; serviceUser: string };
   files: string[];
 }
 
-async function checkTarget(dir: string, force: boolean): Promise<void> {
+/** Creates `dir` (0700) or checks that it is a writable, empty directory (any directory with force). */
+export async function checkTarget(dir: string, force: boolean): Promise<void> {
   try {
     const info = await stat(dir);
     if (!info.isDirectory()) throw new InitError(`init: ${dir} exists and is not a directory`);
@@ -92,7 +116,11 @@ function serverConfig(o: {
   systemAccount: string;
   systemAccountJwt: string;
   resolverDir: string;
+  callout?: { account: string; accountJwt: string; sentinelJwt: string };
 }): string {
+  const preload = [`  ${o.systemAccount}: ${JSON.stringify(o.systemAccountJwt)}`];
+  if (o.callout) preload.push(`  ${o.callout.account}: ${JSON.stringify(o.callout.accountJwt)}`);
+  const callout = o.callout ? `\n${calloutServerConfig(o.callout.sentinelJwt)}` : "";
   return `# nats-server configuration written by natsbind init (operator mode, full account resolver).
 server_name: natsbind-0
 host: ${o.host}
@@ -111,12 +139,57 @@ resolver: {
 }
 
 resolver_preload: {
-  ${o.systemAccount}: ${JSON.stringify(o.systemAccountJwt)}
+${preload.join("\n")}
 }
+${callout}`;
+}
+
+/** The lines a nats-server config needs for the callout (besides the callout account's JWT). */
+export function calloutServerConfig(sentinelJwt: string): string {
+  return `# Auth callout (natsbind; nats-server >= 2.11.2). A client without creds connects as this bearer
+# sentinel (a user of the callout account that may do nothing); the callout account's JWT sends
+# every such connection to natsbind, which answers with a user JWT for the client.
+default_sentinel: ${JSON.stringify(sentinelJwt)}
+# A CONNECT carrying a GitLab ID token is larger than the default 4 KiB.
+max_control_line: ${CALLOUT_MAX_CONTROL_LINE}
 `;
 }
 
-function natsbindConfig(o: { host: string; port: number }): string {
+/** natsbind.yaml's credentials section for the callout; `dir` prefixes the file paths. */
+export function credentialsSection(audience: string, dir = ""): string {
+  const at = (p: string): string => (dir ? JSON.stringify(join(dir, p)) : p);
+  return `credentials:
+  # The aud of the jobs' ID tokens (id_tokens: <NAME>: aud: ${audience} in .gitlab-ci.yml).
+  # The issuer is gitlab.url: set the gitlab section.
+  audience: ${JSON.stringify(audience)}
+  callout:
+    # natsbind's callout user: answers $SYS.REQ.USER.AUTH in the callout account.
+    credsFile: ${at(INIT_LAYOUT.calloutCreds)}
+    # Signs the authorization responses (a signing key of the callout account).
+    signingKeyFile: ${at(INIT_LAYOUT.calloutAccountSigningKey)}
+`;
+}
+
+/** Checks an audience before anything is written (credentials.audience's bounds, plain YAML). */
+export function checkAudience(audience: string): void {
+  if (audience.length === 0 || audience.length > 512 || /\s/.test(audience)) {
+    throw new InitError("init: the audience must be 1 to 512 characters without whitespace");
+  }
+}
+
+/** The callout's files (INIT_LAYOUT paths), keys first. */
+export function calloutFiles(callout: CalloutAccount): Array<[string, string, number]> {
+  const seed = (k: NKeyPair): string => `${new TextDecoder().decode(k.getSeed())}\n`;
+  return [
+    [INIT_LAYOUT.calloutAccountKey, seed(callout.account), 0o600],
+    [INIT_LAYOUT.calloutAccountSigningKey, seed(callout.signingKey), 0o600],
+    [INIT_LAYOUT.calloutCreds, callout.serviceCreds, 0o600],
+    [INIT_LAYOUT.calloutAccountJwt, `${callout.accountJwt}\n`, 0o644],
+    [INIT_LAYOUT.calloutSentinelJwt, `${callout.sentinelJwt}\n`, 0o644],
+  ];
+}
+
+function natsbindConfig(o: { host: string; port: number; audience?: string }): string {
   return `# natsbind configuration written by natsbind init. Relative paths are relative to this file.
 mode: local
 nats:
@@ -142,11 +215,13 @@ state:
   directory: state
 http:
   listen: "127.0.0.1:8080"
-`;
+${o.audience !== undefined ? credentialsSection(o.audience) : ""}`;
 }
 
 export async function initOperator(opts: InitOptions): Promise<InitResult> {
   const outDir = resolve(opts.outDir);
+  const audience = opts.audience ?? DEFAULT_AUDIENCE;
+  checkAudience(audience);
   await checkTarget(outDir, opts.force ?? false);
   const iat = Math.floor((opts.now ?? Date.now)() / 1000);
   const host = opts.natsHost ?? "127.0.0.1";
@@ -159,6 +234,9 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
   // Under strict signing key usage nats-server accepts users only from account signing keys.
   const systemSigning = NKeyPair.generate("account");
   const systemUser = NKeyPair.generate("user");
+  const callout: CalloutAccount | undefined = opts.callout
+    ? createCalloutAccount({ operatorSigningKey: signing, issuedAt: iat })
+    : undefined;
 
   const operatorJwt = signJwt(
     operatorClaims({
@@ -204,6 +282,7 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
     [INIT_LAYOUT.systemAccountKey, seed(system), 0o600],
     [INIT_LAYOUT.systemAccountSigningKey, seed(systemSigning), 0o600],
     [INIT_LAYOUT.systemCreds, formatCreds(userJwt, systemUser), 0o600],
+    ...(callout ? calloutFiles(callout) : []),
     [INIT_LAYOUT.operatorJwt, `${operatorJwt}\n`, 0o644],
     [INIT_LAYOUT.systemAccountJwt, `${systemJwt}\n`, 0o644],
     [
@@ -216,19 +295,35 @@ export async function initOperator(opts: InitOptions): Promise<InitResult> {
         systemAccount: system.publicKey,
         systemAccountJwt: systemJwt,
         resolverDir: at(INIT_LAYOUT.resolverDir),
+        ...(callout
+          ? {
+              callout: {
+                account: callout.account.publicKey,
+                accountJwt: callout.accountJwt,
+                sentinelJwt: callout.sentinelJwt,
+              },
+            }
+          : {}),
       }),
       0o644,
     ],
-    [INIT_LAYOUT.config, natsbindConfig({ host, port }), 0o644],
+    [INIT_LAYOUT.config, natsbindConfig({ host, port, ...(callout ? { audience } : {}) }), 0o644],
   ];
   for (const [path, data, mode] of files) await writeFileAtomic(at(path), data, mode);
   for (const k of [operator, signing, system, systemSigning, systemUser]) k.clear();
+  const calloutKeys = callout && {
+    account: callout.account.publicKey,
+    signingKey: callout.signingKey.publicKey,
+    serviceUser: callout.serviceUser.publicKey,
+  };
+  if (callout) for (const k of [callout.account, callout.signingKey, callout.serviceUser]) k.clear();
   return {
     outDir,
     operator: operator.publicKey,
     operatorSigningKey: signing.publicKey,
     systemAccount: system.publicKey,
     systemUser: systemUser.publicKey,
+    ...(calloutKeys ? { callout: calloutKeys } : {}),
     files: files.map(([p]) => p),
   };
 }

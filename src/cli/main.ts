@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { NatsbindError } from "../errors.ts";
 import { INIT_LAYOUT, initOperator } from "./init.ts";
 import { accountsCommand } from "./accounts.ts";
+import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
 import { UsageError } from "./usage.ts";
@@ -15,8 +16,16 @@ const USAGE = `usage: natsbind <command> [flags]
 
 commands:
   init --out DIR [--name OPERATOR] [--port N] [--monitor-port N] [--force]
+       [--callout [--audience AUD]]
         create an operator, its signing key, the system account and user, a nats-server config
-        and a starter natsbind.yaml in DIR
+        and a starter natsbind.yaml in DIR. --callout adds the NATS auth callout for CI jobs
+        (nats-server >= 2.11.2): a callout account, natsbind's callout user and response signing
+        key, a deny-all bearer sentinel as default_sentinel, and credentials.callout in
+        natsbind.yaml (credentials.audience: AUD, default "natsbind")
+  callout setup --config FILE --out DIR [--audience AUD] [--force]
+        the auth callout for a running operator (natsbind.yaml's operator signing key): writes
+        what init --callout writes to DIR, pushes the callout account, and prints the nats-server
+        include line and the credentials section for natsbind.yaml
   accounts push-sample --config FILE --name NAME --project-id ID
         create (or reuse) an account with a scoped "ci" signing key and push it to the resolver
   accounts list --config FILE          accounts the resolver holds
@@ -39,9 +48,13 @@ async function init(args: string[]): Promise<void> {
       port: { type: "string" },
       "monitor-port": { type: "string" },
       force: { type: "boolean", default: false },
+      callout: { type: "boolean", default: false },
+      audience: { type: "string" },
     },
   });
   if (!values.out) throw new UsageError("init: --out DIR is required");
+  if (values.audience !== undefined && !values.callout)
+    throw new UsageError("init: --audience needs --callout");
   const port = (flag: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
@@ -52,6 +65,8 @@ async function init(args: string[]): Promise<void> {
   const result = await initOperator({
     outDir: values.out,
     force: values.force,
+    callout: values.callout,
+    ...(values.audience !== undefined ? { audience: values.audience } : {}),
     ...(values.name ? { operatorName: values.name } : {}),
     ...(values.port ? { natsPort: port("--port", values.port)! } : {}),
     ...(values["monitor-port"] ? { monitorPort: port("--monitor-port", values["monitor-port"])! } : {}),
@@ -59,11 +74,22 @@ async function init(args: string[]): Promise<void> {
   console.log(`operator           ${result.operator}`);
   console.log(`operator signing   ${result.operatorSigningKey}`);
   console.log(`system account     ${result.systemAccount}`);
+  if (result.callout) {
+    console.log(`callout account    ${result.callout.account}`);
+    console.log(`callout signing    ${result.callout.signingKey}`);
+    console.log(`callout user       ${result.callout.serviceUser}`);
+  }
   console.log(`wrote ${result.files.length} files to ${result.outDir}:`);
   for (const f of result.files) console.log(`  ${f}`);
   console.log(
     `keep ${INIT_LAYOUT.operatorKey} offline: natsbind needs only ${INIT_LAYOUT.operatorSigningKey}`,
   );
+  if (result.callout) {
+    console.log(
+      `keep ${INIT_LAYOUT.calloutAccountKey} offline too; the callout needs nats-server >= 2.11.2 ` +
+        "(default_sentinel) and gitlab.url in natsbind.yaml",
+    );
+  }
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -75,6 +101,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "accounts":
         await accountsCommand(rest);
+        return 0;
+      case "callout":
+        await calloutCommand(rest);
         return 0;
       case "gitlab":
         await gitlabCommand(rest);

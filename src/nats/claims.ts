@@ -85,6 +85,17 @@ export interface AccountImport {
   localSubject?: string;
 }
 
+/**
+ * Auth callout (nats-server 2.10+): every user of the account except `authUsers` is sent to the
+ * callout service, which answers with a user JWT of one of `allowedAccounts`.
+ */
+export interface ExternalAuthorization {
+  /** Users ("U…") that bypass the callout: the callout service's own connections. */
+  authUsers: string[];
+  /** Accounts the service may place users in: ["*"] (any) or account public keys, never both. */
+  allowedAccounts: string[];
+}
+
 export interface DesiredAccount {
   /** The account's identity public key ("A…"). */
   publicKey: string;
@@ -99,6 +110,8 @@ export interface DesiredAccount {
   expiresAt?: number;
   /** Where to read more about the account (e.g. the GitLab project page). */
   infoUrl?: string;
+  /** Makes this a callout account. */
+  authorization?: ExternalAuthorization;
 }
 
 /** Claims as they appear in a JWT body (snake_case is nats-server's). */
@@ -129,7 +142,10 @@ function checkName(path: string, value: string): void {
 
 function checkKey(path: string, value: string, kind: KeyKind): void {
   if (!isPublicKey(value, kind))
-    fail(path, `is not ${kind === "account" ? "an account" : `an ${kind}`} public key`);
+    fail(
+      path,
+      `is not ${kind === "user" ? "a user" : kind === "server" ? "a server" : `an ${kind}`} public key`,
+    );
 }
 
 function checkSubjects(path: string, subjects: string[] | undefined): string[] | undefined {
@@ -212,6 +228,21 @@ function limitsClaims(l: AccountLimits | undefined): Record<string, unknown> {
   return out;
 }
 
+function authorizationClaims(a: ExternalAuthorization | undefined): Record<string, unknown> {
+  if (a === undefined) return {};
+  if (a.authUsers.length === 0) fail("authorization.authUsers", "is empty: the callout service needs a user");
+  a.authUsers.forEach((u, i) => checkKey(`authorization.authUsers[${i}]`, u, "user"));
+  if (a.allowedAccounts.length === 0) fail("authorization.allowedAccounts", "is empty");
+  if (a.allowedAccounts.includes("*")) {
+    // nats-server refuses "*" next to account keys.
+    if (a.allowedAccounts.length > 1)
+      fail("authorization.allowedAccounts", 'holds "*" and more: "*" stands alone');
+  } else {
+    a.allowedAccounts.forEach((k, i) => checkKey(`authorization.allowedAccounts[${i}]`, k, "account"));
+  }
+  return { auth_users: [...a.authUsers], allowed_accounts: [...a.allowedAccounts] };
+}
+
 function tagsClaims(tags: string[] | undefined): string[] | undefined {
   if (!tags?.length) return undefined;
   if (tags.length > MAX_TAGS) fail("tags", `has more than ${MAX_TAGS} entries`);
@@ -259,7 +290,7 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
     limits: limitsClaims(desired.limits),
     signing_keys: signingKeys,
     default_permissions: { pub: {}, sub: {} },
-    authorization: {},
+    authorization: authorizationClaims(desired.authorization),
     type: "account",
     version: 2,
   };

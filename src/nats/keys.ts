@@ -20,7 +20,8 @@ import type { KeyPair } from "@nats-io/nkeys";
 import { TerminalError } from "../errors.ts";
 import { decodeWithChecksum, encodeWithChecksum } from "./encoding.ts";
 
-const PREFIX = { operator: 14 << 3, account: 0, user: 20 << 3 } as const;
+// Server keys ("N…") sign nats-server's own JWTs, e.g. auth callout requests (credentials/callout.ts).
+const PREFIX = { operator: 14 << 3, account: 0, user: 20 << 3, server: 13 << 3 } as const;
 const SEED_PREFIX = 18 << 3;
 const PRIVATE_PREFIX = 15 << 3;
 const PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
@@ -40,6 +41,7 @@ const WITH_ARTICLE: Record<KeyKind, string> = {
   operator: "an operator",
   account: "an account",
   user: "a user",
+  server: "a server",
 };
 
 function describeKinds(kinds: readonly KeyKind[]): string {

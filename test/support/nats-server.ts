@@ -24,6 +24,12 @@ export interface NatsServerOptions {
   systemAccount: string;
   /** JWT of the system account, put into resolver_preload. */
   systemAccountJwt: string;
+  /** More account JWTs for resolver_preload (e.g. a callout account), by public key. */
+  preloadAccounts?: Record<string, string>;
+  /** `default_sentinel`: the bearer user JWT clients without creds connect as (>= 2.11.2). */
+  defaultSentinel?: string;
+  /** `max_control_line` in bytes (default 4096: too small for a CONNECT with an ID token). */
+  maxControlLine?: number;
   /** server_name (default: unique "natsbind-test-<n>"; cluster members get "<name>-<i>"). */
   name?: string;
   /** Extra config appended verbatim to every server's config. */
@@ -98,8 +104,11 @@ function renderConfig(plan: ServerPlan, opts: NatsServerOptions): string {
     `}`,
     `resolver_preload: {`,
     `  ${q(opts.systemAccount)}: ${q(opts.systemAccountJwt)}`,
+    ...Object.entries(opts.preloadAccounts ?? {}).map(([account, jwt]) => `  ${q(account)}: ${q(jwt)}`),
     `}`,
   ];
+  if (opts.defaultSentinel !== undefined) lines.push(`default_sentinel: ${q(opts.defaultSentinel)}`);
+  if (opts.maxControlLine !== undefined) lines.push(`max_control_line: ${opts.maxControlLine}`);
   if (plan.clusterPort !== undefined && plan.clusterName !== undefined) {
     lines.push(
       `cluster {`,

@@ -3,7 +3,15 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { INIT_LAYOUT, initOperator } from "../../src/cli/init.ts";
-import { accountClaims, signJwt, userClaims, type DesiredAccount } from "../../src/nats/claims.ts";
+import {
+  accountClaims,
+  decodeJwt,
+  signJwt,
+  userClaims,
+  type DesiredAccount,
+  type PermissionTemplate,
+} from "../../src/nats/claims.ts";
+import { CALLOUT_MAX_CONTROL_LINE } from "../../src/credentials/callout-account.ts";
 import { NatsResolver } from "../../src/nats/resolver.ts";
 import { formatCreds } from "../../src/nats/creds.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
@@ -21,14 +29,58 @@ export interface TestOperator {
   systemCreds: Uint8Array;
   /** Options for startNatsServer / startNatsCluster trusting this operator. */
   serverOptions: NatsServerOptions;
+  /** With createTestOperator({ callout: true }): what `natsbind init --callout` wrote. */
+  callout?: TestCallout;
   remove(): Promise<void>;
 }
 
-export async function createTestOperator(): Promise<TestOperator> {
+/** The auth callout files of `natsbind init --callout`, loaded. */
+export interface TestCallout {
+  /** The callout account's public key. */
+  account: string;
+  accountJwt: string;
+  /** The callout account's signing key (signs responses and the account's users). */
+  signingKey: NKeyPair;
+  /** Creds of natsbind's callout service user (text). */
+  serviceCreds: string;
+  /** The bearer deny-all sentinel, the servers' default_sentinel. */
+  sentinelJwt: string;
+  /** Paths of the files natsbind.yaml's credentials.callout names. */
+  credsFile: string;
+  signingKeyFile: string;
+}
+
+/**
+ * An operator from our own `natsbind init` (with `callout`: `init --callout`). With callout, its
+ * serverOptions preload the callout account, set default_sentinel and raise max_control_line, as
+ * the nats-server.conf init writes does.
+ */
+export async function createTestOperator(opts: { callout?: boolean } = {}): Promise<TestOperator> {
   const dir = await tempDir("operator");
-  const result = await initOperator({ outDir: dir });
+  const result = await initOperator({ outDir: dir, callout: opts.callout ?? false });
   const operatorJwt = (await readFile(join(dir, INIT_LAYOUT.operatorJwt), "utf8")).trim();
   const systemAccountJwt = (await readFile(join(dir, INIT_LAYOUT.systemAccountJwt), "utf8")).trim();
+  const serverOptions: NatsServerOptions = {
+    operatorJwt,
+    systemAccount: result.systemAccount,
+    systemAccountJwt,
+  };
+  let callout: TestCallout | undefined;
+  if (opts.callout) {
+    const accountJwt = (await readFile(join(dir, INIT_LAYOUT.calloutAccountJwt), "utf8")).trim();
+    callout = {
+      account: decodeJwt(accountJwt).sub,
+      accountJwt,
+      signingKey: await readSeedFile(join(dir, INIT_LAYOUT.calloutAccountSigningKey), "account"),
+      serviceCreds: await readFile(join(dir, INIT_LAYOUT.calloutCreds), "utf8"),
+      sentinelJwt: (await readFile(join(dir, INIT_LAYOUT.calloutSentinelJwt), "utf8")).trim(),
+      credsFile: join(dir, INIT_LAYOUT.calloutCreds),
+      signingKeyFile: join(dir, INIT_LAYOUT.calloutAccountSigningKey),
+    };
+    serverOptions.preloadAccounts = { [callout.account]: accountJwt };
+    serverOptions.defaultSentinel = callout.sentinelJwt;
+    serverOptions.maxControlLine = CALLOUT_MAX_CONTROL_LINE;
+  }
   return {
     dir,
     operator: result.operator,
@@ -37,9 +89,54 @@ export async function createTestOperator(): Promise<TestOperator> {
     systemAccount: result.systemAccount,
     systemAccountJwt,
     systemCreds: await readFile(join(dir, INIT_LAYOUT.systemCreds)),
-    serverOptions: { operatorJwt, systemAccount: result.systemAccount, systemAccountJwt },
+    serverOptions,
+    ...(callout ? { callout } : {}),
     remove: () => removeDir(dir),
   };
+}
+
+/**
+ * Creds of another user of the callout account, with `permissions` (e.g. publish on
+ * $SYS.REQ.USER.AUTH): what someone holding the callout signing key could mint. nats-server sends
+ * such a user to the callout like any client unless the account JWT lists it in auth_users
+ * (calloutAccountJwt).
+ */
+export function calloutAccountUserCreds(callout: TestCallout, permissions: PermissionTemplate): Uint8Array {
+  const user = NKeyPair.generate("user");
+  const jwt = signJwt(
+    userClaims({
+      publicKey: user.publicKey,
+      name: "callout-account-user",
+      account: callout.account,
+      issuer: callout.signingKey.publicKey,
+      scoped: false,
+      permissions,
+    }),
+    callout.signingKey,
+    Math.floor(Date.now() / 1000),
+  );
+  return new TextEncoder().encode(formatCreds(jwt, user));
+}
+
+/**
+ * The callout account's JWT as init writes it, but with `authUsers` as its auth_users (natsbind's
+ * service user is in init's); signed now, so a push replaces the preloaded one.
+ */
+export function calloutAccountJwt(op: TestOperator, authUsers: string[]): string {
+  if (!op.callout) throw new Error("calloutAccountJwt: the operator was made without callout");
+  return signJwt(
+    accountClaims(
+      {
+        publicKey: op.callout.account,
+        name: "CALLOUT",
+        signingKeys: [op.callout.signingKey.publicKey],
+        authorization: { authUsers, allowedAccounts: ["*"] },
+      },
+      op.signingKey.publicKey,
+    ),
+    op.signingKey,
+    Math.floor(Date.now() / 1000),
+  );
 }
 
 /** A project-like account with one scoped "ci" role, and the keys to issue its users. */
@@ -50,7 +147,11 @@ export interface TestAccount {
   desired: DesiredAccount;
 }
 
-export function projectAccount(op: TestOperator, name: string, iat = 1_700_000_000): TestAccount {
+export function projectAccount(
+  op: Pick<TestOperator, "signingKey">,
+  name: string,
+  iat = 1_700_000_000,
+): TestAccount {
   const account = NKeyPair.generate("account");
   const ciKey = NKeyPair.generate("account");
   const desired: DesiredAccount = {

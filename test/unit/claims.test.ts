@@ -158,6 +158,36 @@ describe("accountClaims", () => {
       /tags\[0\] must be a non-empty string without whitespace/,
     ],
     ["a non-http info URL", { infoUrl: "javascript:alert(1)" }, /infoUrl must be an http\(s\) URL/],
+    [
+      "a callout account without auth users",
+      { authorization: { authUsers: [], allowedAccounts: ["*"] } },
+      /authorization\.authUsers is empty/,
+    ],
+    [
+      "an account key as callout auth user",
+      { authorization: { authUsers: [fixedKeys.account().publicKey], allowedAccounts: ["*"] } },
+      /authorization\.authUsers\[0\] is not a user public key/,
+    ],
+    [
+      '"*" next to an account in allowed accounts',
+      {
+        authorization: {
+          authUsers: [fixedKeys.user().publicKey],
+          allowedAccounts: ["*", fixedKeys.account().publicKey],
+        },
+      },
+      /authorization\.allowedAccounts holds "\*" and more/,
+    ],
+    [
+      "a user key as allowed account",
+      {
+        authorization: {
+          authUsers: [fixedKeys.user().publicKey],
+          allowedAccounts: [fixedKeys.user().publicKey],
+        },
+      },
+      /authorization\.allowedAccounts\[0\] is not an account public key/,
+    ],
   ];
   for (const [what, overrides, message] of invalid) {
     it(`rejects ${what}, naming the field`, () => {
@@ -171,6 +201,18 @@ describe("accountClaims", () => {
       );
     });
   }
+
+  it("writes a callout account's authorization as nats-io/jwt reads it, and none otherwise", () => {
+    const user = fixedKeys.user().publicKey;
+    const claims = accountClaims(
+      desired({ authorization: { authUsers: [user], allowedAccounts: ["*"] } }),
+      operatorSigning.publicKey,
+    );
+    const jwt = signJwt(claims, operatorSigning, 1_700_000_000);
+    const stock = stockDecode<{ authorization: { auth_users: string[]; allowed_accounts: string[] } }>(jwt);
+    assert.deepEqual(stock.nats.authorization, { auth_users: [user], allowed_accounts: ["*"] });
+    assert.deepEqual(accountClaims(desired(), operatorSigning.publicKey).nats.authorization, {});
+  });
 
   it("rejects an account issuer that is not an operator key", () => {
     assert.throws(

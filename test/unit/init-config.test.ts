@@ -11,6 +11,7 @@ import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
 import { KeyDirectory, readSeedFile } from "../../src/store/key-directory.ts";
 import { connectResolver } from "../../src/nats/from-config.ts";
+import { readCalloutFiles } from "../../src/credentials/callout.ts";
 
 let root: string;
 before(async () => {
@@ -71,6 +72,114 @@ describe("natsbind init", () => {
     assert.equal(config.bindings.directory, join(out, INIT_LAYOUT.bindingsDir));
     assert.equal(config.http.listen, "127.0.0.1:8080");
     assert.equal(config.mode, "local");
+  });
+
+  it("--callout: a callout account, its service user, response key and sentinel, and both configs", async () => {
+    const out = join(root, "callout");
+    const result = await initOperator({
+      outDir: out,
+      now: () => 1_700_000_000_000,
+      natsPort: 14223,
+      callout: true,
+      audience: "nats.example.com",
+    });
+    assert.ok(result.callout);
+    for (const secret of [
+      INIT_LAYOUT.calloutAccountKey,
+      INIT_LAYOUT.calloutAccountSigningKey,
+      INIT_LAYOUT.calloutCreds,
+    ]) {
+      assert.equal((await stat(join(out, secret))).mode & 0o777, 0o600, `${secret} mode`);
+    }
+    assert.equal(
+      (await readSeedFile(join(out, INIT_LAYOUT.calloutAccountKey), "account")).publicKey,
+      result.callout.account,
+    );
+    const signing = await readSeedFile(join(out, INIT_LAYOUT.calloutAccountSigningKey), "account");
+    assert.equal(signing.publicKey, result.callout.signingKey);
+
+    // The account: signed by the operator signing key, one signing key, callout authorization.
+    const accountJwt = (await readFile(join(out, INIT_LAYOUT.calloutAccountJwt), "utf8")).trim();
+    const account = stockDecode<{
+      signing_keys: string[];
+      authorization: { auth_users: string[]; allowed_accounts: string[] };
+    }>(accountJwt);
+    assert.equal(account.iss, result.operatorSigningKey);
+    assert.equal(account.sub, result.callout.account);
+    assert.equal(account.iat, 1_700_000_000);
+    assert.deepEqual(account.nats.signing_keys, [result.callout.signingKey]);
+    assert.deepEqual(account.nats.authorization, {
+      auth_users: [result.callout.serviceUser],
+      allowed_accounts: ["*"],
+    });
+
+    // natsbind's service user: may subscribe to the request subject and answer, nothing else.
+    const creds = parseCreds(await readFile(join(out, INIT_LAYOUT.calloutCreds), "utf8"));
+    assert.equal(creds.user.publicKey, result.callout.serviceUser);
+    const service = decodeJwt(creds.jwt);
+    assert.equal(service.iss, result.callout.signingKey);
+    assert.equal(service.nats.issuer_account, result.callout.account);
+    assert.deepEqual(service.nats.sub, { allow: ["$SYS.REQ.USER.AUTH"] });
+    assert.deepEqual(service.nats.pub, {});
+    assert.deepEqual(service.nats.resp, { max: 1, ttl: 60_000_000_000 });
+    assert.equal(service.exp, undefined);
+
+    // The sentinel: bearer, denied everything, a user of the callout account.
+    const sentinelJwt = (await readFile(join(out, INIT_LAYOUT.calloutSentinelJwt), "utf8")).trim();
+    const sentinel = decodeJwt(sentinelJwt);
+    assert.equal(sentinel.iss, result.callout.signingKey);
+    assert.equal(sentinel.nats.issuer_account, result.callout.account);
+    assert.equal(sentinel.nats.bearer_token, true);
+    assert.deepEqual(sentinel.nats.pub, { deny: [">"] });
+    assert.deepEqual(sentinel.nats.sub, { deny: [">"] });
+
+    const serverConf = await readFile(join(out, INIT_LAYOUT.natsServerConfig), "utf8");
+    assert.ok(serverConf.includes(`default_sentinel: ${JSON.stringify(sentinelJwt)}`));
+    assert.match(serverConf, /^max_control_line: 16384$/m);
+    assert.ok(serverConf.includes(`${result.callout.account}: ${JSON.stringify(accountJwt)}`), "preloaded");
+    assert.match(serverConf, new RegExp(`^  ${result.systemAccount}: "`, "m"));
+
+    const config = await loadConfig(join(out, INIT_LAYOUT.config));
+    assert.equal(config.credentials?.audience, "nats.example.com");
+    assert.deepEqual(config.credentials?.callout, {
+      credsFile: join(out, INIT_LAYOUT.calloutCreds),
+      signingKeyFile: join(out, INIT_LAYOUT.calloutAccountSigningKey),
+    });
+
+    // What natsbind run reads from it.
+    const files = await readCalloutFiles(config.credentials!.callout!);
+    assert.equal(files.calloutAccount, result.callout.account);
+    assert.equal(files.signingKey.publicKey, result.callout.signingKey);
+
+    // No secret in what is shared: the server config (sentinel, account JWT), JWT files, natsbind.yaml.
+    for (const shared of [
+      INIT_LAYOUT.natsServerConfig,
+      INIT_LAYOUT.config,
+      INIT_LAYOUT.calloutAccountJwt,
+      INIT_LAYOUT.calloutSentinelJwt,
+    ]) {
+      const text = await readFile(join(out, shared), "utf8");
+      assert.ok(!/\bS[OAU][A-Z2-7]{56}\b/.test(text), `${shared} contains something seed-shaped`);
+    }
+  });
+
+  it("--callout defaults the audience to natsbind, refuses a bad one, and plain init writes no callout", async () => {
+    const out = join(root, "callout-default");
+    await initOperator({ outDir: out, callout: true });
+    assert.equal((await loadConfig(join(out, INIT_LAYOUT.config))).credentials?.audience, "natsbind");
+    await assert.rejects(
+      initOperator({ outDir: join(root, "callout-bad"), callout: true, audience: "two words" }),
+      /init: the audience must be 1 to 512 characters without whitespace/,
+    );
+    await assert.rejects(stat(join(root, "callout-bad")), /ENOENT/, "nothing written for a bad audience");
+
+    const plain = join(root, "plain");
+    const result = await initOperator({ outDir: plain });
+    assert.equal(result.callout, undefined);
+    assert.equal((await loadConfig(join(plain, INIT_LAYOUT.config))).credentials, undefined);
+    const serverConf = await readFile(join(plain, INIT_LAYOUT.natsServerConfig), "utf8");
+    assert.doesNotMatch(serverConf, /default_sentinel|max_control_line/);
+    await assert.rejects(stat(join(plain, INIT_LAYOUT.calloutCreds)), /ENOENT/);
   });
 
   it("never prints secrets into the files meant to be shared", async () => {

@@ -17,6 +17,7 @@ const stockCreate: Record<KeyKind, () => nkeys.KeyPair> = {
   operator: nkeys.createOperator,
   account: nkeys.createAccount,
   user: nkeys.createUser,
+  server: nkeys.createServer,
 };
 
 describe("nkeys encoding", () => {
@@ -34,7 +35,7 @@ describe("nkeys encoding", () => {
 });
 
 describe("NKeyPair interop with @nats-io/nkeys", () => {
-  for (const kind of ["operator", "account", "user"] as const) {
+  for (const kind of ["operator", "account", "user", "server"] as const) {
     it(`derives the same public key, seed, private key and signature for ${kind} keys`, () => {
       for (let i = 0; i < 5; i++) {
         const stock = stockCreate[kind]();
@@ -55,7 +56,7 @@ describe("NKeyPair interop with @nats-io/nkeys", () => {
       const ours = NKeyPair.generate(kind);
       const stock = nkeys.fromSeed(ours.getSeed());
       assert.equal(stock.getPublicKey(), ours.publicKey);
-      assert.equal(ours.publicKey[0], { operator: "O", account: "A", user: "U" }[kind]);
+      assert.equal(ours.publicKey[0], { operator: "O", account: "A", user: "U", server: "N" }[kind]);
       assert.equal(parsePublicKey(ours.publicKey).kind, kind);
     });
   }
@@ -154,7 +155,7 @@ describe("NKeyPair input validation", () => {
 
 describe("NKeyPair never shows its seed", () => {
   it("in toString, JSON, inspect, nested objects and errors", () => {
-    for (const kind of ["operator", "account", "user"] as const) {
+    for (const kind of ["operator", "account", "user", "server"] as const) {
       const key = NKeyPair.generate(kind);
       const seed = text(key.getSeed());
       const privateKey = text(key.getPrivateKey());
