@@ -216,13 +216,9 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
   const result = ConfigSchema.safeParse(document ?? {});
   if (!result.success) throw new ConfigError(`${source}: ${formatIssues(result.error)}`);
   const config = result.data;
-  if (config.credentials && config.credentials.issuer === undefined) {
-    if (!config.gitlab) {
-      throw new ConfigError(
-        `${source}: credentials.issuer: is required without a gitlab section (it defaults to gitlab.url)`,
-      );
-    }
-    // GitLab's iss is its URL without a trailing slash.
+  // GitLab's iss is its URL without a trailing slash. Without a gitlab section `natsbind run` says
+  // what is missing; other commands (accounts, status) do not need it.
+  if (config.credentials && config.credentials.issuer === undefined && config.gitlab) {
     config.credentials.issuer = config.gitlab.url.replace(/\/+$/, "");
   }
   const at = (p: string): string => resolve(baseDir, p);

@@ -14,9 +14,13 @@ import type { Clock } from "../runtime/clock.ts";
 import { openAuditSink } from "./audit.ts";
 import { IssuedUsers, startConnectionAudit, type ConnectionAudit } from "./audit-connections.ts";
 import type { CredentialSources, ProjectIndex } from "./directory.ts";
+import { NatsbindError } from "../errors.ts";
+import { readCalloutFiles, startCallout } from "./callout.ts";
 import { CREDENTIALS_PATH, createExchangeHandler } from "./exchange.ts";
 import { IdTokenVerifier } from "./idtoken.ts";
 import { CredentialService } from "./service.ts";
+
+export class StartupError extends NatsbindError {}
 
 export interface CredentialsRuntime {
   service: CredentialService;
@@ -39,11 +43,16 @@ export interface CredentialsSetup {
 export async function setupCredentials(s: CredentialsSetup): Promise<CredentialsRuntime | undefined> {
   const c = s.config.credentials;
   if (!c) return undefined;
+  if (c.issuer === undefined) {
+    throw new StartupError(
+      "credentials.issuer is not set and there is no gitlab section to take it from (gitlab.url)",
+    );
+  }
   const log = s.log.child({ component: "credentials" });
   const audit = await openAuditSink({ ...(c.audit.file ? { file: c.audit.file } : {}), clock: s.clock, log });
   const issued = new IssuedUsers({ clock: s.clock });
   const verifier = new IdTokenVerifier({
-    issuer: c.issuer!,
+    issuer: c.issuer,
     audience: c.audience,
     ...(c.jwksUrl ? { jwksUrl: c.jwksUrl } : {}),
     leewayMs: c.leeway,
@@ -98,6 +107,27 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
     service,
     routes: { [CREDENTIALS_PATH]: exchange },
     async startNats() {
+      if (c.callout) {
+        const files = await readCalloutFiles(c.callout);
+        const callout = await startCallout({
+          servers: s.config.nats.servers,
+          ...files,
+          issuer: service,
+          log: log.child({ door: "callout" }),
+          timeoutMs: s.config.nats.timeoutMs,
+        });
+        stops.push(() => callout.stop());
+        const calloutGauge = s.metrics.gauge({
+          name: "natsbind_credentials_callout_requests",
+          help: "Auth callout requests since start, by outcome.",
+          labelNames: ["outcome"],
+        });
+        s.metrics.onCollect(() => {
+          for (const [outcome, n] of Object.entries(callout.counters)) {
+            if (typeof n === "number") calloutGauge.labels({ outcome }).set(n);
+          }
+        });
+      }
       if (c.audit.connections) {
         const creds = await readConfigReferencedFile(
           s.config.nats.systemCreds,

@@ -49,7 +49,7 @@ interface Answer {
   json(): Record<string, unknown>;
 }
 
-describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, () => {
+describe("CI credentials (local mode, token exchange and auth callout)", { timeout: 180_000 }, () => {
   let op: TestOperator;
   let server: NatsServer;
   let sim: GitLabSimulator;
@@ -91,7 +91,7 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
   }
 
   before(async () => {
-    op = await createTestOperator();
+    op = await createTestOperator({ callout: true });
     server = await startNatsServer(op.serverOptions);
     sim = await GitLabSimulator.start();
     dir = await tempDir("creds");
@@ -102,7 +102,11 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
         nats: natsConfigSection(op, [server.url]),
         gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
         http: { listen: "127.0.0.1:0" },
-        credentials: { audience: AUDIENCE, audit: { file: "audit/credentials.log" } },
+        credentials: {
+          audience: AUDIENCE,
+          audit: { file: "audit/credentials.log" },
+          callout: { credsFile: op.callout!.credsFile, signingKeyFile: op.callout!.signingKeyFile },
+        },
       },
       "test config",
       dir,
@@ -221,6 +225,40 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
     await nc2.close();
   });
 
+  it("through the auth callout a job connects with nothing but its ID token, scoped like the exchange", async () => {
+    const token = mint({ projectId: api.id, aud: AUDIENCE, extra: { pipeline_id: "888", job_id: "9002" } });
+    const nc = await connect({ servers: server.url, token, maxReconnectAttempts: 0, timeout: 5_000 });
+    const events = watchStatus(nc);
+    try {
+      const sub = nc.subscribe(`build.${api.id}.888.>`, { max: 1 });
+      const got = (async () => {
+        for await (const m of sub) return m.string();
+      })();
+      nc.publish(`build.${api.id}.888.status`, "via callout");
+      assert.equal(await got, "via callout");
+      nc.publish(`build.${api.id}.889.status`, "not my pipeline");
+      await nc.flush();
+      await events.next("a permissions violation", (e) => e.startsWith("error: "));
+      assert.match(events.errors()[0]!, /Permissions Violation for Publish to "?build\.\d+\.889\.status"?/);
+    } finally {
+      await nc.close();
+    }
+    // The role as user name and the token as password: the same policy says no to a role without ci.
+    await assert.rejects(
+      connect({ servers: server.url, user: "admin", pass: token, maxReconnectAttempts: 0, timeout: 5_000 }),
+      /Authorization Violation/,
+    );
+    const ok = await connect({ servers: server.url, user: "ci", pass: token, maxReconnectAttempts: 0 });
+    await ok.flush();
+    await ok.close();
+    // A token of an unprotected branch: refused at connect.
+    const unprotected = mint({ projectId: api.id, aud: AUDIENCE, ref: "wip", refProtected: false });
+    await assert.rejects(
+      connect({ servers: server.url, token: unprotected, maxReconnectAttempts: 0, timeout: 5_000 }),
+      /Authorization Violation/,
+    );
+  });
+
   it("refuses jobs the policy does not allow, and issues nothing", async () => {
     const other = sim.createProject({ name: "lib", groupId: sim.createGroup({ name: "X", path: "x" }).id });
     const cases: Array<[string, string, unknown, number, string]> = [
@@ -283,7 +321,8 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
         lines = audit.map((l) => JSON.parse(l) as Record<string, unknown>);
         return (
           lines.filter((l) => l.event === "credentials.refused").length >= 6 &&
-          lines.some((l) => l.event === "nats.disconnect" && /expired/i.test(String(l.reason)))
+          lines.some((l) => l.event === "nats.disconnect" && /expired/i.test(String(l.reason))) &&
+          lines.filter((l) => l.event === "nats.connect").length >= 4
         );
       },
       { what: "six refusals in the audit file", timeoutMs: 5_000, intervalMs: 20 },
@@ -295,6 +334,14 @@ describe("CI credentials (local mode, token exchange)", { timeout: 180_000 }, ()
       `${issued.length} issued, ${refused.length} refused`,
     );
     const first = issued.find((l) => l.jobId === 9001)!;
+    const viaCallout = issued.find((l) => l.jobId === 9002)!;
+    assert.equal(viaCallout.via, "callout");
+    assert.ok(refused.some((l) => l.via === "callout" && l.reason === "role_not_issuable"));
+    assert.ok(refused.some((l) => l.via === "callout" && l.reason === "unprotected_ref"));
+    assert.ok(
+      lines.some((l) => l.event === "nats.connect" && l.userPublicKey === viaCallout.userPublicKey),
+      "the callout job's connection is audited under the user natsbind issued it",
+    );
     assert.equal(first.via, "exchange");
     assert.equal(first.projectId, api.id);
     assert.equal(first.pipelineId, 777);
