@@ -5,10 +5,13 @@
  *  3. the GitLab simulator with a group of three projects
  *  4. `natsbind run` (the real CLI, as a child process) with a binding for the group
  *  5. a project created in GitLab -> webhook -> account live on the server: how many ms
- *  6. a CI-like user signed by that account's role key: one allowed subject, one refused
+ *  6. a CI job of that project exchanges its GitLab ID token for a creds file (POST /v1/credentials,
+ *     with curl when the machine has it): one allowed subject, one refused
+ *  7. a second CI job connects with nothing but its ID token (NATS auth callout)
+ *  8. the audit lines of both jobs (issuances, refusals, connects and disconnects)
  * Everything it starts is stopped at the end, also on failure.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -20,12 +23,12 @@ import { decodeJwt } from "../src/nats/claims.ts";
 import { NODE_FLAGS } from "../src/cli/node-flags.ts";
 import { NatsResolver } from "../src/nats/resolver.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
-import { roleUserCreds } from "../test/support/operator.ts";
 
 const ROOT = join(import.meta.dirname, "..");
 const DEMO = join(ROOT, ".cache", "demo");
 const MAIN = join(ROOT, "src", "cli", "main.ts");
 const BINDING = "acme-ci";
+const AUDIENCE = "https://natsbind.demo";
 
 const say = (text: string): void => console.log(`\n== ${text}`);
 
@@ -82,12 +85,20 @@ async function main(): Promise<void> {
   await rm(DEMO, { recursive: true, force: true });
 
   say(`natsbind init --out ${DEMO}`);
-  const init = await initOperator({ outDir: DEMO, operatorName: "demo-operator", natsPort, monitorPort });
+  const init = await initOperator({
+    outDir: DEMO,
+    operatorName: "demo-operator",
+    natsPort,
+    monitorPort,
+    callout: true,
+    audience: AUDIENCE,
+  });
   console.log(
     `operator ${init.operator}, signing key ${init.operatorSigningKey}, system account ${init.systemAccount}`,
   );
 
-  say("nats-server (operator mode, full resolver)");
+  console.log("--callout: callout account, natsbind's callout user, a deny-all sentinel (default_sentinel)");
+  say("nats-server (operator mode, full resolver, auth callout)");
   const server = spawn("nats-server", ["-c", join(DEMO, INIT_LAYOUT.natsServerConfig)], { stdio: "ignore" });
   children.push(server);
   await until("nats-server ready", 15_000, async () =>
@@ -118,7 +129,8 @@ async function main(): Promise<void> {
       .replace('listen: "127.0.0.1:8080"', `listen: "127.0.0.1:${httpPort}"`);
     await writeFile(
       configPath,
-      `${config}gitlab:\n  url: ${sim.url}\n  tokenFile: gitlab-token\n  webhookSecretFile: webhook-secret\n  resyncInterval: 10m\n`,
+      `${config.replace("credentials:\n", "credentials:\n  audit: {file: audit/credentials.log}\n")}` +
+        `gitlab:\n  url: ${sim.url}\n  tokenFile: gitlab-token\n  webhookSecretFile: webhook-secret\n  resyncInterval: 10m\n`,
     );
     await writeFile(
       join(DEMO, "bindings", `${BINDING}.yaml`),
@@ -132,11 +144,14 @@ spec:
     - name: ci
       publish: {allow: ["build.status.{{project.slug}}.>"]}
       subscribe: {allow: ["_INBOX.>", "build.status.{{project.slug}}.>"]}
+      ci: {refs: protected}
   limits: {connections: 50, payload: 1Mi}
   deletionPolicy: Delete
 `,
     );
-    console.log(`binding ${BINDING}: group acme, one account per project, role ci`);
+    console.log(
+      `binding ${BINDING}: group acme, one account per project, role ci (issued to CI jobs on protected refs)`,
+    );
 
     say("natsbind run --config .cache/demo/natsbind.yaml");
     const run = spawn(process.execPath, [...NODE_FLAGS, MAIN, "run", "--config", configPath], {
@@ -179,31 +194,60 @@ spec:
       const claims = decodeJwt((await resolver.lookup(account))!);
       console.log(`name ${claims.name}, tags ${(claims.nats.tags as string[]).join(" ")}`);
 
-      say("a CI user signed by the ci role key of acme/platform/worker");
-      const slot = (await keys.get({ binding: BINDING, projectId: worker.id }))!;
-      const creds = roleUserCreds(slot.account, slot.roleKeys.get("ci")!, {
-        name: "demo-job",
-        expiresAt: Math.floor(Date.now() / 1000) + 300,
+      say("CI job 1 of acme/platform/worker: ID token -> POST /v1/credentials -> creds file");
+      const token = sim.mintIdToken({ projectId: worker.id, aud: AUDIENCE, extra: { job_id: "4101" } });
+      const url = `http://127.0.0.1:${httpPort}/v1/credentials`;
+      const credsFile = join(DEMO, "job.creds");
+      const viaCurl = await fetchCreds(url, token, credsFile);
+      console.log(
+        `${viaCurl ? "curl" : "fetch (no curl here)"} -H "Authorization: Bearer $ID_TOKEN" -H "Accept: text/plain" ` +
+          `--data '{"role":"ci","ttl":"10m"}' ${url} -o job.creds`,
+      );
+      const creds = await readFile(credsFile);
+      const jwt = /-----BEGIN NATS USER JWT-----\n([^\n]+)\n/.exec(creds.toString())![1]!;
+      const user = decodeJwt(jwt);
+      console.log(
+        `user ${user.sub}, expires ${new Date(user.exp! * 1000).toISOString()}, tags ${(user.nats.tags as string[]).join(" ")}`,
+      );
+      await publishAllowedAndRefused(
+        await connect({ servers: loaded.nats.servers, authenticator: credsAuthenticator(creds) }),
+      );
+
+      say("CI job 2 of acme/platform/worker: connects with only its ID token (auth callout)");
+      const token2 = sim.mintIdToken({ projectId: worker.id, aud: AUDIENCE, extra: { job_id: "4102" } });
+      await publishAllowedAndRefused(await connect({ servers: loaded.nats.servers, token: token2 }));
+      const unprotected = sim.mintIdToken({
+        projectId: worker.id,
+        aud: AUDIENCE,
+        ref: "wip",
+        refProtected: false,
       });
-      const nc = await connect({
-        servers: loaded.nats.servers,
-        authenticator: credsAuthenticator(creds),
+      const refusedConnect = await connect({ servers: loaded.nats.servers, token: unprotected }).then(
+        async (nc) => {
+          await nc.close();
+          return "connected (unexpected)";
+        },
+        (err: Error) => err.message,
+      );
+      console.log(`a job on the unprotected branch "wip": ${refusedConnect}`);
+
+      say(`audit log (${join("audit", "credentials.log")})`);
+      const auditPath = join(loaded.keys.directory, "..", "audit", "credentials.log");
+      await until("both jobs' disconnects in the audit log", 10_000, async () => {
+        const text = await readFile(auditPath, "utf8").catch(() => "");
+        return (text.match(/"event":"nats.disconnect"/g) ?? []).length >= 2 ? true : undefined;
       });
-      const refused: string[] = [];
-      void (async () => {
-        for await (const s of nc.status()) if (s.type === "error") refused.push(s.error.message);
-      })();
-      const sub = nc.subscribe("build.status.worker.>", { max: 1 });
-      const got = (async () => {
-        for await (const m of sub) return `${m.subject}: ${m.string()}`;
-      })();
-      nc.publish("build.status.worker.main", "passed");
-      console.log(`allowed: published and received ${await got}`);
-      nc.publish("build.status.api.main", "spoofed");
-      await nc.flush();
-      await until("the server's refusal", 5_000, async () => refused[0]);
-      console.log(`refused: ${refused[0]}`);
-      await nc.close();
+      for (const line of (await readFile(auditPath, "utf8")).trim().split("\n")) {
+        const e = JSON.parse(line) as Record<string, unknown>;
+        const job = e.jobId ?? (e.tags as string[] | undefined)?.find((t) => t.startsWith("job:"))?.slice(4);
+        const user = typeof e.userPublicKey === "string" ? `user ${e.userPublicKey.slice(0, 10)}…` : "";
+        const sent = e.sent ? `sent ${(e.sent as { msgs: number }).msgs} msgs` : "";
+        console.log(
+          [e.event, e.via, job !== undefined ? `job ${job}` : "", user, e.reason ?? "", sent]
+            .filter(Boolean)
+            .join("  "),
+        );
+      }
     } catch (err) {
       // Show what natsbind said before the demo gives up.
       console.error(logs.slice(-10).join("\n"));
@@ -217,6 +261,63 @@ spec:
     await sim.stop();
   }
   console.log(`done; files are in ${DEMO}`);
+}
+
+/** POSTs the token for a creds file, with curl as a job would (fetch when curl is missing). */
+async function fetchCreds(url: string, token: string, out: string): Promise<boolean> {
+  const args = [
+    "-sS",
+    "--fail-with-body",
+    "-X",
+    "POST",
+    "-H",
+    "@-", // the Authorization header from stdin: the token stays out of the process list
+    "-H",
+    "Accept: text/plain",
+    "-H",
+    "Content-Type: application/json",
+    "--data",
+    '{"role":"ci","ttl":"10m"}',
+    "-o",
+    out,
+    url,
+  ];
+  const viaCurl = await new Promise<boolean>((resolve, reject) => {
+    const child = execFile("curl", args, (err) => {
+      if (err && (err as NodeJS.ErrnoException).code === "ENOENT") resolve(false);
+      else if (err) reject(new Error(`curl failed: ${err.message}`));
+      else resolve(true);
+    });
+    child.stdin?.end(`Authorization: Bearer ${token}\n`);
+  });
+  if (viaCurl) return true;
+  const res = await fetch(url, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, accept: "text/plain", "content-type": "application/json" },
+    body: '{"role":"ci","ttl":"10m"}',
+  });
+  if (!res.ok) throw new Error(`POST /v1/credentials: ${res.status} ${await res.text()}`);
+  await writeFile(out, await res.text(), { mode: 0o600 });
+  return false;
+}
+
+/** Publishes to the job's own subject (received) and to another project's (refused by the server). */
+async function publishAllowedAndRefused(nc: Awaited<ReturnType<typeof connect>>): Promise<void> {
+  const refused: string[] = [];
+  void (async () => {
+    for await (const s of nc.status()) if (s.type === "error") refused.push(s.error.message);
+  })();
+  const sub = nc.subscribe("build.status.worker.>", { max: 1 });
+  const got = (async () => {
+    for await (const m of sub) return `${m.subject}: ${m.string()}`;
+  })();
+  nc.publish("build.status.worker.main", "passed");
+  console.log(`allowed: published and received ${await got}`);
+  nc.publish("build.status.api.main", "spoofed");
+  await nc.flush();
+  await until("the server's refusal", 5_000, async () => refused[0]);
+  console.log(`refused: ${refused[0]}`);
+  await nc.close();
 }
 
 main().catch(async (err: unknown) => {
