@@ -1,7 +1,7 @@
 /**
  * The NATS side of the auth callout (issue 10, part 4): a callout account, natsbind's callout
  * service user and a bearer sentinel user. `natsbind init --callout` writes them; the same function
- * serves an operator natsbind did not create (see docs/ci-credentials-callout.md).
+ * serves an operator natsbind did not create (see docs/ci-credentials.md).
  *
  * - The callout account's JWT carries `authorization: {auth_users: [service user], allowed_accounts:
  *   ["*"]}`: every other user of the account is sent to the callout, so no user of it can do

@@ -971,7 +971,7 @@ function nscIn(home: string): (...args: string[]) => string {
 }
 
 describe(
-  "an existing operator: the nsc commands of docs/ci-credentials-callout.md",
+  "an existing operator: the nsc commands of docs/ci-credentials.md",
   { ...TIMEOUT, skip: hasToolBinary("nsc") ? false : "nsc binary not found (.cache/bin/nsc)" },
   () => {
     let dir: string | undefined;
