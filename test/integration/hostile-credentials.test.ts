@@ -1316,7 +1316,7 @@ describe(
           name: c.name,
           status: c.status,
           code: c.code || "-",
-          reason: c.reason ?? "(door: log only)",
+          reason: c.status === 200 ? `(issued: ${c.issues} audit line(s))` : (c.reason ?? "(door: log only)"),
         });
       });
     }
