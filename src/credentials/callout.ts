@@ -93,6 +93,8 @@ export interface CalloutOptions {
   /** Queue group of the subscription (default "natsbind-callout"). */
   queue?: string;
   clock?: Clock;
+  /** A CONNECT refused before the issuer was asked (no token, both token and password): for the audit log. */
+  onRefused?: (refusal: { client: string; code: RefusalCode; reason: string; message: string }) => void;
 }
 
 export interface CalloutCounters {
@@ -398,6 +400,12 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
     if ("problem" in credentials) {
       counters.refused += 1;
       log.debug({ ...fields, reason: credentials.reason }, "callout: refused before issuing");
+      opts.onRefused?.({
+        client: request.client,
+        code: credentials.code,
+        reason: credentials.reason,
+        message: credentials.problem,
+      });
       await answer(msg, request, {
         error: responseError(
           { code: credentials.code, reason: credentials.reason, message: credentials.problem },

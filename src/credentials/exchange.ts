@@ -60,6 +60,16 @@ export type ExchangeHandlerOptions = {
   /** Time to receive the body once the headers are in; default 5 s (408 after it). */
   bodyTimeoutMs?: number;
   maxInFlight?: number;
+  /**
+   * A request this door refused itself, before the issuer saw it (bad method, body, header): for
+   * the audit log, so every refusal has a line. No request content is passed.
+   */
+  onRefused?: (refusal: {
+    client: string;
+    status: number;
+    error: ExchangeErrorCode;
+    message: string;
+  }) => void;
   /** Timers for the body deadline; default the system clock. */
   clock?: Clock;
 };
@@ -193,6 +203,8 @@ type Answer = {
   status: number;
   /** The error code of a refusal (for the log line), absent on success. */
   error?: ExchangeErrorCode;
+  /** The refusal's message (for the audit line). */
+  message?: string;
   body: string;
   contentType: string;
   headers: Record<string, string>;
@@ -208,7 +220,7 @@ function errorAnswer(
   message: string,
   headers: Record<string, string> = {},
 ): Answer {
-  return { ...jsonAnswer(status, { error, message }, headers), error };
+  return { ...jsonAnswer(status, { error, message }, headers), error, message };
 }
 
 const INVALID_TOKEN_CHALLENGE = { "www-authenticate": 'Bearer error="invalid_token"' };
@@ -306,6 +318,8 @@ export function createExchangeHandler(opts: ExchangeHandlerOptions): ExchangeHan
   /** A refusal by this door (never the issuer's): logged with fixed fields, no request content. */
   const refuse = (res: ServerResponse, answer: Answer, client: string): void => {
     log.info({ status: answer.status, error: answer.error, client }, "credentials request refused");
+    if (answer.error)
+      opts.onRefused?.({ client, status: answer.status, error: answer.error, message: answer.message ?? "" });
     send(res, answer);
   };
 

@@ -250,6 +250,28 @@ export class CredentialService implements CredentialIssuer {
     };
   }
 
+  /**
+   * A refusal a door made itself before asking (malformed HTTP request, CONNECT without a token):
+   * one audit line and the refused counter, like the issuer's own refusals.
+   */
+  recordDoorRefusal(
+    via: IssueRequest["via"],
+    refusal: { client: string; code: string; reason?: string; message: string },
+  ): void {
+    const { client, code, message } = refusal;
+    const reason = refusal.reason ?? "request";
+    this.#refusedTotal.labels({ via, code, reason }).inc();
+    this.#o.audit.write({
+      event: "credentials.refused",
+      time: new Date(this.#o.clock.now()).toISOString(),
+      via,
+      client,
+      code,
+      reason,
+      message,
+    });
+  }
+
   #record(req: IssueRequest, result: IssueResult): void {
     const time = new Date(this.#o.clock.now()).toISOString();
     const event: CredentialAuditEvent = {

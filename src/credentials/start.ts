@@ -77,6 +77,8 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
     issuer: service,
     log: log.child({ door: "exchange" }),
     clock: s.clock,
+    onRefused: (r) =>
+      service.recordDoorRefusal("exchange", { client: r.client, code: r.error, message: r.message }),
   });
   const warning = plainHttpWarning(s.config.http.listen, s.config.http.tls !== undefined);
   if (warning) log.warn({ listen: s.config.http.listen }, warning);
@@ -113,6 +115,7 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
           servers: s.config.nats.servers,
           ...files,
           issuer: service,
+          onRefused: (r) => service.recordDoorRefusal("callout", r),
           log: log.child({ door: "callout" }),
           timeoutMs: s.config.nats.timeoutMs,
         });

@@ -91,8 +91,8 @@ export interface CredentialAuditEvent {
   binding?: string;
   userPublicKey?: string;
   expiresAt?: string;
-  /** Refusals: code and reason. */
-  code?: RefusalCode;
+  /** Refusals: the issuer's RefusalCode, or a door's own (e.g. payload_too_large), and the reason. */
+  code?: RefusalCode | (string & {});
   reason?: string;
   message?: string;
 }

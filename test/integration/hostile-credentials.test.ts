@@ -1290,8 +1290,13 @@ describe(
           "natsbind_credentials_issued_total",
         );
         if (c.reason === null) {
-          // Refused at the door: the issuer never saw it. Logged with status and code only.
-          assert.equal(fresh.length, 0, `no audit line: ${JSON.stringify(fresh)}`);
+          // Refused at the door: the issuer never saw it. One audit line (reason "request", the
+          // door's code), and one log line with status and code only.
+          assert.equal(fresh.length, 1, `one audit line: ${JSON.stringify(fresh)}`);
+          assert.equal(fresh[0]!.event, "credentials.refused");
+          assert.equal(fresh[0]!.reason, "request");
+          assert.equal(fresh[0]!.code, c.code);
+          assert.equal(fresh[0]!.via, "exchange");
           const logged = logLines
             .slice(logsBefore)
             .map((l) => JSON.parse(l) as Record<string, unknown>)
@@ -1316,7 +1321,7 @@ describe(
           name: c.name,
           status: c.status,
           code: c.code || "-",
-          reason: c.status === 200 ? `(issued: ${c.issues} audit line(s))` : (c.reason ?? "(door: log only)"),
+          reason: c.status === 200 ? `(issued: ${c.issues} audit line(s))` : (c.reason ?? "request (refused by the door)"),
         });
       });
     }
