@@ -1321,7 +1321,10 @@ describe(
           name: c.name,
           status: c.status,
           code: c.code || "-",
-          reason: c.status === 200 ? `(issued: ${c.issues} audit line(s))` : (c.reason ?? "request (refused by the door)"),
+          reason:
+            c.status === 200
+              ? `(issued: ${c.issues} audit line(s))`
+              : (c.reason ?? "request (refused by the door)"),
         });
       });
     }
