@@ -114,12 +114,24 @@ export function decide(
     const issuable = spec.roles.filter((r) => r.ci);
     const allowed = issuable.filter((r) => !roleRefusal(r, identity));
     if (allowed.length === 0) {
-      if (issuable.length === 1) return roleRefusal(issuable[0]!, identity)!;
+      if (issuable.length === 0) {
+        return forbidden("no_issuable_role", "the project's binding has no role issued to CI jobs");
+      }
+      // Keep the real reason when every role says the same (an unprotected ref, a fork MR).
+      const refusals = issuable.map((r) => roleRefusal(r, identity)!);
+      const reasons = new Set(refusals.map((r) => r.reason));
+      if (reasons.size === 1) {
+        const only = refusals[0]!;
+        return issuable.length === 1
+          ? only
+          : forbidden(
+              only.reason,
+              `none of the roles ${issuable.map((r) => r.name).join(", ")} is issued to this job: ${only.message}`,
+            );
+      }
       return forbidden(
         "no_issuable_role",
-        issuable.length === 0
-          ? "the project's binding has no role issued to CI jobs"
-          : `none of the roles ${issuable.map((r) => r.name).join(", ")} is issued to this job`,
+        `none of the roles is issued to this job: ${refusals.map((r) => `${r.role} (${r.reason})`).join(", ")}`,
       );
     }
     if (allowed.length > 1) {

@@ -776,11 +776,11 @@ describe(
           assert.equal(fresh[0]!.user, `mallory\n${FORGED_AUDIT_LINE}`, "kept as one JSON string"),
       },
       {
-        name: "unprotected ref, no role named",
+        name: "unprotected ref, no role named (every role refuses it: the reason is kept)",
         request: () => bearer(mint({ ref: "feature/x", refProtected: false })),
         status: 403,
         code: "forbidden",
-        reason: "no_issuable_role",
+        reason: "unprotected_ref",
       },
       {
         name: "branch job asks for a tags-only role",

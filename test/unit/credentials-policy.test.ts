@@ -155,6 +155,28 @@ describe("issuing policy", () => {
     assert.equal(d.environment, "production");
   });
 
+  it("keeps the reason every role gives, and lists each role's when they differ", () => {
+    const o = owner({
+      gitlab: { group: "acme" },
+      roles: [
+        ciRole({}, "ci"),
+        ciRole({ refTypes: ["tag"] }, "release"),
+        ciRole({ environments: ["prod"] }, "deploy"),
+      ],
+    });
+    const fork = decide({ ...job, jobProjectId: 99 }, o);
+    assert.ok(!fork.allowed && fork.reason === "fork_merge_request", JSON.stringify(fork));
+    const mixed = decide(
+      { ...job, refProtected: true, jobProjectId: undefined },
+      owner({
+        gitlab: { group: "acme" },
+        roles: [ciRole({ refTypes: ["tag"] }, "release"), ciRole({ environments: ["prod"] }, "deploy")],
+      }),
+    );
+    assert.ok(!mixed.allowed && mixed.reason === "no_issuable_role");
+    assert.match(mixed.message, /release \(ref_type_not_allowed\), deploy \(environment_required\)/);
+  });
+
   it("asks for a role when several are issuable (400), and names none of another tenant", () => {
     const o = owner({ gitlab: { group: "acme" }, roles: [ciRole({}, "ci"), ciRole({}, "deploy")] });
     const d = decide(job, o);
