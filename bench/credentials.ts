@@ -254,11 +254,12 @@ async function startWorld(pinning: Pinning, cleanup: Array<() => Promise<unknown
     configFile,
   ];
   // taskset execs node: the pid is natsbind's.
-  const child = pinning.natsbind
-    ? spawn("taskset", ["-c", String(pinning.natsbind), process.execPath, ...nodeArgs], {
-        stdio: ["ignore", out, out],
-      })
-    : spawn(process.execPath, nodeArgs, { stdio: ["ignore", out, out] });
+  const child =
+    pinning.natsbind !== undefined
+      ? spawn("taskset", ["-c", String(pinning.natsbind), process.execPath, ...nodeArgs], {
+          stdio: ["ignore", out, out],
+        })
+      : spawn(process.execPath, nodeArgs, { stdio: ["ignore", out, out] });
   closeSync(out);
   let exited: string | undefined;
   child.once("exit", (code, signal) => void (exited = `code ${code}, signal ${signal}`));
@@ -293,6 +294,13 @@ async function startWorld(pinning: Pinning, cleanup: Array<() => Promise<unknown
     // The directory goes at clean-up: show the end of natsbind's log now.
     const tail = readFileSync(logFile, "utf8").split("\n").slice(-20).join("\n");
     throw new Error(`${(err as Error).message}\nend of natsbind's log:\n${tail}`, { cause: err });
+  }
+  if (pinning.natsbind !== undefined) {
+    // Per-core figures only if the pinning took (checked once natsbind, not taskset, runs).
+    const status = readFileSync(`/proc/${world.pid}/status`, "utf8");
+    const allowed = /^Cpus_allowed_list:\s*(\S+)$/m.exec(status)?.[1];
+    if (allowed !== String(pinning.natsbind))
+      throw new Error(`natsbind may run on CPUs ${allowed}, not only on CPU ${pinning.natsbind}`);
   }
   return world;
 }
@@ -727,6 +735,7 @@ function printExchange(e: ExchangeResults): void {
         "others/steal on its core",
         "client CPU/req",
         "req/s vs /healthz",
+        "CPU/req vs /healthz",
       ],
       shapes.map((s, i) => [
         s.name,
@@ -739,6 +748,9 @@ function printExchange(e: ExchangeResults): void {
         `${pct(s.saturated.othersOnCore)} / ${pct(s.saturated.stealOnCore)}`,
         `${cpu(s.saturated.clientCpuUs)} (${pct(s.saturated.clientBusy)})`,
         `${fmt(ratios[i]!, 2)}x`,
+        s.saturated.natsbindCpuUs !== undefined && e.baseline.saturated.natsbindCpuUs !== undefined
+          ? `${fmt(s.saturated.natsbindCpuUs / e.baseline.saturated.natsbindCpuUs, 1)}x`
+          : "n/a",
       ]),
     ),
   );
@@ -746,6 +758,12 @@ function printExchange(e: ExchangeResults): void {
     `   latency here is queueing: with ${e.concurrency} in flight it is ${e.concurrency} / (req/s) on average (Little's law). ` +
       "req per CPU-s: 1 / natsbind CPU per request, what its core would answer with nothing else on it.",
   );
+  if (e.baseline.saturated.clientBusy > 0.85)
+    log(
+      `   /healthz: the load generator was ${fmt(e.baseline.saturated.clientBusy * 100)}% busy, natsbind ` +
+        `${fmt((e.baseline.saturated.natsbindBusy ?? NaN) * 100)}%: its req/s is the generator's limit, so the ` +
+        "req/s ratios understate the exchange's cost; the CPU/req ratios do not depend on it.",
+    );
   log(
     `b) latency at the target rate: ${fmt(e.targetPerSec)}/s offered by ${e.concurrency} clients, ${fmt(e.baseline.atTarget.n)} per run, ${e.runs} runs`,
   );
