@@ -71,6 +71,27 @@ export function processCpuMs(...pids: number[]): { user: number; sys: number } |
   }
 }
 
+/**
+ * Time (ms) one CPU spent since boot, from /proc/stat: `busy` running anything (user, nice,
+ * system, irq, softirq) and `steal` (the hypervisor ran another guest on it); undefined off Linux.
+ */
+export function cpuTimeMs(cpu: number): { busy: number; steal: number } | undefined {
+  try {
+    const line = readFileSync("/proc/stat", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith(`cpu${cpu} `));
+    if (!line) return undefined;
+    // user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    const [user, nice, system, , , irq, softirq, steal] = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    return {
+      busy: ((user! + nice! + system! + irq! + softirq!) * 1000) / CLK_TCK,
+      steal: ((steal ?? 0) * 1000) / CLK_TCK,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
 /** What a results file records about the machine and tools; `extra` goes before `quick`. */
 export function benchEnv<E extends object = object>(
   extra?: E,
