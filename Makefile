@@ -83,6 +83,8 @@ bench: deps tools
 	node bench/inventory.ts
 	node bench/controller.ts
 	node bench/k8s.ts
+	node bench/credentials.ts
+	node bench/callout.ts
 
 demo: deps tools
 	node scripts/demo.ts
