@@ -230,7 +230,12 @@ async function main(): Promise<void> {
     const logs = readFileSync(join(dir, "natsbind.log"), "utf8").trim().split("\n");
     console.error(`natsbind's last log lines:\n${logs.slice(-15).join("\n")}`);
     const audit = readFileSync(join(dir, "audit.log"), "utf8").trim().split("\n");
-    console.error(`refusals in the audit log:\n${audit.filter((l) => l.includes("refused")).slice(-5).join("\n")}`);
+    console.error(
+      `refusals in the audit log:\n${audit
+        .filter((l) => l.includes("refused"))
+        .slice(-5)
+        .join("\n")}`,
+    );
     throw err;
   } finally {
     child?.kill("SIGTERM");
