@@ -83,6 +83,7 @@ bench: deps tools
 	node bench/inventory.ts
 	node bench/controller.ts
 	node bench/k8s.ts
+	node bench/credentials.ts
 
 demo: deps tools
 	node scripts/demo.ts
