@@ -64,12 +64,14 @@
  *     HTTP 23%, jwtVerify 18%, Ed25519 sign 13%, Ed25519 keygen 11%, zod/body 6%, audit 5%.
  *   - RSS grows with issuances: IssuedUsers (audit-connections.ts) keeps every issued user until
  *     its expiry + 5 min, up to 100,000 (~63 MB of heap for 100,000, measured alone); the full run
- *     ends near 500 MB after ~240,000 issuances within 15 minutes.
+ *     goes from ~160 MB to ~510 MB over its 256,000 issuances (all within 15 minutes).
  *
  * Knobs (environment, for exploring only; the defaults are what `make bench` reports):
  *   BENCH_QUICK=1           fewer and smaller runs (a smoke test of the bench itself)
  *   BENCH_CPU_PROFILE=dir   natsbind runs with --cpu-prof --cpu-prof-dir=dir (written when it
  *                           exits on SIGTERM at the end; adds overhead, figures are not comparable)
+ *   BENCH_CHILD_NODE_ARGS   node flags for the natsbind child (e.g. "--trace-gc"; its output is in
+ *                           natsbind.log of the run's directory, kept with NATSBIND_KEEP_TMP=1)
  *   BENCH_CONCURRENCY=n     concurrent clients (default 64)
  *   BENCH_NO_PIN=1          do not pin anything (to see what pinning changes)
  *   TMPDIR=/dev/shm         key store, audit file and resolver dir on tmpfs
@@ -134,6 +136,8 @@ const RATE_LIMIT_PER_MINUTE = 1_000_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const START_TIMEOUT_MS = 60_000;
 const PROFILE_DIR = process.env.BENCH_CPU_PROFILE;
+// Extra node flags for the natsbind child (exploring, e.g. "--trace-gc"), as in bench/controller.ts.
+const CHILD_NODE_ARGS = (process.env.BENCH_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean);
 const NO_PIN = process.env.BENCH_NO_PIN === "1";
 
 const TARGET_PER_SEC = 2_000;
@@ -283,6 +287,7 @@ async function startWorld(pinning: Pinning, cleanup: Array<() => Promise<unknown
   const out = openSync(logFile, "w");
   const nodeArgs = [
     ...NODE_FLAGS,
+    ...CHILD_NODE_ARGS,
     ...(PROFILE_DIR ? ["--cpu-prof", `--cpu-prof-dir=${PROFILE_DIR}`] : []),
     join(import.meta.dirname, "..", "src", "cli", "main.ts"),
     "run",
