@@ -61,7 +61,7 @@ export class SlotKeyCache {
     if (now >= this.#nextSweep) this.#sweep(now);
     const key = refKey(ref);
     const cached = this.#entries.get(key);
-    if (cached && cached.store === store && now - cached.readAt < this.#ttlMs) {
+    if (cached && cached.store === store && this.#fresh(cached, now)) {
       const keys = await cached.keys;
       if (keys === undefined || keys.roleKeys.has(role)) return keys;
       // The role may have been added since: read again (or join a read started meanwhile).
@@ -73,8 +73,7 @@ export class SlotKeyCache {
   #read(store: KeyStore, ref: AccountRef, key: string): Promise<AccountKeys | undefined> {
     // Joins a read of the same slot already under way (started by another request just now).
     const pending = this.#entries.get(key);
-    if (pending && pending.store === store && this.#clock.now() - pending.readAt < this.#ttlMs)
-      return pending.keys;
+    if (pending && pending.store === store && this.#fresh(pending, this.#clock.now())) return pending.keys;
     const entry: Entry = { store, readAt: this.#clock.now(), keys: store.get(ref) };
     this.#entries.delete(key);
     this.#entries.set(key, entry);
@@ -89,11 +88,17 @@ export class SlotKeyCache {
     return entry.keys;
   }
 
+  /** Read less than ttlMs ago; a clock set back counts as expired (else it could last hours). */
+  #fresh(entry: Entry, now: number): boolean {
+    const age = now - entry.readAt;
+    return age >= 0 && age < this.#ttlMs;
+  }
+
   /** Drops expired entries, so seeds of slots no longer asked for do not stay in memory. */
   #sweep(now: number): void {
     this.#nextSweep = now + this.#ttlMs;
     for (const [key, entry] of this.#entries) {
-      if (now - entry.readAt >= this.#ttlMs) this.#entries.delete(key);
+      if (!this.#fresh(entry, now)) this.#entries.delete(key);
     }
   }
 }

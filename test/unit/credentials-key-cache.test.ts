@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { SlotKeyCache } from "../../src/credentials/key-cache.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import type { AccountKeys, AccountRef, KeyStore } from "../../src/keystore/port.ts";
-import { ManualClock } from "../../src/runtime/clock.ts";
+import { ManualClock, type Clock } from "../../src/runtime/clock.ts";
 
 let root: string;
 let n = 0;
@@ -132,6 +132,20 @@ describe("SlotKeyCache", () => {
     clock.advance(1_000);
     await cache.get(store, refs[1]!, "ci");
     assert.equal(cache.size, 1, "expired slots dropped; only the one just read is left");
+  });
+
+  it("reads again when the clock is set back", async () => {
+    const { store } = fresh();
+    await store.ensure(ref, ["ci"]);
+    let now = Date.UTC(2026, 0, 1);
+    const clock: Clock = { now: () => now, setTimeout: () => 0 as never, clearTimeout: () => {} };
+    const cache = new SlotKeyCache({ clock, ttlMs: 1_000 });
+    await cache.get(store, ref, "ci");
+    await cache.get(store, ref, "ci");
+    assert.equal(store.gets, 1);
+    now -= 3_600_000;
+    await cache.get(store, ref, "ci");
+    assert.equal(store.gets, 2, "an entry from the clock's future is not fresh");
   });
 
   it("with ttlMs 0 reads the store every time", async () => {
