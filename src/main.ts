@@ -229,6 +229,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     metrics,
     projects: inventories,
     sources: () => credentialSources,
+    resolver,
   });
   Object.assign(routes, credentials?.routes);
   let http: HttpServer;

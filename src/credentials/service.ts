@@ -50,12 +50,20 @@ export interface CredentialServiceOptions {
   projects: ProjectIndex;
   /** Set by the mode once it knows where bindings and keys are; undefined: not ready. */
   sources: () => CredentialSources | undefined;
+  /**
+   * Whether the account is on the NATS resolver (a lookup). A project created a moment ago has keys
+   * before its account reaches the servers; issuing then would hand out credentials that cannot
+   * connect yet. Absent: not checked.
+   */
+  accountLive?: (account: string) => Promise<boolean>;
   clock: Clock;
   log: Logger;
   audit: AuditSink;
   metrics: Registry;
   issued?: IssuedUserRegistry;
 }
+
+const MAX_LIVE_ACCOUNTS = 100_000;
 
 /** How long after an unavailable answer a client may try again. */
 const RETRY_AFTER_UNAVAILABLE_S = 5;
@@ -68,6 +76,7 @@ export class CredentialService implements CredentialIssuer {
   readonly #refusedTotal;
   readonly #latency;
   readonly #slotKeys: SlotKeyCache;
+  readonly #live = new Set<string>();
 
   constructor(o: CredentialServiceOptions) {
     this.#o = o;
@@ -199,6 +208,14 @@ export class CredentialService implements CredentialIssuer {
         role,
       );
     }
+    if (!(await this.#accountLive(slot.account))) {
+      return unavailable(
+        "account_pending",
+        `the account of project ${identity.projectId} is not on the NATS servers yet`,
+        identity,
+        role,
+      );
+    }
     const signingKey = slot.roleKeys.get(role);
     if (!signingKey)
       return unavailable(
@@ -274,6 +291,16 @@ export class CredentialService implements CredentialIssuer {
       reason,
       message,
     });
+  }
+
+  /** Accounts seen on the resolver are remembered (bounded): one lookup per account, not per job. */
+  async #accountLive(account: string): Promise<boolean> {
+    const check = this.#o.accountLive;
+    if (!check || this.#live.has(account)) return true;
+    if (!(await check(account))) return false;
+    if (this.#live.size >= MAX_LIVE_ACCOUNTS) this.#live.clear();
+    this.#live.add(account);
+    return true;
   }
 
   #record(req: IssueRequest, result: IssueResult): void {

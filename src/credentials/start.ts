@@ -8,6 +8,7 @@ import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/trans
 import { MAX_CREDS_FILE_BYTES, readConfigReferencedFile, type Config } from "../config/config.ts";
 import type { RouteHandler } from "../http/server.ts";
 import { plainHttpWarning } from "../http/server.ts";
+import type { AccountResolver } from "../nats/resolver.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Registry } from "../observability/metrics.ts";
 import type { Clock } from "../runtime/clock.ts";
@@ -38,6 +39,8 @@ export interface CredentialsSetup {
   metrics: Registry;
   projects: ProjectIndex;
   sources: () => CredentialSources | undefined;
+  /** For "is the account on the servers yet" before issuing (lookups only). */
+  resolver: Pick<AccountResolver, "lookup">;
 }
 
 export async function setupCredentials(s: CredentialsSetup): Promise<CredentialsRuntime | undefined> {
@@ -67,6 +70,7 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
     verifier,
     projects: s.projects,
     sources: s.sources,
+    accountLive: async (account) => (await s.resolver.lookup(account)) !== undefined,
     clock: s.clock,
     log,
     audit,
