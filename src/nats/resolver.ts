@@ -26,6 +26,34 @@ export interface AccountResolver {
   delete(accounts: string[]): Promise<ResolverOutcome>;
 }
 
+/**
+ * Reads which users are connected to an account, on every server: a separate port from
+ * AccountResolver because it only reads (no fence needed) and only key rotation uses it.
+ */
+export interface AccountConnectionReader {
+  connections(account: string): Promise<AccountConnection[]>;
+}
+
+/** One live connection of an account, as a server's CONNZ reports it (no user JWT kept). */
+export interface AccountConnection {
+  /** server_name of the server the client is connected to. */
+  server: string;
+  /** Connection id, unique per server only. */
+  cid: number;
+  /** "Client" or "Leafnode". */
+  kind: string;
+  /** The user's public key (U...). */
+  user: string;
+  /** The key that signed the user JWT: a signing key of the account, or the account key itself. */
+  issuerKey: string;
+  /** Client-chosen connection name ("" when none). */
+  name: string;
+  /** The user JWT's tags. */
+  tags: string[];
+  /** When the connection started, RFC 3339 as the server reports it. */
+  start: string;
+}
+
 export interface ServerReply {
   /** server_name, or the server id when unnamed. */
   server: string;
@@ -76,11 +104,83 @@ export interface ResolverOptions {
   /** Wall clock in ms, injected for tests; used for the iat of delete claims. */
   now?: () => number;
   connectTimeoutMs?: number;
+  /** Connections per CONNZ page (default 100; each carries the user JWT, ~1-2 KiB). */
+  connzPageSize?: number;
+  /** connections() refuses an account with more live connections than this (default 100,000). */
+  maxConnections?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 5_000;
 const DEFAULT_DISCOVERY_TTL_MS = 30_000;
 const PING_STALL_MS = 250;
+const DEFAULT_CONNZ_PAGE_SIZE = 100;
+const DEFAULT_MAX_CONNECTIONS = 100_000;
+/** A CONNZ page larger than this is refused: pages are bounded by count, this bounds odd entries. */
+const MAX_CONNZ_REPLY_BYTES = 8 * 1024 * 1024;
+/** Restarts of one server's paging when connections closed under it (see #readServer). */
+const CONNZ_PAGING_ATTEMPTS = 3;
+
+interface ConnzPage {
+  server: string;
+  total: number;
+  connections: AccountConnection[];
+}
+
+function isStringArray(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === "string");
+}
+
+/**
+ * Parses one server's reply to $SYS.REQ.ACCOUNT.<id>.CONNZ ({server, data: Connz} or
+ * {server, error}). Errors name the server and the field, never a value (entries hold user JWTs).
+ */
+function parseConnzReply(msg: Msg, account: string): ConnzPage {
+  if (msg.data.length > MAX_CONNZ_REPLY_BYTES)
+    throw new ResolverError(
+      `connections of account ${account}: CONNZ reply larger than ${MAX_CONNZ_REPLY_BYTES} bytes`,
+    );
+  const reply = parseReply(msg);
+  if (reply.code !== 200)
+    throw new ResolverRejectedError(`connections of account ${account} rejected by ${summarize([reply])}`, {
+      replies: [{ server: reply.server, code: reply.code, message: reply.message }],
+    });
+  const bad = (what: string): ResolverError =>
+    new ResolverError(`connections of account ${account}: CONNZ reply of ${reply.server}: ${what}`);
+  const data = reply.data as { total?: unknown; connections?: unknown } | undefined;
+  if (!data || typeof data !== "object") throw bad("no data");
+  // A server that cannot load the account answers an empty Connz (connections null, total 0).
+  const total = data.total ?? 0;
+  if (typeof total !== "number" || !Number.isSafeInteger(total) || total < 0)
+    throw bad("total is not a count");
+  const raw = data.connections ?? [];
+  if (!Array.isArray(raw)) throw bad("connections is not a list");
+  const connections = raw.map((entry: unknown, i): AccountConnection => {
+    const c = entry as Record<string, unknown> | null;
+    if (!c || typeof c !== "object") throw bad(`connection ${i} is not an object`);
+    if (typeof c.cid !== "number" || !Number.isSafeInteger(c.cid))
+      throw bad(`connection ${i}: cid is not a number`);
+    if (typeof c.authorized_user !== "string") throw bad(`connection ${i}: no authorized_user`);
+    if (typeof c.issuer_key !== "string") throw bad(`connection ${i}: no issuer_key`);
+    if (typeof c.start !== "string") throw bad(`connection ${i}: no start`);
+    if (c.name !== undefined && typeof c.name !== "string")
+      throw bad(`connection ${i}: name is not a string`);
+    if (c.kind !== undefined && typeof c.kind !== "string")
+      throw bad(`connection ${i}: kind is not a string`);
+    if (c.tags !== undefined && c.tags !== null && !isStringArray(c.tags))
+      throw bad(`connection ${i}: tags is not a list of strings`);
+    return {
+      server: reply.server,
+      cid: c.cid,
+      kind: (c.kind as string | undefined) ?? "Client",
+      user: c.authorized_user,
+      issuerKey: c.issuer_key,
+      name: (c.name as string | undefined) ?? "",
+      tags: (c.tags as string[] | null | undefined) ?? [],
+      start: c.start,
+    };
+  });
+  return { server: reply.server, total, connections };
+}
 
 function serverList(servers: string | string[]): string {
   return (Array.isArray(servers) ? servers : [servers]).join(",");
@@ -118,7 +218,7 @@ function summarize(replies: ServerReply[]): string {
   return replies.map((r) => `${r.server}: ${r.code} ${r.message}`).join("; ");
 }
 
-export class NatsResolver implements AccountResolver {
+export class NatsResolver implements AccountResolver, AccountConnectionReader {
   readonly #nc: NatsConnection;
   readonly #opts: ResolverOptions;
   #expected: { count: number; at: number } | undefined;
@@ -303,6 +403,110 @@ export class NatsResolver implements AccountResolver {
       Math.floor(this.#now() / 1000),
     );
     return this.#broadcast("$SYS.REQ.CLAIMS.DELETE", jwt, accounts, "delete");
+  }
+
+  /**
+   * The live connections of `account` on every server, read with $SYS.REQ.ACCOUNT.<id>.CONNZ
+   * (`auth: true` for user, issuer_key and tags). Every server answers, with or without
+   * connections; one that has more than a page is paged on by server name. Sorted by server, cid.
+   */
+  async connections(account: string): Promise<AccountConnection[]> {
+    parsePublicKey(account, "account", "connections: account");
+    const subject = `$SYS.REQ.ACCOUNT.${account}.CONNZ`;
+    const expected = await this.#expectedServers();
+    const msgs = await this.#collect(subject, JSON.stringify(this.#connzRequest(0)), {
+      strategy: "count",
+      maxMessages: expected,
+    });
+    if (msgs.length === 0)
+      throw new ResolverTimeoutError(
+        `connections of account ${account}: no server answered within ${this.#timeoutMs} ms`,
+      );
+    const firstPages = msgs.map((m) => parseConnzReply(m, account));
+    if (firstPages.length < expected) {
+      this.#expected = undefined;
+      const answered = firstPages.map((p) => p.server).join(", ");
+      throw new ResolverIncompleteError(
+        `connections of account ${account}: ${firstPages.length} of ${expected} servers answered within ${this.#timeoutMs} ms (${answered})`,
+        { replies: firstPages.map((p) => ({ server: p.server, code: 200, message: "" })) },
+      );
+    }
+    const max = this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (firstPages.reduce((n, p) => n + p.total, 0) > max)
+      throw new ResolverError(`connections of account ${account}: more than ${max} live connections`);
+    const perServer = await Promise.all(firstPages.map((page) => this.#readServer(subject, account, page)));
+    return perServer
+      .flat()
+      .sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : a.cid - b.cid));
+  }
+
+  get #connzPageSize(): number {
+    // Pages overlap by one entry, so a page of one would never advance.
+    return Math.max(2, this.#opts.connzPageSize ?? DEFAULT_CONNZ_PAGE_SIZE);
+  }
+
+  #connzRequest(offset: number, server?: string): Record<string, unknown> {
+    return {
+      auth: true,
+      sort: "cid",
+      offset,
+      limit: this.#connzPageSize,
+      // Pages after the first go to one server: the filter makes the others stay silent.
+      ...(server !== undefined ? { server_name: server, exact_match: true } : {}),
+    };
+  }
+
+  /**
+   * The rest of one server's connections after its first page. Pages are offsets into a list
+   * sorted by cid, and cids only grow, so a new connection lands at the end; a closed one before
+   * the offset shifts the rest down and would hide one. Each page therefore starts one entry
+   * early and must repeat the last cid read; if it does not, the server is read again.
+   */
+  async #readServer(subject: string, account: string, first: ConnzPage): Promise<AccountConnection[]> {
+    let page = first;
+    for (let attempt = 1; ; attempt++) {
+      const read = [...page.connections];
+      let total = page.total;
+      let shifted = false;
+      while (read.length < total && page.connections.length > 0) {
+        const last = read[read.length - 1]!;
+        page = await this.#serverPage(subject, account, first.server, read.length - 1);
+        if (page.connections[0]?.cid !== last.cid) {
+          shifted = true;
+          break;
+        }
+        read.push(...page.connections.slice(1));
+        total = page.total;
+        if (read.length > (this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS))
+          throw new ResolverError(
+            `connections of account ${account}: more than ${this.#opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS} live connections`,
+          );
+        if (page.connections.length <= 1) break;
+      }
+      if (!shifted) return read;
+      if (attempt >= CONNZ_PAGING_ATTEMPTS)
+        throw new ResolverIncompleteError(
+          `connections of account ${account}: connections on ${first.server} kept changing while paging (${attempt} attempts)`,
+        );
+      page = await this.#serverPage(subject, account, first.server, 0);
+    }
+  }
+
+  async #serverPage(subject: string, account: string, server: string, offset: number): Promise<ConnzPage> {
+    const msgs = await this.#collect(subject, JSON.stringify(this.#connzRequest(offset, server)), {
+      strategy: "count",
+      maxMessages: 1,
+    });
+    if (msgs.length === 0)
+      throw new ResolverTimeoutError(
+        `connections of account ${account}: ${server} did not answer page at offset ${offset} within ${this.#timeoutMs} ms`,
+      );
+    const page = parseConnzReply(msgs[0]!, account);
+    if (page.server !== server)
+      throw new ResolverError(
+        `connections of account ${account}: page request for ${server} answered by ${page.server}`,
+      );
+    return page;
   }
 
   async close(): Promise<void> {
