@@ -278,14 +278,20 @@ describe("accountClaims", () => {
     assert.notEqual(
       claimsHash(a),
       claimsHash(
-        accountClaims(desired({ revocations: { ...ordered, "*": 1_700_000_101 } }), operatorSigning.publicKey),
+        accountClaims(
+          desired({ revocations: { ...ordered, "*": 1_700_000_101 } }),
+          operatorSigning.publicKey,
+        ),
       ),
     );
   });
 
   it("leaves the claims byte-identical without revocations (absent or empty)", () => {
     const plain = JSON.stringify(accountClaims(desired(), operatorSigning.publicKey));
-    assert.equal(JSON.stringify(accountClaims(desired({ revocations: {} }), operatorSigning.publicKey)), plain);
+    assert.equal(
+      JSON.stringify(accountClaims(desired({ revocations: {} }), operatorSigning.publicKey)),
+      plain,
+    );
     assert.ok(!plain.includes("revocations"));
   });
 
