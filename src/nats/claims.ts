@@ -112,6 +112,11 @@ export interface DesiredAccount {
   infoUrl?: string;
   /** Makes this a callout account. */
   authorization?: ExternalAuthorization;
+  /**
+   * Revoked users: user public key ("U…") or "*" (every user) -> unix seconds. nats-server refuses,
+   * and closes on push, every user whose JWT `iat` <= that time (the same second counts).
+   */
+  revocations?: Record<string, number>;
 }
 
 /** Claims as they appear in a JWT body (snake_case is nats-server's). */
@@ -129,6 +134,10 @@ export interface JwtClaims {
 export const MAX_JWT_BYTES = 1024 * 1024;
 const MAX_NAME = 256;
 const MAX_TAGS = 64;
+/** Bounds the account JWT: one entry is ~70 bytes, so 10,000 stay well under MAX_JWT_BYTES. */
+export const MAX_REVOCATIONS = 10_000;
+/** The revocations key that revokes every user of the account. */
+export const REVOKE_ALL = "*";
 
 function fail(path: string, problem: string): never {
   throw new ClaimsError(`${path} ${problem}`);
@@ -243,6 +252,26 @@ function authorizationClaims(a: ExternalAuthorization | undefined): Record<strin
   return { auth_users: [...a.authUsers], allowed_accounts: [...a.allowedAccounts] };
 }
 
+function revocationsClaims(r: Record<string, number> | undefined): Record<string, number> | undefined {
+  if (r === undefined) return undefined;
+  if (typeof r !== "object" || r === null || Array.isArray(r)) fail("revocations", "must be an object");
+  const keys = Object.keys(r);
+  if (keys.length === 0) return undefined;
+  if (keys.length > MAX_REVOCATIONS) fail("revocations", `has more than ${MAX_REVOCATIONS} entries`);
+  // Sorted so the JWT body, not only claimsHash, is the same for the same revocations.
+  keys.sort();
+  const out: Record<string, number> = {};
+  for (const key of keys) {
+    const path = `revocations[${JSON.stringify(key.slice(0, 80))}]`;
+    if (key !== REVOKE_ALL) checkKey(path, key, "user");
+    const at = r[key];
+    if (typeof at !== "number" || !Number.isSafeInteger(at) || at <= 0)
+      fail(path, "must be a positive integer (unix seconds)");
+    out[key] = at;
+  }
+  return out;
+}
+
 function tagsClaims(tags: string[] | undefined): string[] | undefined {
   if (!tags?.length) return undefined;
   if (tags.length > MAX_TAGS) fail("tags", `has more than ${MAX_TAGS} entries`);
@@ -300,6 +329,8 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
   }
   const tags = tagsClaims(desired.tags);
   if (tags) nats.tags = tags;
+  const revocations = revocationsClaims(desired.revocations);
+  if (revocations) nats.revocations = revocations;
   if (desired.infoUrl) {
     if (!/^https?:\/\/\S+$/.test(desired.infoUrl) || desired.infoUrl.length > 2048) {
       fail("infoUrl", "must be an http(s) URL of at most 2048 characters");

@@ -177,13 +177,16 @@ export function projectAccount(
   };
 }
 
-/** Creds of a user signed by `roleKey`, a scoped signing key of `account`. */
+/**
+ * Creds of a user signed by `roleKey`, a scoped signing key of `account`: a fresh user key unless
+ * `user` is given (re-issuing a key), issued now unless `issuedAt` (unix seconds) is given.
+ */
 export function roleUserCreds(
   account: string,
   roleKey: NKeyPair,
-  opts: { name?: string; tags?: string[]; expiresAt?: number } = {},
+  opts: { name?: string; tags?: string[]; expiresAt?: number; user?: NKeyPair; issuedAt?: number } = {},
 ): Uint8Array {
-  const user = NKeyPair.generate("user");
+  const user = opts.user ?? NKeyPair.generate("user");
   const jwt = signJwt(
     userClaims({
       publicKey: user.publicKey,
@@ -195,7 +198,7 @@ export function roleUserCreds(
       ...(opts.expiresAt !== undefined ? { expiresAt: opts.expiresAt } : {}),
     }),
     roleKey,
-    Math.floor(Date.now() / 1000),
+    opts.issuedAt ?? Math.floor(Date.now() / 1000),
   );
   return new TextEncoder().encode(formatCreds(jwt, user));
 }

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { decode as stockDecode } from "@nats-io/jwt";
 import {
   ClaimsError,
+  MAX_REVOCATIONS,
   accountClaims,
   assertIssuedBy,
   claimsHash,
@@ -188,6 +189,50 @@ describe("accountClaims", () => {
       },
       /authorization\.allowedAccounts\[0\] is not an account public key/,
     ],
+    [
+      "an account key in revocations",
+      { revocations: { [fixedKeys.account().publicKey]: 1_700_000_000 } },
+      /^revocations\["A[A-Z2-7]+"\] is not a user public key/,
+    ],
+    [
+      "a wildcard other than * in revocations",
+      { revocations: { ">": 1_700_000_000 } },
+      /^revocations\[">"\] is not a user public key/,
+    ],
+    [
+      "a revocation time of 0",
+      { revocations: { "*": 0 } },
+      /^revocations\["\*"\] must be a positive integer \(unix seconds\)/,
+    ],
+    [
+      "a negative revocation time",
+      { revocations: { [fixedKeys.user().publicKey]: -1 } },
+      /^revocations\["U[A-Z2-7]+"\] must be a positive integer/,
+    ],
+    [
+      "a fractional revocation time",
+      { revocations: { [fixedKeys.user().publicKey]: 1_700_000_000.5 } },
+      /must be a positive integer/,
+    ],
+    [
+      "a revocation time given as a string",
+      { revocations: { [fixedKeys.user().publicKey]: "1700000000" as unknown as number } },
+      /must be a positive integer/,
+    ],
+    [
+      "revocations that are an array",
+      { revocations: [1_700_000_000] as unknown as Record<string, number> },
+      /^revocations must be an object/,
+    ],
+    [
+      "more revocations than the bound",
+      {
+        revocations: Object.fromEntries(
+          Array.from({ length: MAX_REVOCATIONS + 1 }, (_, i) => [`U${i}`, 1_700_000_000]),
+        ),
+      },
+      new RegExp(`^revocations has more than ${MAX_REVOCATIONS} entries`),
+    ],
   ];
   for (const [what, overrides, message] of invalid) {
     it(`rejects ${what}, naming the field`, () => {
@@ -212,6 +257,51 @@ describe("accountClaims", () => {
     const stock = stockDecode<{ authorization: { auth_users: string[]; allowed_accounts: string[] } }>(jwt);
     assert.deepEqual(stock.nats.authorization, { auth_users: [user], allowed_accounts: ["*"] });
     assert.deepEqual(accountClaims(desired(), operatorSigning.publicKey).nats.authorization, {});
+  });
+
+  it("writes revocations as nats-io/jwt reads them, with sorted keys, and none when empty", () => {
+    const u1 = NKeyPair.generate("user").publicKey;
+    const u2 = NKeyPair.generate("user").publicKey;
+    const ordered = { "*": 1_700_000_100, [u1]: 1_700_000_000, [u2]: 1_700_000_050 };
+    const reversed = Object.fromEntries(Object.entries(ordered).reverse());
+    const a = accountClaims(desired({ revocations: ordered }), operatorSigning.publicKey);
+    const b = accountClaims(desired({ revocations: reversed }), operatorSigning.publicKey);
+    // Same bytes whatever order the caller built the map in: the JWT body, not only the hash.
+    assert.equal(JSON.stringify(a), JSON.stringify(b));
+    assert.deepEqual(Object.keys(a.nats.revocations as object), Object.keys(ordered).sort());
+    const stock = stockDecode<{ revocations: Record<string, number> }>(
+      signJwt(a, operatorSigning, 1_700_000_000),
+    );
+    assert.deepEqual(stock.nats.revocations, ordered);
+    // A revocation changes what the account says: the reconciler must push it.
+    assert.notEqual(claimsHash(a), claimsHash(accountClaims(desired(), operatorSigning.publicKey)));
+    assert.notEqual(
+      claimsHash(a),
+      claimsHash(
+        accountClaims(
+          desired({ revocations: { ...ordered, "*": 1_700_000_101 } }),
+          operatorSigning.publicKey,
+        ),
+      ),
+    );
+  });
+
+  it("leaves the claims byte-identical without revocations (absent or empty)", () => {
+    const plain = JSON.stringify(accountClaims(desired(), operatorSigning.publicKey));
+    assert.equal(
+      JSON.stringify(accountClaims(desired({ revocations: {} }), operatorSigning.publicKey)),
+      plain,
+    );
+    assert.ok(!plain.includes("revocations"));
+  });
+
+  it("accepts exactly MAX_REVOCATIONS entries", () => {
+    const many = Object.fromEntries(
+      Array.from({ length: MAX_REVOCATIONS }, () => [NKeyPair.generate("user").publicKey, 1_700_000_000]),
+    );
+    const claims = accountClaims(desired({ revocations: many }), operatorSigning.publicKey);
+    assert.equal(Object.keys(claims.nats.revocations as object).length, MAX_REVOCATIONS);
+    assert.ok(signJwt(claims, operatorSigning, 1_700_000_000).length < 1024 * 1024);
   });
 
   it("rejects an account issuer that is not an operator key", () => {
