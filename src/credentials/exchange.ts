@@ -13,6 +13,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { z } from "zod";
 import { describeError } from "../errors.ts";
+import { canDrain, cutAfterAnswer, discardRest, header } from "../http/drain.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import { formatCreds } from "../nats/creds.ts";
 import { isPublicKey } from "../nats/keys.ts";
@@ -35,12 +36,6 @@ export const MAX_REQUEST_TTL_MS = 24 * 60 * 60 * 1000;
 export const DEFAULT_BODY_TIMEOUT_MS = 5_000;
 /** Requests being read or issued at once; more are answered 503 with Retry-After. */
 export const DEFAULT_MAX_IN_FLIGHT = 256;
-/**
- * After an early answer (413, 415, ...) up to this many more request bytes are read and dropped
- * (not kept) so that the client sees the answer instead of a connection reset; then the
- * connection is cut. A body declared larger than this is not read at all.
- */
-export const MAX_DISCARD_BYTES = 64 * 1024;
 const MAX_MESSAGE_LENGTH = 1024;
 
 export type ExchangeLogger = {
@@ -176,11 +171,6 @@ export function chooseRepresentation(accept: string | undefined): Representation
   }
   if (best.json.q === 0 && best.creds.q === 0) return undefined;
   return best.creds.q > best.json.q ? "creds" : "json";
-}
-
-function header(req: IncomingMessage, name: string): string | undefined {
-  const value = req.headers[name];
-  return Array.isArray(value) ? value.join(", ") : value;
 }
 
 function isJsonContentType(value: string | undefined): boolean {
@@ -325,28 +315,14 @@ export function createExchangeHandler(opts: ExchangeHandlerOptions): ExchangeHan
 
   /** Answers before the body was read: drop what is left of it, up to a bound, then cut. */
   const refuseUnread = (req: IncomingMessage, res: ServerResponse, answer: Answer, client: string): void => {
-    const declared = Number(header(req, "content-length") ?? "0");
-    const drainable = declared <= MAX_DISCARD_BYTES;
+    const drainable = canDrain(req);
     refuse(
       res,
       drainable ? answer : { ...answer, headers: { ...answer.headers, connection: "close" } },
       client,
     );
-    if (!drainable) {
-      res.once("finish", () => req.socket.destroy());
-      return;
-    }
-    discardRest(req, 0);
-  };
-
-  const discardRest = (req: IncomingMessage, alreadyDiscarded: number): void => {
-    if (req.complete) return;
-    let discarded = alreadyDiscarded;
-    req.on("data", (chunk: Buffer) => {
-      discarded += chunk.length;
-      if (discarded > MAX_DISCARD_BYTES) req.socket.destroy();
-    });
-    req.resume();
+    if (drainable) discardRest(req);
+    else cutAfterAnswer(req, res);
   };
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
@@ -480,7 +456,7 @@ export function createExchangeHandler(opts: ExchangeHandlerOptions): ExchangeHan
         }),
         client,
       );
-      res.once("finish", () => req.socket.destroy());
+      cutAfterAnswer(req, res);
     }, bodyTimeoutMs);
     const onData = (chunk: Buffer): void => {
       received += chunk.length;

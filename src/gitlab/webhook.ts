@@ -7,6 +7,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { canDrain, cutAfterAnswer, discardRest, header } from "../http/drain.ts";
 import { TerminalError, describeError } from "../errors.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import { parseWebhook } from "./signals.ts";
@@ -18,12 +19,6 @@ export const DEFAULT_DEDUPE_ENTRIES = 10_000;
 export const DEFAULT_DEDUPE_TTL_MS = 24 * 60 * 60 * 1000;
 /** Longest Idempotency-Key / X-Gitlab-Event-UUID kept for dedupe; GitLab sends UUIDs. */
 export const MAX_DELIVERY_KEY_LENGTH = 256;
-/**
- * After an early answer (401, 413, ...) up to this many more request bytes are read and dropped
- * before the connection is cut: closing a socket with unread input makes the kernel send a reset,
- * and the client would see "connection reset" instead of the answer. (Go's net/http does the same.)
- */
-export const MAX_DISCARD_BYTES = 64 * 1024;
 /**
  * Authenticated bodies read at the same time and their total size (declared, or maxBodyBytes when
  * chunked): a flood by a sender that knows the secret costs bounded memory. Requests over the
@@ -120,11 +115,6 @@ export class DeliveryDedupe {
       this.#seen.delete(k);
     }
   }
-}
-
-function header(req: IncomingMessage, name: string): string | undefined {
-  const value = req.headers[name];
-  return Array.isArray(value) ? value.join(", ") : value;
 }
 
 function isJsonContentType(value: string | undefined): boolean {
@@ -249,26 +239,11 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
     message: string,
     headers: Record<string, string> = {},
   ): void => {
-    const declared = Number(header(req, "content-length") ?? "0");
-    const tooMuchToDrain = !(declared <= MAX_DISCARD_BYTES);
-    reject(req, res, reason, status, message, tooMuchToDrain ? { ...headers, connection: "close" } : headers);
-    if (tooMuchToDrain) {
-      // Node would read (and drop) the rest of the body while closing; cut the connection once the
-      // answer is out instead, so an unauthenticated sender cannot make this replica read it at all.
-      res.once("finish", () => req.socket.destroy());
-      return;
-    }
-    discardRest(req, 0);
-  };
-
-  const discardRest = (req: IncomingMessage, alreadyDiscarded: number): void => {
-    if (req.complete) return;
-    let discarded = alreadyDiscarded;
-    req.on("data", (chunk: Buffer) => {
-      discarded += chunk.length;
-      if (discarded > MAX_DISCARD_BYTES) req.socket.destroy();
-    });
-    req.resume();
+    const drainable = canDrain(req);
+    reject(req, res, reason, status, message, drainable ? headers : { ...headers, connection: "close" });
+    // Too much to drain: an unauthenticated sender cannot make this replica read it at all.
+    if (drainable) discardRest(req);
+    else cutAfterAnswer(req, res);
   };
 
   const handler = (req: IncomingMessage, res: ServerResponse): void => {
@@ -351,7 +326,7 @@ export function createWebhookHandler(opts: WebhookHandlerOptions): WebhookHandle
         req.off("end", onEnd);
         chunks.length = 0;
         reject(req, res, "too-large", 413, `body larger than ${maxBodyBytes} bytes`);
-        discardRest(req, 0);
+        discardRest(req);
         return;
       }
       chunks.push(chunk);
