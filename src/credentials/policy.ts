@@ -112,13 +112,14 @@ export function decide(
     role = found;
   } else {
     const issuable = spec.roles.filter((r) => r.ci);
-    const allowed = issuable.filter((r) => !roleRefusal(r, identity));
+    const verdicts = issuable.map((r) => ({ role: r, refusal: roleRefusal(r, identity) }));
+    const allowed = verdicts.filter((v) => !v.refusal).map((v) => v.role);
     if (allowed.length === 0) {
       if (issuable.length === 0) {
         return forbidden("no_issuable_role", "the project's binding has no role issued to CI jobs");
       }
       // Keep the real reason when every role says the same (an unprotected ref, a fork MR).
-      const refusals = issuable.map((r) => roleRefusal(r, identity)!);
+      const refusals = verdicts.map((v) => v.refusal!);
       const reasons = new Set(refusals.map((r) => r.reason));
       if (reasons.size === 1) {
         const only = refusals[0]!;
