@@ -5,7 +5,12 @@
  * (credentials.audit.connections). Every replica runs all of it (issuance only reads).
  */
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { MAX_CREDS_FILE_BYTES, readConfigReferencedFile, type Config } from "../config/config.ts";
+import {
+  ConfigError,
+  MAX_CREDS_FILE_BYTES,
+  readConfigReferencedFile,
+  type Config,
+} from "../config/config.ts";
 import type { RouteHandler } from "../http/server.ts";
 import { plainHttpWarning } from "../http/server.ts";
 import type { AccountResolver } from "../nats/resolver.ts";
@@ -15,13 +20,10 @@ import type { Clock } from "../runtime/clock.ts";
 import { openAuditSink } from "./audit.ts";
 import { IssuedUsers, startConnectionAudit, type ConnectionAudit } from "./audit-connections.ts";
 import type { CredentialSources, ProjectIndex } from "./directory.ts";
-import { NatsbindError } from "../errors.ts";
 import { readCalloutFiles, startCallout } from "./callout.ts";
 import { CREDENTIALS_PATH, createExchangeHandler } from "./exchange.ts";
 import { IdTokenVerifier } from "./idtoken.ts";
 import { CredentialService } from "./service.ts";
-
-export class StartupError extends NatsbindError {}
 
 export interface CredentialsRuntime {
   service: CredentialService;
@@ -47,7 +49,7 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
   const c = s.config.credentials;
   if (!c) return undefined;
   if (c.issuer === undefined) {
-    throw new StartupError(
+    throw new ConfigError(
       "credentials.issuer is not set and there is no gitlab section to take it from (gitlab.url)",
     );
   }
