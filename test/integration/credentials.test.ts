@@ -4,27 +4,21 @@
 // a log line or the audit log.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { connect, jwtAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { parseConfig, type Config } from "../../src/config/config.ts";
+import type { Config } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
-import { GitLabSimulator } from "../support/gitlab-sim.ts";
-import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import {
-  connectWithCreds,
-  createTestOperator,
-  natsConfigSection,
-  operatorResolver,
-  watchStatus,
-  type TestOperator,
-} from "../support/operator.ts";
-import { removeDir, tempDir, waitFor } from "../support/process.ts";
+import type { GitLabSimulator } from "../support/gitlab-sim.ts";
+import { startLocalRig, type LocalRig } from "../support/local-rig.ts";
+import type { NatsServer } from "../support/nats-server.ts";
+import { connectWithCreds, watchStatus, type TestOperator } from "../support/operator.ts";
+import { waitFor } from "../support/process.ts";
 
 const AUDIENCE = "https://natsbind.test";
 
@@ -50,6 +44,7 @@ interface Answer {
 }
 
 describe("CI credentials (local mode, token exchange and auth callout)", { timeout: 180_000 }, () => {
+  let rig: LocalRig | undefined;
   let op: TestOperator;
   let server: NatsServer;
   let sim: GitLabSimulator;
@@ -91,27 +86,15 @@ describe("CI credentials (local mode, token exchange and auth callout)", { timeo
   }
 
   before(async () => {
-    op = await createTestOperator({ callout: true });
-    server = await startNatsServer(op.serverOptions);
-    sim = await GitLabSimulator.start();
-    dir = await tempDir("creds");
-    await mkdir(join(dir, "bindings"));
-    await writeFile(join(dir, "token"), sim.token);
-    config = parseConfig(
-      {
-        nats: natsConfigSection(op, [server.url]),
-        gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
-        http: { listen: "127.0.0.1:0" },
-        credentials: {
-          audience: AUDIENCE,
-          audit: { file: "audit/credentials.log" },
-          callout: { credsFile: op.callout!.credsFile, signingKeyFile: op.callout!.signingKeyFile },
-        },
+    rig = await startLocalRig({ name: "creds", callout: true });
+    ({ op, server, sim, dir, resolver } = rig);
+    config = rig.config({
+      credentials: {
+        audience: AUDIENCE,
+        audit: { file: "audit/credentials.log" },
+        callout: { credsFile: op.callout!.credsFile, signingKeyFile: op.callout!.signingKeyFile },
       },
-      "test config",
-      dir,
-    );
-    resolver = await operatorResolver(op, server.url);
+    });
     const acme = sim.createGroup({ name: "Acme", path: "acme" });
     api = sim.createProject({ name: "api", groupId: acme.id });
     sim.createGroup({ name: "Other", path: "other" });
@@ -131,11 +114,7 @@ describe("CI credentials (local mode, token exchange and auth callout)", { timeo
 
   after(async () => {
     await controller?.stop();
-    await resolver?.close();
-    await sim?.stop();
-    await server?.stop();
-    await op?.remove();
-    if (dir) await removeDir(dir);
+    await rig?.stop();
   });
 
   it("a protected-branch job gets a creds file with curl's headers and publishes only its pipeline's subjects", async () => {

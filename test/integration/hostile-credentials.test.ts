@@ -14,10 +14,10 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync, randomBytes } from "node:crypto";
 import { request, type IncomingHttpHeaders } from "node:http";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { decodeJwt as decodeIdToken } from "jose";
-import { parseConfig, type Config } from "../../src/config/config.ts";
+import type { Config } from "../../src/config/config.ts";
 import { CREDENTIALS_PATH } from "../../src/credentials/exchange.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
 import { decodeJwt } from "../../src/nats/claims.ts";
@@ -26,15 +26,9 @@ import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { systemClock, type Clock, type TimerHandle } from "../../src/runtime/clock.ts";
 import { runController, type RunningController } from "../../src/main.ts";
-import { GitLabSimulator, type MintIdTokenOptions, type SimProject } from "../support/gitlab-sim.ts";
-import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
-import {
-  createTestOperator,
-  natsConfigSection,
-  operatorResolver,
-  type TestOperator,
-} from "../support/operator.ts";
-import { removeDir, tempDir, waitFor } from "../support/process.ts";
+import type { GitLabSimulator, MintIdTokenOptions, SimProject } from "../support/gitlab-sim.ts";
+import { startLocalRig, type LocalRig } from "../support/local-rig.ts";
+import { waitFor } from "../support/process.ts";
 
 const AUDIENCE = "https://natsbind.test";
 const MAX_TTL_S = 15 * 60; // credentials.maxTtl default
@@ -156,8 +150,7 @@ describe(
   { timeout: 120_000 },
   () => {
     const clock = new StepClock();
-    let op: TestOperator;
-    let server: NatsServer;
+    let rig: LocalRig | undefined;
     let sim: GitLabSimulator;
     let dir: string;
     let config: Config;
@@ -317,31 +310,19 @@ describe(
     }
 
     before(async () => {
-      op = await createTestOperator();
-      server = await startNatsServer(op.serverOptions);
-      sim = await GitLabSimulator.start();
-      dir = await tempDir("hostile-creds");
-      await mkdir(join(dir, "bindings"));
-      await writeFile(join(dir, "token"), sim.token);
+      rig = await startLocalRig({ name: "hostile-creds" });
+      ({ sim, dir, resolver } = rig);
       auditFile = join(dir, "audit", "credentials.log");
-      config = parseConfig(
-        {
-          nats: natsConfigSection(op, [server.url]),
-          gitlab: { url: sim.url, tokenFile: "token", resyncInterval: "1h" },
-          http: { listen: "127.0.0.1:0" },
-          credentials: {
-            audience: AUDIENCE,
-            audit: { file: "audit/credentials.log" },
-            rateLimit: {
-              perProjectPerMinute: PER_PROJECT_PER_MINUTE,
-              perClientPerMinute: PER_CLIENT_PER_MINUTE,
-            },
+      config = rig.config({
+        credentials: {
+          audience: AUDIENCE,
+          audit: { file: "audit/credentials.log" },
+          rateLimit: {
+            perProjectPerMinute: PER_PROJECT_PER_MINUTE,
+            perClientPerMinute: PER_CLIENT_PER_MINUTE,
           },
         },
-        "test config",
-        dir,
-      );
-      resolver = await operatorResolver(op, server.url);
+      });
       const acme = sim.createGroup({ name: "Acme", path: "acme" });
       acmeGroupId = acme.id;
       api = sim.createProject({ name: "api", groupId: acme.id });
@@ -386,11 +367,7 @@ describe(
 
     after(async () => {
       await controller?.stop();
-      await resolver?.close();
-      await sim?.stop();
-      await server?.stop();
-      await op?.remove();
-      if (dir) await removeDir(dir);
+      await rig?.stop();
     });
 
     const cases: Case[] = [
