@@ -5,7 +5,14 @@
  * callback runs. Reads pass through.
  */
 import { NatsbindError } from "../errors.ts";
-import type { AccountRef, AccountKeys, KeyStore, StoredAccount, UntrustedSlot } from "../keystore/port.ts";
+import type {
+  AccountRef,
+  AccountKeys,
+  KeyStore,
+  StoredAccount,
+  UntrustedSlot,
+  SlotChange,
+} from "../keystore/port.ts";
 import type { AccountResolver, ResolverOutcome } from "../nats/resolver.ts";
 
 export class NotLeaderError extends NatsbindError {}
@@ -36,9 +43,17 @@ export function fencedKeyStore(inner: KeyStore, fence: Fence): KeyStore {
     list: (binding: string, untrusted?: UntrustedSlot[]): Promise<StoredAccount[]> =>
       inner.list(binding, untrusted),
     get: (ref: AccountRef): Promise<AccountKeys | undefined> => inner.get(ref),
-    ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys> {
+    ensure(ref: AccountRef, roles: readonly string[], at?: number): Promise<AccountKeys> {
       check(fence, "store account keys");
-      return inner.ensure(ref, roles);
+      return inner.ensure(ref, roles, at);
+    },
+    update(ref: AccountRef, change: SlotChange): Promise<StoredAccount> {
+      check(fence, "change account keys");
+      return inner.update(ref, change);
+    },
+    forget(ref: AccountRef, keys: readonly string[]): Promise<void> {
+      check(fence, "forget account keys");
+      return inner.forget(ref, keys);
     },
     remove(ref: AccountRef): Promise<void> {
       check(fence, "remove account keys");

@@ -28,12 +28,18 @@ import { jsonNestingProblem } from "../nesting.ts";
 import { mapLimit } from "../runtime/concurrency.ts";
 import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
-import type { AccountKeys, AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "./port.ts";
+import { MAX_REVOCATIONS } from "../nats/claims.ts";
+import type { AccountKeys, AccountRef, KeyStore, SlotChange, StoredAccount, UntrustedSlot } from "./port.ts";
+import { checkSlotChange, namedKeys } from "./port.ts";
 
 export { KeyStoreError };
 
-const MAX_SLOT_FILE_BYTES = 64 * 1024;
+// Revocations make a slot file grow: 10,000 entries are ~800 KB.
+const MAX_SLOT_FILE_BYTES = 2 * 1024 * 1024;
+const MAX_RETIRING = 16;
+const MAX_DISCARD = 256;
 const publicKey = z.string().regex(/^[A-Z2-7]{56}$/);
+const epochMs = z.number().int().nonnegative().max(8_640_000_000_000_000);
 const slotSchema = z.strictObject({
   ref: z.strictObject({
     binding: z.string().min(1).max(253),
@@ -42,6 +48,24 @@ const slotSchema = z.strictObject({
   }),
   account: publicKey,
   roles: z.record(z.string().min(1).max(63), publicKey),
+  rotation: z
+    .record(
+      z.string().min(1).max(63),
+      z.strictObject({
+        activeSince: epochMs.optional(),
+        prepared: z.strictObject({ key: publicKey, since: epochMs }).optional(),
+        retiring: z
+          .array(z.strictObject({ key: publicKey, since: epochMs, notBefore: epochMs }))
+          .max(MAX_RETIRING)
+          .optional(),
+      }),
+    )
+    .optional(),
+  revocations: z
+    .record(z.union([publicKey, z.literal("*")]), z.number().int().nonnegative())
+    .refine((r) => Object.keys(r).length <= MAX_REVOCATIONS, `at most ${MAX_REVOCATIONS} entries`)
+    .optional(),
+  discard: z.array(publicKey).max(MAX_DISCARD).optional(),
 });
 
 /** A file-name-safe, collision-free name for a binding or slot (hash suffix keeps it unique). */
@@ -54,6 +78,10 @@ function missingSeed(path: string, key: string): never {
   throw new KeyStoreError(
     `key store: ${path} names ${key}, whose seed is missing: restore it from backup (a JWT may name it)`,
   );
+}
+
+function describeRef(ref: AccountRef): string {
+  return `binding ${ref.binding} project ${ref.projectId}${ref.environment !== undefined ? ` environment ${ref.environment}` : ""}`;
 }
 
 function sameRef(a: AccountRef, b: AccountRef): boolean {
@@ -128,8 +156,7 @@ export class DirectoryKeyStore implements KeyStore {
       if (slot.ref.binding !== binding || this.#slotPath(slot.ref) !== path)
         throw new KeyStoreError(`key store: ${path} names a slot that does not belong in this file`);
       ref = slot.ref;
-      for (const key of [slot.account, ...Object.values(slot.roles)])
-        if (!seeds.has(key)) missingSeed(path, key);
+      for (const key of namedKeys(slot)) if (!seeds.has(key)) missingSeed(path, key);
       return slot;
     } catch (err) {
       if (!(err instanceof KeyStoreError || err instanceof KeyError)) throw err;
@@ -169,6 +196,7 @@ export class DirectoryKeyStore implements KeyStore {
   async #load(slot: StoredAccount, path: string): Promise<AccountKeys> {
     const accountKey = (await this.#seeds.load(slot.account, "account")) ?? missingSeed(path, slot.account);
     const roleKeys = new Map<string, NKeyPair>();
+    // Only active keys are loaded (they sign); the others' seeds are checked to exist by list().
     for (const [role, pub] of Object.entries(slot.roles))
       roleKeys.set(role, (await this.#seeds.load(pub, "account")) ?? missingSeed(path, pub));
     return { ...slot, accountKey, roleKeys };
@@ -182,13 +210,10 @@ export class DirectoryKeyStore implements KeyStore {
     return this.#load(slot, path);
   }
 
-  ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys> {
-    const path = this.#slotPath(ref);
+  /** Runs `fn` after every earlier write of the slot at `path` settled. */
+  #serialised<T>(path: string, fn: () => Promise<T>): Promise<T> {
     const previous = this.#locks.get(path) ?? Promise.resolve();
-    const run = previous.then(
-      () => this.#ensure(ref, roles, path),
-      () => this.#ensure(ref, roles, path),
-    );
+    const run = previous.then(fn, fn);
     const settled = run.catch(() => undefined);
     this.#locks.set(path, settled);
     void settled.then(() => {
@@ -197,7 +222,24 @@ export class DirectoryKeyStore implements KeyStore {
     return run;
   }
 
-  async #ensure(ref: AccountRef, roles: readonly string[], path: string): Promise<AccountKeys> {
+  ensure(ref: AccountRef, roles: readonly string[], at?: number): Promise<AccountKeys> {
+    const path = this.#slotPath(ref);
+    return this.#serialised(path, () => this.#ensure(ref, roles, path, at));
+  }
+
+  async #writeSlot(path: string, slot: StoredAccount): Promise<void> {
+    await mkdir(this.#bindingDir(slot.ref.binding), { recursive: true, mode: 0o700 });
+    await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
+    this.#cache?.get(slot.ref.binding)?.slots.set(path, slot);
+    this.#cache?.get(slot.ref.binding)?.untrusted.delete(path);
+  }
+
+  async #ensure(
+    ref: AccountRef,
+    roles: readonly string[],
+    path: string,
+    at: number | undefined,
+  ): Promise<AccountKeys> {
     const existing = await this.#readSlot(path);
     if (existing && !sameRef(existing.ref, ref))
       throw new KeyStoreError(`key store: ${path} belongs to another slot`);
@@ -205,17 +247,21 @@ export class DirectoryKeyStore implements KeyStore {
     const accountKey = current?.accountKey ?? NKeyPair.generate("account");
     const roleKeys = new Map(current?.roleKeys ?? []);
     const fresh: NKeyPair[] = current ? [] : [accountKey];
+    const rotation = { ...existing?.rotation };
     for (const role of roles) {
       if (!roleKeys.has(role)) {
         const key = NKeyPair.generate("account");
         roleKeys.set(role, key);
         fresh.push(key);
+        if (at !== undefined) rotation[role] = { activeSince: at };
       }
     }
     const result: AccountKeys = {
+      ...existing,
       ref: { ...ref },
       account: accountKey.publicKey,
       roles: Object.fromEntries([...roleKeys].map(([role, key]) => [role, key.publicKey])),
+      ...(Object.keys(rotation).length > 0 ? { rotation } : {}),
       accountKey,
       roleKeys,
     };
@@ -223,12 +269,48 @@ export class DirectoryKeyStore implements KeyStore {
     if (!current) result.created = true;
     // Seeds first, then the slot file that names them.
     for (const key of fresh) await this.#seeds.save(key);
-    await mkdir(this.#bindingDir(ref.binding), { recursive: true, mode: 0o700 });
-    const slot: StoredAccount = { ref: result.ref, account: result.account, roles: result.roles };
-    await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
-    this.#cache?.get(ref.binding)?.slots.set(path, slot);
-    this.#cache?.get(ref.binding)?.untrusted.delete(path);
+    const { accountKey: _a, roleKeys: _r, created: _c, ...slot } = result;
+    await this.#writeSlot(path, slot);
     return result;
+  }
+
+  update(ref: AccountRef, change: SlotChange): Promise<StoredAccount> {
+    const path = this.#slotPath(ref);
+    return this.#serialised(path, async () => {
+      const current = await this.#readSlot(path);
+      if (!current || !sameRef(current.ref, ref))
+        throw new KeyStoreError(`key store: no slot for ${describeRef(ref)} to update`);
+      const made: NKeyPair[] = [];
+      const generate = (): string => {
+        const key = NKeyPair.generate("account");
+        made.push(key);
+        return key.publicKey;
+      };
+      const proposed = change(structuredClone(current), generate);
+      if (!proposed) return current;
+      const next = checkSlotChange(current, proposed);
+      // Only generated keys the new slot names are saved; seeds first, then the slot.
+      const named = new Set(namedKeys(next));
+      for (const key of made) if (named.has(key.publicKey)) await this.#seeds.save(key);
+      await this.#writeSlot(path, next);
+      return next;
+    });
+  }
+
+  forget(ref: AccountRef, keys: readonly string[]): Promise<void> {
+    const path = this.#slotPath(ref);
+    return this.#serialised(path, async () => {
+      const current = await this.#readSlot(path);
+      if (!current || !sameRef(current.ref, ref)) return;
+      const named = new Set(namedKeys(current));
+      const gone = (current.discard ?? []).filter((k) => keys.includes(k) && !named.has(k));
+      if (gone.length === 0) return;
+      // The slot first: a crash then leaves seeds no slot names, never a slot naming a lost seed.
+      const { discard: _d, ...rest } = current;
+      const left = (current.discard ?? []).filter((k) => !gone.includes(k));
+      await this.#writeSlot(path, left.length > 0 ? { ...rest, discard: left } : rest);
+      for (const key of gone) await this.#seeds.remove(key);
+    });
   }
 
   async remove(ref: AccountRef): Promise<void> {
@@ -238,6 +320,6 @@ export class DirectoryKeyStore implements KeyStore {
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
     this.#cache?.get(ref.binding)?.slots.delete(path);
-    for (const pub of [slot.account, ...Object.values(slot.roles)]) await this.#seeds.remove(pub);
+    for (const pub of [...namedKeys(slot), ...(slot.discard ?? [])]) await this.#seeds.remove(pub);
   }
 }

@@ -1,7 +1,9 @@
 /**
  * Where account keys live. One account slot per (binding, project[, environment]); each slot has
- * an account identity key and one signing key per role. Keys are generated once and kept for the
- * account's life: renames and transfers never change them.
+ * an account identity key and, per role, one active signing key (issues credentials) plus, while
+ * a rotation runs, a prepared key (listed, not yet issuing) and retiring keys (listed until what
+ * they issued has expired). The account key is kept for the account's life: renames and transfers
+ * never change it. Signing keys change only through update() (src/rotation/phases.ts).
  *
  * Contract: ensure() returns only after every key it hands out is durable, so a JWT naming a key
  * is never pushed before the key is saved. Adapters: directory (local mode, src/keystore/directory.ts);
@@ -17,13 +19,65 @@ export interface AccountRef {
   environment?: string;
 }
 
+/** A key that stopped issuing and stays listed in the account JWT until it may go. */
+export interface RetiringKey {
+  key: string;
+  /** When it stopped issuing (ms since the epoch). */
+  since: number;
+  /** Not removed before this (ms): the longest lifetime of anything it issued has passed. */
+  notBefore: number;
+}
+
+/** One role's signing keys beyond the active one, and the active key's age. */
+export interface RoleRotation {
+  /** When the active key started issuing (ms since the epoch); absent: unknown (older slots). */
+  activeSince?: number;
+  /** A new key, listed in the account JWT beside the active one, issuing once the push was acked. */
+  prepared?: { key: string; since: number };
+  /** Former active keys, oldest first. */
+  retiring?: RetiringKey[];
+}
+
 /** What may be shown and stored anywhere: public keys only. */
 export interface StoredAccount {
   ref: AccountRef;
   account: string;
-  /** role name -> public signing key */
+  /** role name -> active public signing key (the one credentials are issued with) */
   roles: Record<string, string>;
+  /** role name -> rotation state; a role without an entry has only its active key. */
+  rotation?: Record<string, RoleRotation>;
+  /**
+   * Revoked users: user public key (or "*": every user) -> unix seconds; user JWTs issued at or
+   * before that time are refused. Desired state: every push carries them until they are pruned.
+   */
+  revocations?: Record<string, number>;
+  /**
+   * Keys the slot no longer names whose seeds are still stored: deleted by forget() once the
+   * resolver acked an account JWT without them (a crash before that loses nothing).
+   */
+  discard?: string[];
 }
+
+/** Every signing public key the slot's account JWT lists (active, prepared, retiring), per role. */
+export function listedRoleKeys(slot: StoredAccount, role: string): string[] {
+  const active = slot.roles[role];
+  if (active === undefined) return [];
+  const r = slot.rotation?.[role];
+  return [active, ...(r?.prepared ? [r.prepared.key] : []), ...(r?.retiring ?? []).map((k) => k.key)];
+}
+
+/** Every public key the slot names (account, and every listed role key): each must have a seed. */
+export function namedKeys(slot: StoredAccount): string[] {
+  return [slot.account, ...Object.keys(slot.roles).flatMap((role) => listedRoleKeys(slot, role))];
+}
+
+/**
+ * A change of a slot (rotation phase, revocations): gets the slot as stored and `generate()`, which
+ * makes a new signing key and returns its public key (its seed is saved before the slot that names
+ * it is written). Returns the slot as it should be, or undefined to leave it as it is. Must be
+ * pure apart from generate(): adapters may call it again on a write conflict.
+ */
+export type SlotChange = (slot: StoredAccount, generate: () => string) => StoredAccount | undefined;
 
 export interface AccountKeys extends StoredAccount {
   accountKey: NKeyPair;
@@ -55,9 +109,22 @@ export interface KeyStore {
   get(ref: AccountRef): Promise<AccountKeys | undefined>;
   /**
    * The slot's keys, generating (and persisting first) the account key and any missing role key.
-   * Existing keys are never replaced. Keys of roles not listed stay stored (rotation decides).
+   * Existing keys are never replaced. Keys of roles not listed stay stored. `at` (ms since the
+   * epoch), when given, is recorded as the new role keys' `rotation[role].activeSince`.
    */
-  ensure(ref: AccountRef, roles: readonly string[]): Promise<AccountKeys>;
+  ensure(ref: AccountRef, roles: readonly string[], at?: number): Promise<AccountKeys>;
+  /**
+   * Applies `change` to the slot, serialised with ensure() and other updates of the slot: new seeds
+   * first, then the slot. The ref and account key cannot change. Keys the new slot no longer names
+   * are added to its `discard` list (their seeds stay until forget()). Throws KeyStoreError when
+   * there is no (trusted) slot. Returns the slot as stored.
+   */
+  update(ref: AccountRef, change: SlotChange): Promise<StoredAccount>;
+  /**
+   * Deletes the seeds of those `keys` the slot lists in `discard` and drops them from it: call only
+   * after every server acked an account JWT that does not name them. No slot: nothing to do.
+   */
+  forget(ref: AccountRef, keys: readonly string[]): Promise<void>;
   /** Deletes the slot and its seeds. Idempotent. */
   remove(ref: AccountRef): Promise<void>;
   /**
@@ -66,6 +133,30 @@ export interface KeyStore {
    * Stores whose slots do not depend on the binding's existence leave this out.
    */
   release?(binding: string): Promise<unknown>;
+}
+
+/**
+ * The slot `proposed` after a change of `current`, checked: same ref and account, every role keeps
+ * an active key, no key listed twice or for two roles, and every key `current` named that
+ * `proposed` does not is added to `discard`. Throws KeyStoreError-like plain Errors are avoided:
+ * a bad change is a programming error, so it throws TypeError.
+ */
+export function checkSlotChange(current: StoredAccount, proposed: StoredAccount): StoredAccount {
+  if (refKey(proposed.ref) !== refKey(current.ref) || proposed.account !== current.account)
+    throw new TypeError("a slot change may not change the slot's ref or account key");
+  const seen = new Set<string>([proposed.account]);
+  for (const role of Object.keys(proposed.roles))
+    for (const key of listedRoleKeys(proposed, role)) {
+      if (seen.has(key)) throw new TypeError(`a slot change lists key ${key} twice`);
+      seen.add(key);
+    }
+  for (const role of Object.keys(proposed.rotation ?? {}))
+    if (proposed.roles[role] === undefined)
+      throw new TypeError(`a slot change has rotation state for role ${role} without an active key`);
+  const dropped = namedKeys(current).filter((k) => !seen.has(k));
+  const discard = [...new Set([...(proposed.discard ?? []), ...dropped])].filter((k) => !seen.has(k));
+  const { discard: _d, ...rest } = proposed;
+  return discard.length > 0 ? { ...rest, discard } : rest;
 }
 
 export function refKey(ref: AccountRef): string {

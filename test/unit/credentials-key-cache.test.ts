@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SlotKeyCache } from "../../src/credentials/key-cache.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
-import type { AccountKeys, AccountRef, KeyStore } from "../../src/keystore/port.ts";
+import type { AccountKeys, AccountRef, KeyStore, SlotChange } from "../../src/keystore/port.ts";
 import { ManualClock, type Clock } from "../../src/runtime/clock.ts";
 
 let root: string;
@@ -39,6 +39,12 @@ class CountedStore implements KeyStore {
   }
   remove(ref: AccountRef) {
     return this.inner.remove(ref);
+  }
+  update(ref: AccountRef, change: SlotChange) {
+    return this.inner.update(ref, change);
+  }
+  forget(ref: AccountRef, keys: readonly string[]) {
+    return this.inner.forget(ref, keys);
   }
 }
 

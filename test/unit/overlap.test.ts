@@ -166,6 +166,8 @@ async function rig(
     get: (r) => directory.get(r),
     ensure: (r, roles) => directory.ensure(r, roles),
     remove: (r) => directory.remove(r),
+    update: (r, change) => directory.update(r, change),
+    forget: (r, k) => directory.forget(r, k),
     release: async (b) => void released.push(b),
   };
   const requeued: string[] = [];

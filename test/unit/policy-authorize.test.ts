@@ -407,6 +407,8 @@ describe("BindingReconciler gate", () => {
         get: fail("keys.get"),
         ensure: fail("keys.ensure"),
         remove: fail("keys.remove"),
+        update: fail("keys.update"),
+        forget: fail("keys.forget"),
         release: async () => void touched.push("keys.release"),
       },
       resolver: { push: fail("push"), lookup: fail("lookup"), list: fail("list"), delete: fail("delete") },
