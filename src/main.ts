@@ -36,6 +36,10 @@ import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
 import { BindingFirstSeen } from "./store/binding-first-seen.ts";
 import { secureKeyDirectory } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
+import { acquireRunLock, RunLockHeldError } from "./store/run-lock.ts";
+import type { KeyStore } from "./keystore/port.ts";
+import { KeyRotator, type RequestSource, type RotationEvent } from "./rotation/rotator.ts";
+import { RequestFiles } from "./rotation/request-files.ts";
 
 export class StartupError extends NatsbindError {}
 
@@ -51,6 +55,8 @@ export interface RunOptions {
   onReconciled?: (key: string, outcome: string) => void;
   /** Called when an account was pushed: for tests and the demo. */
   onPushed?: (key: string, account: string, projectId: number) => void;
+  /** Called on every rotation phase change (src/rotation/rotator.ts): for tests and the CLI. */
+  onRotation?: (key: string, event: RotationEvent) => void;
 }
 
 export interface RunningController {
@@ -97,6 +103,15 @@ export interface ModeContext {
    * leader or not, so a mode sets this whether or not it reconciles.
    */
   setCredentialSources(sources: CredentialSources): void;
+  /**
+   * The rotation step over a mode's key store and request source (local: request files;
+   * Kubernetes: annotations); `onEvent` adds the mode's own reporting (Kubernetes Events).
+   */
+  makeRotator(
+    keys: KeyStore,
+    requests: RequestSource,
+    onEvent?: (key: string, event: RotationEvent) => void,
+  ): KeyRotator;
 }
 
 export interface RunningMode {
@@ -125,6 +140,13 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   });
   const pushes = metrics.counter({ name: "natsbind_account_pushes_total", help: "Account JWTs pushed." });
   const deletes = metrics.counter({ name: "natsbind_account_deletes_total", help: "Accounts deleted." });
+  const rotationSteps = metrics.counter({
+    name: "natsbind_rotation_steps_total",
+    help: "Signing-key rotation steps and revocations by phase (KeyPrepared, KeyActivated, KeyRetired, RotationFailed, ...).",
+    labelNames: ["phase"],
+  });
+  const rotators: KeyRotator[] = [];
+  registerRotationGauges(metrics, clock, () => rotators);
   const reconcilingGauge = metrics.gauge({
     name: "natsbind_reconciling",
     help: "1 while this replica reconciles (local mode: always; Kubernetes mode: while it holds the lease).",
@@ -297,6 +319,32 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     setCredentialSources(sources) {
       credentialSources = sources;
     },
+    makeRotator(keys, requests, onEvent) {
+      const rotator = new KeyRotator({
+        keys,
+        connections: resolver,
+        clock,
+        defaults: { everyMs: config.rotation.every, gracePeriodMs: config.rotation.gracePeriod },
+        limits: { overlapMs: rotationOverlapMs(config) },
+        maxStartsPerMinute: config.rotation.maxStartsPerMinute,
+        requests,
+        onEvent: (key, event) => {
+          rotationSteps.labels({ phase: event.phase }).inc();
+          const fields = {
+            binding: key,
+            phase: event.phase,
+            ...(event.account ? { account: event.account, projectId: event.ref?.projectId } : {}),
+            ...(event.role ? { role: event.role } : {}),
+          };
+          if (event.warning) log.warn(fields, event.message);
+          else log.info(fields, event.message);
+          onEvent?.(key, event);
+          opts.onRotation?.(key, event);
+        },
+      });
+      rotators.push(rotator);
+      return rotator;
+    },
   };
 
   let mode: RunningMode;
@@ -346,67 +394,134 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
   for (const change of await secureKeyDirectory(config.keys.directory)) {
     ctx.log.warn({ ...change }, "key directory was open to other users: mode tightened");
   }
-  const files = new BindingFiles(config.bindings.directory);
-  // Overlapping bindings are ordered by age; a file's age is when natsbind first saw it.
-  const firstSeen = await BindingFirstSeen.load(config.keys.directory, ctx.clock);
-  const presentKeys = (s: BindingSnapshot): string[] => [
-    ...s.bindings.keys(),
-    ...s.invalid.flatMap((i) => (i.key ? [i.key] : [])),
-  ];
-  let snapshot: BindingSnapshot = await files.scan();
-  await firstSeen.observe(presentKeys(snapshot));
-  const lookup: BindingLookup = {
-    get(key): BindingEntry | undefined {
-      const valid = snapshot.bindings.get(key);
-      if (valid) return { kind: "valid", binding: valid.binding, generation: valid.generation };
-      const invalid = snapshot.invalid.find((i) => i.key === key);
-      return invalid
-        ? { kind: "invalid", message: `${invalid.source}: ${invalid.message}`, generation: 0 }
-        : undefined;
-    },
-    validKeys: () => [...snapshot.bindings.keys()],
-    createdAt(key) {
-      const explicit = snapshot.bindings.get(key)?.binding.metadata.creationTimestamp;
-      return explicit !== undefined ? Date.parse(explicit) : firstSeen.get(key);
-    },
-  };
-  const keys = new DirectoryKeyStore(config.keys.directory, { owner: true });
-  const reconciler = new BindingReconciler({
-    bindings: lookup,
-    projects: inventories,
-    keys,
-    resolver: ctx.resolver,
-    statuses: new StatusFiles(config.state.directory),
-    signer: ctx.signer,
-    clock: ctx.clock,
-    driftCheckMs: config.gitlab!.resyncInterval,
-    events: ctx.events,
-    requeue: (key) => queue.add(key),
+  // One writer per key directory: a second natsbind run (or a CLI doing the work itself) waits.
+  const lock = await acquireRunLock(config.keys.directory).catch((err: unknown) => {
+    if (err instanceof RunLockHeldError) throw new StartupError(err.message);
+    throw err;
   });
-  // The watcher scanned already: take its snapshot rather than reading the directory again.
-  const watcher = files.watch(async (keys, scanned) => {
-    snapshot = scanned;
-    // New keys are the youngest until recorded (memory at once); enqueue once the file has them.
-    await firstSeen
-      .observe(presentKeys(scanned))
-      .catch((err: unknown) => ctx.log.warn({ err }, "recording when bindings were first seen failed"));
-    for (const key of keys) {
-      if (!snapshot.bindings.has(key)) inventories.forget(key);
-      queue.add(key);
+  try {
+    return await startLocalModeLocked(ctx);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+
+  async function startLocalModeLocked(ctx: ModeContext): Promise<RunningMode> {
+    const files = new BindingFiles(config.bindings.directory);
+    // Overlapping bindings are ordered by age; a file's age is when natsbind first saw it.
+    const firstSeen = await BindingFirstSeen.load(config.keys.directory, ctx.clock);
+    const presentKeys = (s: BindingSnapshot): string[] => [
+      ...s.bindings.keys(),
+      ...s.invalid.flatMap((i) => (i.key ? [i.key] : [])),
+    ];
+    let snapshot: BindingSnapshot = await files.scan();
+    await firstSeen.observe(presentKeys(snapshot));
+    const lookup: BindingLookup = {
+      get(key): BindingEntry | undefined {
+        const valid = snapshot.bindings.get(key);
+        if (valid) return { kind: "valid", binding: valid.binding, generation: valid.generation };
+        const invalid = snapshot.invalid.find((i) => i.key === key);
+        return invalid
+          ? { kind: "invalid", message: `${invalid.source}: ${invalid.message}`, generation: 0 }
+          : undefined;
+      },
+      validKeys: () => [...snapshot.bindings.keys()],
+      createdAt(key) {
+        const explicit = snapshot.bindings.get(key)?.binding.metadata.creationTimestamp;
+        return explicit !== undefined ? Date.parse(explicit) : firstSeen.get(key);
+      },
+    };
+    const keys = new DirectoryKeyStore(config.keys.directory, { owner: true });
+    const reconciler = new BindingReconciler({
+      bindings: lookup,
+      projects: inventories,
+      keys,
+      resolver: ctx.resolver,
+      statuses: new StatusFiles(config.state.directory),
+      signer: ctx.signer,
+      clock: ctx.clock,
+      driftCheckMs: config.gitlab!.resyncInterval,
+      events: ctx.events,
+      requeue: (key) => queue.add(key),
+      rotator: ctx.makeRotator(keys, new RequestFiles(config.keys.directory)),
+    });
+    // The watcher scanned already: take its snapshot rather than reading the directory again.
+    const watcher = files.watch(async (keys, scanned) => {
+      snapshot = scanned;
+      // New keys are the youngest until recorded (memory at once); enqueue once the file has them.
+      await firstSeen
+        .observe(presentKeys(scanned))
+        .catch((err: unknown) => ctx.log.warn({ err }, "recording when bindings were first seen failed"));
+      for (const key of keys) {
+        if (!snapshot.bindings.has(key)) inventories.forget(key);
+        queue.add(key);
+      }
+    });
+    const controller = ctx.startController(reconciler);
+    ctx.setReconciling(true);
+    ctx.setCredentialSources({ bindings: lookup, keys, ready: () => true });
+    for (const key of presentKeys(snapshot)) queue.add(key);
+    ctx.log.info(
+      { bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },
+      "local bindings loaded",
+    );
+    return {
+      async stop() {
+        watcher.close();
+        await controller.stop();
+        await lock.release();
+      },
+    };
+  }
+}
+
+/**
+ * How long a replaced signing key stays listed at least: the longest lifetime of a user JWT
+ * natsbind issues (credentials.maxTtl, else its default) plus the clock leeway and the issuer's key
+ * cache (src/credentials/key-cache.ts keeps a slot's keys 1 s; a few seconds of margin).
+ */
+export function rotationOverlapMs(config: Config): number {
+  const maxTtl = config.credentials?.maxTtl ?? 900_000;
+  const leeway = config.credentials?.leeway ?? 60_000;
+  return maxTtl + leeway + 5_000;
+}
+
+/** Rotation gauges per binding, from each rotator's last status (read at scrape time). */
+function registerRotationGauges(
+  metrics: Registry,
+  clock: Clock,
+  rotators: () => readonly KeyRotator[],
+): void {
+  const age = metrics.gauge({
+    name: "natsbind_rotation_oldest_active_key_age_seconds",
+    help: "Age of the oldest active role signing key of the binding's accounts.",
+    labelNames: ["binding"],
+  });
+  const next = metrics.gauge({
+    name: "natsbind_rotation_next_timestamp_seconds",
+    help: "When the next scheduled signing-key rotation of the binding is due (unix seconds).",
+    labelNames: ["binding"],
+  });
+  const waiting = metrics.gauge({
+    name: "natsbind_rotation_waiting_connections",
+    help: "Live connections on replaced signing keys kept past their overlap (gracePeriod).",
+    labelNames: ["binding"],
+  });
+  const phases = metrics.gauge({
+    name: "natsbind_rotation_accounts",
+    help: "Accounts of the binding per rotation phase (active, prepared, retiring).",
+    labelNames: ["binding", "phase"],
+  });
+  metrics.onCollect(() => {
+    const now = clock.now();
+    for (const rotator of rotators()) {
+      for (const [binding, s] of rotator.statuses()) {
+        if (s.oldestActiveKeySince)
+          age.labels({ binding }).set(Math.max(0, (now - Date.parse(s.oldestActiveKeySince)) / 1000));
+        if (s.nextRotation) next.labels({ binding }).set(Date.parse(s.nextRotation) / 1000);
+        waiting.labels({ binding }).set(s.waitingConnections);
+        for (const [phase, n] of Object.entries(s.accounts)) phases.labels({ binding, phase }).set(n);
+      }
     }
   });
-  const controller = ctx.startController(reconciler);
-  ctx.setReconciling(true);
-  ctx.setCredentialSources({ bindings: lookup, keys, ready: () => true });
-  for (const key of presentKeys(snapshot)) queue.add(key);
-  ctx.log.info(
-    { bindings: snapshot.bindings.size, invalid: snapshot.invalid.length },
-    "local bindings loaded",
-  );
-  return {
-    async stop() {
-      watcher.close();
-      await controller.stop();
-    },
-  };
 }

@@ -51,20 +51,24 @@ export function parseByteQuantity(input: unknown): Parsed<number> {
   return { value: Number(bytes) };
 }
 
-const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const DURATION = /^(?:[0-9]+(?:ms|s|m|h))+$/;
+/** Long durations (key rotation periods) may use days too: "90d", "1d12h". */
+const LONG_DURATION = /^(?:[0-9]+(?:ms|s|m|h|d))+$/;
 export const MAX_DURATION_LENGTH = 32;
 
 /** Milliseconds from a Go-style duration of whole units ("500ms", "5s", "1m30s", "0"), at most `maxMs`. */
-export function parseDuration(input: unknown, maxMs: number): Parsed<number> {
-  const hint = 'a duration such as "500ms", "5s" or "1m30s"';
+export function parseDuration(input: unknown, maxMs: number, opts: { days?: boolean } = {}): Parsed<number> {
+  const hint = opts.days
+    ? 'a duration such as "90d", "12h" or "1d12h"'
+    : 'a duration such as "500ms", "5s" or "1m30s"';
   if (typeof input !== "string") return { problem: `must be ${hint}` };
   if (input === "0") return { value: 0 };
   const shown = JSON.stringify(input.slice(0, MAX_DURATION_LENGTH));
-  if (input.length > MAX_DURATION_LENGTH || !DURATION.test(input))
+  if (input.length > MAX_DURATION_LENGTH || !(opts.days ? LONG_DURATION : DURATION).test(input))
     return { problem: `${shown} is not ${hint}` };
   let ms = 0;
-  for (const [, amount, unit] of input.matchAll(/([0-9]+)(ms|s|m|h)/g)) {
+  for (const [, amount, unit] of input.matchAll(/([0-9]+)(ms|s|m|h|d)/g)) {
     ms += Number(amount) * DURATION_UNITS[unit!]!;
   }
   if (!Number.isSafeInteger(ms) || ms > maxMs) return { problem: `${shown} is longer than ${maxMs} ms` };

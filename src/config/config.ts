@@ -107,6 +107,35 @@ const CredentialsSchema = z
     path: ["defaultTtl"],
   });
 
+const longDuration = (minMs: number, maxMs: number, allowZero = false) =>
+  z.string().transform((text, ctx) => {
+    const parsed = parseDuration(text, maxMs, { days: true });
+    if ("problem" in parsed) {
+      ctx.addIssue({ code: "custom", message: parsed.problem });
+      return z.NEVER;
+    }
+    if (parsed.value < minMs && !(allowZero && parsed.value === 0)) {
+      ctx.addIssue({
+        code: "custom",
+        message: `must be at least ${minMs} ms${allowZero ? ' (or "0")' : ""}`,
+      });
+      return z.NEVER;
+    }
+    return parsed.value;
+  });
+
+/** Signing-key rotation defaults (a NatsBinding's spec.rotation overrides them) and its pace. */
+const RotationConfigSchema = z
+  .strictObject({
+    /** Rotate a role signing key once it is this old; "0": only when asked (natsbind rotate). */
+    every: longDuration(3_600_000, 3650 * 86_400_000, true).default(90 * 86_400_000),
+    /** A replaced key still used by live connections stays listed at most this long. */
+    gracePeriod: longDuration(3_600_000, 3650 * 86_400_000).default(86_400_000),
+    /** Scheduled rotations started per minute, across all bindings (manual ones are not limited). */
+    maxStartsPerMinute: z.number().int().min(1).max(100_000).default(60),
+  })
+  .prefault({});
+
 export const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
   nats: z.strictObject({
@@ -189,6 +218,7 @@ export const ConfigSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  rotation: RotationConfigSchema,
   bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
   /** Local mode: status files, one per binding (what `natsbind status` reads). */

@@ -28,6 +28,7 @@ import {
   type NatsBindingObject,
 } from "./bindings.ts";
 import { EventRecorder } from "./events.ts";
+import { ANNOTATION_ROTATE, ANNOTATION_ROTATE_EMERGENCY, AnnotationRequests } from "./rotation-requests.ts";
 import { fencedKeyStore, fencedResolver, type Fence } from "./fence.ts";
 import { FinalizerStep } from "./finalizer.ts";
 import { Informer } from "./informer.ts";
@@ -175,7 +176,11 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     const changed =
       type === "add" ||
       obj.metadata?.generation !== old?.metadata?.generation ||
-      isDeleting(obj) !== (old ? isDeleting(old) : false);
+      isDeleting(obj) !== (old ? isDeleting(old) : false) ||
+      // A rotation asked through natsbind.io/rotate(-emergency) starts at once.
+      obj.metadata?.annotations?.[ANNOTATION_ROTATE] !== old?.metadata?.annotations?.[ANNOTATION_ROTATE] ||
+      obj.metadata?.annotations?.[ANNOTATION_ROTATE_EMERGENCY] !==
+        old?.metadata?.annotations?.[ANNOTATION_ROTATE_EMERGENCY];
     if (changed) queue.add(key);
   });
   // A policy changed (grants, ceilings, resolved ids): every binding is authorized again. Its status
@@ -252,6 +257,21 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     driftCheckMs: config.gitlab!.resyncInterval,
     requeue: (key) => queue.add(key),
     authorize: (key, spec) => gate.authorize(key, spec),
+    // Phase changes, stuck retirements and emergencies: an Event on the binding each.
+    rotator: ctx.makeRotator(
+      fencedKeyStore(keys, fence),
+      new AnnotationRequests((key) => bindings.object(key)?.metadata?.annotations, ctx.clock),
+      (key, event) => {
+        const { namespace, name } = splitBindingKey(key);
+        const uid = bindings.object(key)?.metadata?.uid;
+        const target = { namespace, name, ...(uid ? { uid } : {}) };
+        const message = event.account
+          ? `account ${event.account} (project ${event.ref?.projectId}): ${event.message}`
+          : event.message;
+        if (event.warning) recorder.warning(target, event.phase, message);
+        else recorder.normal(target, event.phase, message);
+      },
+    ),
     events: {
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);

@@ -69,7 +69,7 @@ const slotSchema = z.strictObject({
 });
 
 /** A file-name-safe, collision-free name for a binding or slot (hash suffix keeps it unique). */
-function fileName(value: string): string {
+export function bindingFileName(value: string): string {
   const readable = value.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 80);
   return `${readable}-${createHash("sha256").update(value).digest("hex").slice(0, 12)}`;
 }
@@ -111,12 +111,12 @@ export class DirectoryKeyStore implements KeyStore {
   }
 
   #bindingDir(binding: string): string {
-    return join(this.#accounts, fileName(binding));
+    return join(this.#accounts, bindingFileName(binding));
   }
 
   #slotPath(ref: AccountRef): string {
     const slot = `${ref.projectId}${ref.environment !== undefined ? `@${ref.environment}` : ""}`;
-    return join(this.#bindingDir(ref.binding), `${fileName(slot)}.json`);
+    return join(this.#bindingDir(ref.binding), `${bindingFileName(slot)}.json`);
   }
 
   async #readSlot(path: string): Promise<StoredAccount | undefined> {

@@ -293,7 +293,8 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
   checkKey("publicKey", desired.publicKey, "account");
   checkKey("issuer", issuer, "operator");
   checkName("name", desired.name);
-  const roles = new Set<string>();
+  // A role may have several keys only while one rotates (same template on each): role -> template.
+  const roles = new Map<string, string>();
   const keys = new Set<string>();
   const signingKeys = desired.signingKeys.map((sk, i) => {
     const key = typeof sk === "string" ? sk : sk.key;
@@ -303,14 +304,12 @@ export function accountClaims(desired: DesiredAccount, issuer: string): JwtClaim
     keys.add(key);
     if (typeof sk === "string") return key;
     checkName(`signingKeys[${i}].role`, sk.role);
-    if (roles.has(sk.role)) fail(`signingKeys[${i}].role`, `"${sk.role}" is used by two signing keys`);
-    roles.add(sk.role);
-    const scoped: Record<string, unknown> = {
-      kind: "user_scope",
-      key,
-      role: sk.role,
-      template: templateClaims(`signingKeys[${i}].template`, sk.template),
-    };
+    const template = templateClaims(`signingKeys[${i}].template`, sk.template);
+    const same = roles.get(sk.role);
+    if (same !== undefined && same !== JSON.stringify(template))
+      fail(`signingKeys[${i}].role`, `"${sk.role}" is used by two signing keys with different templates`);
+    roles.set(sk.role, JSON.stringify(template));
+    const scoped: Record<string, unknown> = { kind: "user_scope", key, role: sk.role, template };
     if (sk.description) scoped.description = sk.description;
     return scoped;
   });

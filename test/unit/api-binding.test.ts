@@ -490,7 +490,25 @@ describe("parseBinding rejects, naming the field", () => {
       /"prod" is not in environments\.names: .*no account for it/,
     ],
     ["an unknown deletionPolicy", doc({ deletionPolicy: "Orphan" }), "spec.deletionPolicy", /Retain|Delete/],
-    ["rotation (not yet)", doc({ rotation: { every: "30d" } }), "spec.rotation", /unknown field/],
+    [
+      "a rotation period under an hour",
+      doc({ rotation: { every: "30m" } }),
+      "spec.rotation.every",
+      /at least 1h/,
+    ],
+    [
+      "a rotation period that is not a duration",
+      doc({ rotation: { every: "quarterly" } }),
+      "spec.rotation.every",
+      /duration/,
+    ],
+    [
+      "a zero grace period",
+      doc({ rotation: { gracePeriod: "0" } }),
+      "spec.rotation.gracePeriod",
+      /must not be 0/,
+    ],
+    ["an unknown rotation field", doc({ rotation: { often: "1d" } }), "spec.rotation.often", /unknown field/],
     ["credentials (not yet)", doc({ credentials: {} }), "spec.credentials", /unknown field/],
     [
       "a misspelt role field",
@@ -566,7 +584,7 @@ describe("parseBinding rejects, naming the field", () => {
         { name: "a", subscribe: { allow: ["{{environment}}"] } },
       ],
       limits: { payload: "12Qi", connections: -1 },
-      rotation: {},
+      rotation: { every: "1m" },
     });
     let error: unknown;
     try {
@@ -586,7 +604,7 @@ describe("parseBinding rejects, naming the field", () => {
       "spec.roles[1].subscribe.allow[0]",
       "spec.limits.payload",
       "spec.limits.connections",
-      "spec.rotation",
+      "spec.rotation.every",
     ]) {
       assert.ok(error.message.includes(`${path}: `), `message lacks ${path}: ${error.message}`);
     }
@@ -756,6 +774,7 @@ describe("JSON Schema of the spec", () => {
       "gitlab",
       "limits",
       "roles",
+      "rotation",
     ]);
     assert.deepEqual(properties.deletionPolicy!.enum, ["Retain", "Delete"]);
     assert.equal(properties.deletionPolicy!.default, "Retain");

@@ -126,14 +126,14 @@ describe("accountClaims", () => {
       /has a wildcard inside token "b\*"/,
     ],
     [
-      "a duplicate role",
+      "a role on two keys with different templates",
       {
         signingKeys: [
           { key: fixedKeys.accountScoped().publicKey, role: "ci", template: {} },
-          { key: fixedKeys.accountSigning().publicKey, role: "ci", template: {} },
+          { key: fixedKeys.accountSigning().publicKey, role: "ci", template: { pub: { allow: ["a"] } } },
         ],
       },
-      /signingKeys\[1\]\.role "ci" is used by two signing keys/,
+      /signingKeys\[1\]\.role "ci" is used by two signing keys with different templates/,
     ],
     [
       "the identity key as signing key",

@@ -47,11 +47,27 @@ describe("docs/configuration.md", async () => {
   });
 
   it("names every field of credentials and http.tls in a table, with its default and bounds", () => {
-    for (const field of schemaFields().filter((f) => /^(credentials|http\.tls)\./.test(f))) {
-      const name = field.startsWith("credentials.") ? field.slice("credentials.".length) : field;
+    for (const field of schemaFields().filter((f) => /^(credentials|http\.tls|rotation)\./.test(f))) {
+      // credentials.* rows name the field without the section; others name it whole or by its last part.
+      const name = field.startsWith("credentials.")
+        ? field.slice("credentials.".length)
+        : field.startsWith("rotation.")
+          ? field.slice("rotation.".length)
+          : field;
       assert.ok(text.includes(`| \`${name}\``), `no table row for ${field}`);
     }
-    for (const value of ["`15m`", "`10m`", "`60s`", "`24h`", "`30s`", "`600`", "`1200`", "`1m`-`1h`"]) {
+    for (const value of [
+      "`15m`",
+      "`10m`",
+      "`60s`",
+      "`24h`",
+      "`30s`",
+      "`600`",
+      "`1200`",
+      "`1m`-`1h`",
+      "`90d`",
+      "`1h`-`3650d`",
+    ]) {
       assert.ok(text.includes(value), `the defaults and bounds: ${value}`);
     }
   });

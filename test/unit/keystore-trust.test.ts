@@ -135,9 +135,9 @@ describe("DirectoryKeyStore trusts only slots whose seeds derive their keys", ()
     ({ untrusted } = await listed(store));
     assert.match(untrusted[0]!.message, /account: /);
 
-    await writeFile(slot2, `{"ref":${JSON.stringify(ref(2))},"pad":"${"x".repeat(70_000)}"}`);
+    await writeFile(slot2, `{"ref":${JSON.stringify(ref(2))},"pad":"${"x".repeat(2_100_000)}"}`);
     ({ untrusted } = await listed(store));
-    assert.match(untrusted[0]!.message, /is larger than 65536 bytes/);
+    assert.match(untrusted[0]!.message, /is larger than 2097152 bytes/);
     assert.deepEqual(
       (await store.list(binding)).map((s) => s.account),
       [good.account],

@@ -15,7 +15,12 @@
  *   too long, too many, wrong type) is present, so it may report fewer problems at once than zod.
  */
 import { NatsbindError } from "../../errors.ts";
-import type { AccountSummary, BindingStatus, Condition } from "../../controllers/binding/status.ts";
+import type {
+  AccountSummary,
+  BindingStatus,
+  Condition,
+  RotationStatus,
+} from "../../controllers/binding/status.ts";
 import { MAX_ACCOUNT_SUMMARIES } from "../../controllers/binding/status.ts";
 import { MAX_NAME_LENGTH, MAX_RESPONSE_TTL_MS, natsBindingSpecJsonSchema } from "./schema.ts";
 import { GROUP, KIND, VERSION } from "./types.ts";
@@ -509,6 +514,43 @@ const accountProperties: { [K in keyof AccountSummary]-?: JsonSchema } = {
     enum: [...ACCOUNT_STATES],
   }),
   message: string("What is wrong, for states Conflict and Problem."),
+  keysActiveSince: string("When the account's oldest active role signing key started issuing.", {
+    format: "date-time",
+  }),
+  keyPhase: string("Rotation phase of its role keys: active, prepared or retiring.", {
+    enum: ["active", "prepared", "retiring"],
+  }),
+};
+
+const rotationProperties: { [K in keyof RotationStatus]-?: JsonSchema } = {
+  nextRotation: string("When the next scheduled rotation of any account is due.", { format: "date-time" }),
+  oldestActiveKeySince: string("When the oldest active role signing key started issuing.", {
+    format: "date-time",
+  }),
+  accounts: {
+    description: "Accounts per rotation phase.",
+    type: "object",
+    properties: {
+      active: integer("Accounts whose role keys have no rotation in flight."),
+      prepared: integer("Accounts with a new key listed, not yet issuing."),
+      retiring: integer("Accounts with a replaced key still listed until what it issued expired."),
+    },
+  },
+  waitingConnections: integer("Live connections on replaced keys kept past their overlap (gracePeriod)."),
+  lastFailure: {
+    description: "The last rotation step that failed.",
+    type: "object",
+    properties: { time: string("When.", { format: "date-time" }), message: string("What failed.") },
+  },
+  lastEmergency: {
+    description: "The last emergency rotation.",
+    type: "object",
+    properties: {
+      time: string("When.", { format: "date-time" }),
+      accounts: integer("Accounts whose role keys were replaced at once."),
+      connectionsClosed: integer("Connections the servers reported on the removed keys just before."),
+    },
+  },
 };
 
 const statusProperties: { [K in keyof BindingStatus]-?: JsonSchema } = {
@@ -535,6 +577,11 @@ const statusProperties: { [K in keyof BindingStatus]-?: JsonSchema } = {
     },
   },
   accountsTruncated: integer("How many accounts the accounts list leaves out."),
+  rotation: {
+    description: "Signing-key rotation of the binding's accounts (docs/rotation.md).",
+    type: "object",
+    properties: rotationProperties,
+  },
 };
 
 function statusSchema(): JsonSchema {

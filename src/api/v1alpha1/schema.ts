@@ -337,6 +337,42 @@ const LimitsSchema = z
   .prefault({})
   .describe("Limits of every account of the binding. Absent fields are unlimited.");
 
+export const MIN_ROTATION_EVERY_MS = 3_600_000;
+export const MAX_ROTATION_MS = 3650 * 86_400_000;
+
+/** A rotation duration: "0" (where allowed) or at least an hour, with days allowed ("90d"). */
+const rotationDuration = (what: string, allowZero: boolean) =>
+  z
+    .string()
+    .max(MAX_DURATION_LENGTH, `must be at most ${MAX_DURATION_LENGTH} characters`)
+    .regex(/^(0|([0-9]+(ms|s|m|h|d))+)$/, 'must be a duration such as "90d", "12h" or "1d12h"')
+    .superRefine((value, ctx) => {
+      const parsed = parseDuration(value, MAX_ROTATION_MS, { days: true });
+      if ("problem" in parsed) ctx.addIssue({ code: "custom", message: parsed.problem });
+      else if (parsed.value === 0 && !allowZero)
+        ctx.addIssue({ code: "custom", message: `${what} must not be 0` });
+      else if (parsed.value !== 0 && parsed.value < MIN_ROTATION_EVERY_MS)
+        ctx.addIssue({ code: "custom", message: `${what} must be at least 1h` });
+    });
+
+const RotationSchema = z
+  .strictObject({
+    every: rotationDuration("every", true)
+      .optional()
+      .describe(
+        'Rotate each role signing key once it is this old, e.g. "90d" (at least "1h"; "0": only when asked). ' +
+          "Default: rotation.every of natsbind.yaml.",
+      ),
+    gracePeriod: rotationDuration("gracePeriod", false)
+      .optional()
+      .describe(
+        "How long a replaced key stays listed while servers still show connections it issued, counted from " +
+          "when it stopped issuing (at least 1h). Default: rotation.gracePeriod of natsbind.yaml.",
+      ),
+  })
+  .optional()
+  .describe("Scheduled rotation of the accounts' role signing keys (docs/rotation.md).");
+
 export const NatsBindingSpecSchema = z
   .strictObject({
     gitlab: GitLabSchema,
@@ -354,6 +390,7 @@ export const NatsBindingSpecSchema = z
       .default([])
       .describe("Permission roles; each becomes a scoped signing key on every account."),
     limits: LimitsSchema,
+    rotation: RotationSchema,
     deletionPolicy: z
       .enum(["Retain", "Delete"])
       .default("Retain")
@@ -596,6 +633,19 @@ function toSpec(s: z.output<typeof NatsBindingSpecSchema>): NatsBindingSpec {
     limits,
     deletionPolicy: s.deletionPolicy,
   };
+  if (s.rotation) {
+    const ms = (v: string | undefined): number | undefined => {
+      if (v === undefined) return undefined;
+      const parsed = parseDuration(v, MAX_ROTATION_MS, { days: true });
+      return "value" in parsed ? parsed.value : undefined;
+    };
+    const every = ms(s.rotation.every);
+    const gracePeriod = ms(s.rotation.gracePeriod);
+    spec.rotation = {
+      ...(every !== undefined ? { everyMs: every } : {}),
+      ...(gracePeriod !== undefined ? { gracePeriodMs: gracePeriod } : {}),
+    };
+  }
   if (s.environments) {
     spec.environments = s.environments.names
       ? { kind: "list", names: [...s.environments.names] }

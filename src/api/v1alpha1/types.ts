@@ -84,6 +84,8 @@ export interface NatsBindingSpec {
   environments?: EnvironmentSource;
   roles: Role[];
   limits: BindingLimits;
+  /** Signing-key rotation; absent fields take natsbind.yaml's rotation defaults. */
+  rotation?: { everyMs?: number; gracePeriodMs?: number };
   deletionPolicy: DeletionPolicy;
 }
 

@@ -16,7 +16,7 @@ import { safeToken } from "../../api/v1alpha1/templates.ts";
 import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
-import { refKey } from "../../keystore/port.ts";
+import { listedRoleKeys, refKey } from "../../keystore/port.ts";
 import { accountClaims, claimsHash, type DesiredAccount, type JwtClaims } from "../../nats/claims.ts";
 import { describeError } from "../../errors.ts";
 import { notOwnedProblem, type HeldOwner } from "./ownership.ts";
@@ -140,7 +140,16 @@ export function desiredAccount(
     tags,
     limits: accountLimits(input.binding),
     ...(project.webUrl ? { infoUrl: project.webUrl } : {}),
-    signingKeys: roles.map((r) => ({ key: slot.roles[r.role]!, role: r.role, template: r.template })),
+    // Every key of a role the slot lists (active, prepared, retiring) carries the role's template,
+    // in key order: activating a prepared key changes which one issues, not the JWT (no push).
+    signingKeys: roles.flatMap((r) =>
+      listedRoleKeys(slot, r.role)
+        .sort()
+        .map((key) => ({ key, role: r.role, template: r.template })),
+    ),
+    ...(slot.revocations && Object.keys(slot.revocations).length > 0
+      ? { revocations: slot.revocations }
+      : {}),
   };
 }
 
@@ -183,7 +192,13 @@ export function plan(input: PlanInput): Plan {
       result.ensureKeys.push({ ref, roles: roleNames });
       continue;
     }
-    const inputs = `${specKey}\u0000${JSON.stringify([project, slot.roles, ref.environment ?? null])}`;
+    const inputs = `${specKey}\u0000${JSON.stringify([
+      project,
+      slot.roles,
+      ref.environment ?? null,
+      slot.rotation ?? null,
+      slot.revocations ?? null,
+    ])}`;
     const build = (): JwtClaims => accountClaims(desiredAccount(input, project, slot), input.issuer);
     let hash =
       input.memo?.get(slot.account)?.inputs === inputs ? input.memo.get(slot.account)!.hash : undefined;

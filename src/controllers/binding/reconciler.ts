@@ -28,6 +28,9 @@ import { mapLimit } from "../../runtime/concurrency.ts";
 import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
 import { heldOwner, heldOwnerOfClaims, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
 import { emptyPlan, plan, type Plan } from "./plan.ts";
+import type { KeyRotator } from "../../rotation/rotator.ts";
+import { phaseOf } from "../../rotation/phases.ts";
+import { refKey } from "../../keystore/port.ts";
 import {
   CONDITION,
   MAX_ACCOUNT_SUMMARIES,
@@ -120,6 +123,8 @@ export interface BindingReconcilerOptions {
    * Throws when it cannot tell (GitLab unavailable): retried like a GitLab failure.
    */
   authorize?: (key: string, spec: NatsBinding["spec"]) => Promise<GateVerdict>;
+  /** Signing-key rotation and revocations (src/rotation/rotator.ts); absent: keys never change. */
+  rotator?: KeyRotator;
 }
 
 /** The projects of an older, possibly overlapping binding could not be listed. */
@@ -227,20 +232,61 @@ export class BindingReconciler implements Reconciler<string> {
         // them. Keys it found (another writer's, maybe not natsbind's) are looked up as any.
         const fresh = new Set<string>();
         // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
+        const at = this.#o.clock.now();
         await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
-          const keys = await this.#o.keys.ensure(ref, roles);
+          const keys = await this.#o.keys.ensure(ref, roles, at);
           if (keys.created) fresh.add(keys.account);
         });
         untrusted = [];
         slots = await this.#o.keys.list(key, untrusted);
         current = await this.#plan(key, binding, owned, environments, slots, untrusted, fresh, held);
       }
+      // Rotation and revocations change slots first (stored before any push), then plan again.
+      const rotator = this.#o.rotator;
+      let nextAt: number | undefined;
+      if (rotator) {
+        const requests = await rotator.requests(key);
+        const before = await rotator.beforePush(
+          key,
+          binding.spec,
+          managedSlots(slots, current),
+          new Set(current.upToDate.map((x) => x.account)),
+          requests,
+        );
+        nextAt = before.nextAt;
+        if (before.changed) {
+          untrusted = [];
+          slots = await this.#o.keys.list(key, untrusted);
+          current = await this.#plan(key, binding, owned, environments, slots, untrusted, undefined, held);
+        }
+      }
       await this.#apply(key, current);
+      if (rotator) {
+        const pushed = new Set(current.push.map((x) => x.account));
+        const after = await rotator.afterPush(key, binding.spec, managedSlots(slots, current), pushed);
+        if (after.changed) slots = await this.#o.keys.list(key);
+      }
       this.#reportRefusals(key, current);
       const status = this.#status(key, generation, projects, projects.length, conflicts, current);
+      if (rotator) {
+        const managed = managedSlots(slots, current);
+        status.rotation = rotator.status(key, binding.spec, managed);
+        const byAccount = new Map(managed.map((slot) => [slot.account, slot]));
+        for (const summary of status.accounts) {
+          const slot = byAccount.get(summary.account);
+          if (!slot) continue;
+          const since = Object.keys(slot.roles)
+            .map((role) => slot.rotation?.[role]?.activeSince)
+            .filter((t): t is number => t !== undefined);
+          if (since.length > 0) summary.keysActiveSince = new Date(Math.min(...since)).toISOString();
+          summary.keyPhase = phaseOf(slot);
+        }
+      }
       await this.#o.statuses.write(key, status);
       this.#overlapsChanged(key, new Set(owned.map((p) => p.id)));
-      return { requeueAfterMs: this.#o.driftCheckMs };
+      const now = this.#o.clock.now();
+      const untilNext = nextAt !== undefined ? Math.max(1_000, nextAt - now) : Infinity;
+      return { requeueAfterMs: Math.min(this.#o.driftCheckMs, untilNext) };
     } catch (err) {
       if (err instanceof StepError) return this.#fail(key, generation, err);
       const reason = err instanceof KeyStoreError ? REASON.KeyStoreError : REASON.ResolverError;
@@ -562,6 +608,7 @@ export class BindingReconciler implements Reconciler<string> {
       await this.#o.keys.release?.(key);
     }
     this.#lastSpec.delete(key);
+    this.#o.rotator?.forgetBinding(key);
     this.#refusals.delete(key);
     this.#statuses.delete(key);
     this.#memo.delete(key);
@@ -738,4 +785,10 @@ function problemReason(p: Plan): string {
   if (p.notOwned.length > 0) return REASON.AccountNotOwned;
   if (p.untrusted.length > 0) return REASON.UntrustedKeys;
   return REASON.AccountProblems;
+}
+
+/** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
+function managedSlots(slots: readonly StoredAccount[], p: Plan): StoredAccount[] {
+  const refs = new Set([...p.push, ...p.upToDate].map((x) => refKey(x.ref)));
+  return slots.filter((slot) => refs.has(refKey(slot.ref)));
 }

@@ -49,6 +49,26 @@ export interface AccountSummary {
   /** Conflict: an older binding holds the project; this account is left exactly as it is. */
   state: "Ready" | "Pending" | "Retained" | "Conflict" | "Problem";
   message?: string;
+  /** ISO 8601: when the oldest active role signing key of the account started issuing. */
+  keysActiveSince?: string;
+  /** Rotation phase of its role keys: active (nothing in flight), prepared, or retiring. */
+  keyPhase?: "active" | "prepared" | "retiring";
+}
+
+/** status.rotation: signing-key rotation of the binding's accounts (src/rotation/). */
+export interface RotationStatus {
+  /** ISO 8601 of the next scheduled rotation of any account, if one is scheduled. */
+  nextRotation?: string;
+  /** ISO 8601: the oldest active role key's start (its age is what rotation bounds). */
+  oldestActiveKeySince?: string;
+  /** Accounts per phase (an account with any prepared key counts as prepared, then retiring). */
+  accounts: { active: number; prepared: number; retiring: number };
+  /** Live connections on replaced keys kept past their overlap (see gracePeriod). */
+  waitingConnections: number;
+  /** The last rotation step that failed, if the last reconcile had one. */
+  lastFailure?: { time: string; message: string };
+  /** The last emergency rotation: when, how many accounts, how many connections it cut off. */
+  lastEmergency?: { time: string; accounts: number; connectionsClosed: number };
 }
 
 export const MAX_ACCOUNT_SUMMARIES = 200;
@@ -67,6 +87,7 @@ export interface BindingStatus {
   /** At most MAX_ACCOUNT_SUMMARIES entries; `accountsTruncated` says how many were left out. */
   accounts: AccountSummary[];
   accountsTruncated?: number;
+  rotation?: RotationStatus;
 }
 
 /** Sets a condition, keeping lastTransitionTime when its status did not change. */
