@@ -55,6 +55,11 @@ export interface RunOptions {
   onReconciled?: (key: string, outcome: string) => void;
   /** Called when an account was pushed: for tests and the demo. */
   onPushed?: (key: string, account: string, projectId: number) => void;
+  /**
+   * false: no CI credential doors (a CLI running the controller briefly); the rotation overlap still
+   * follows config.credentials. Default: as configured.
+   */
+  credentials?: boolean;
   /** Called on every rotation phase change (src/rotation/rotator.ts): for tests and the CLI. */
   onRotation?: (key: string, event: RotationEvent) => void;
 }
@@ -245,7 +250,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   let ready = false;
   // CI credentials (config.credentials): POST /v1/credentials here; callout and audit once the mode runs.
   const credentials = await setupCredentials({
-    config,
+    config: opts.credentials === false ? { ...config, credentials: undefined } : config,
     clock,
     log,
     metrics,
@@ -457,6 +462,12 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
         queue.add(key);
       }
     });
+    // `natsbind rotate` and `natsbind credentials revoke` hand their requests over in files: a
+    // change there is looked at at once (the binding is named inside the file).
+    const requestWatcher = await new RequestFiles(config.keys.directory).watch(
+      (key) => queue.add(key),
+      (err) => ctx.log.warn({ err }, "request files"),
+    );
     const controller = ctx.startController(reconciler);
     ctx.setReconciling(true);
     ctx.setCredentialSources({ bindings: lookup, keys, ready: () => true });
@@ -468,6 +479,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
     return {
       async stop() {
         watcher.close();
+        requestWatcher.close();
         await controller.stop();
         await lock.release();
       },
@@ -477,13 +489,15 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
 
 /**
  * How long a replaced signing key stays listed at least: the longest lifetime of a user JWT
- * natsbind issues (credentials.maxTtl, else its default) plus the clock leeway and the issuer's key
- * cache (src/credentials/key-cache.ts keeps a slot's keys 1 s; a few seconds of margin).
+ * natsbind issues (credentials.maxTtl) plus the clock leeway, plus a few seconds for the issuer's
+ * key cache (src/credentials/key-cache.ts keeps a slot's keys 1 s) and replicas reading the new
+ * state. Without a credentials section natsbind issues no user JWTs: only the margin. Keys other
+ * tools' users still connect with are kept by the live-connection check (gracePeriod).
  */
 export function rotationOverlapMs(config: Config): number {
-  const maxTtl = config.credentials?.maxTtl ?? 900_000;
-  const leeway = config.credentials?.leeway ?? 60_000;
-  return maxTtl + leeway + 5_000;
+  const margin = 5_000;
+  if (!config.credentials) return margin;
+  return config.credentials.maxTtl + config.credentials.leeway + margin;
 }
 
 /** Rotation gauges per binding, from each rotator's last status (read at scrape time). */

@@ -10,6 +10,7 @@ import { accountsCommand } from "./accounts.ts";
 import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
+import { rotateCommand } from "./rotate.ts";
 import { UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
@@ -34,6 +35,12 @@ commands:
   gitlab projects --config FILE [--group G]... [--project P]...
         list the projects a scope selects (ids or full paths; groups include subgroups):
         id, namespace id, visibility, path
+  rotate --config FILE --binding NAME [--project ID [--environment ENV]] [--role ROLE]
+         [--emergency] [--timeout 2m]
+        rotate role signing keys now (local mode): a new key is listed, pushed, then issues; the
+        old one retires after the overlap. --emergency removes every key of the role at once (a
+        leak) and reports the connections closed. Hands the work to a running natsbind run, or
+        does it here when none runs. Kubernetes: annotate the NatsBinding natsbind.io/rotate
   run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
   status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
@@ -110,6 +117,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "run":
         await runCommand(rest);
+        return 0;
+      case "rotate":
+        await rotateCommand(rest);
         return 0;
       case "status":
         await statusCommand(rest);

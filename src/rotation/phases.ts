@@ -125,6 +125,8 @@ export interface DecideInput {
   inSync: boolean;
   /** Live connections per retiring key, for the keys in needConnections (absent: not counted yet). */
   connections?: ReadonlyMap<string, number>;
+  /** RotationLimits.overlapMs: paces re-checks of keys kept for live connections. */
+  overlapMs?: number;
 }
 
 /** What is due for one role of one slot. */
@@ -177,15 +179,20 @@ export function decide(input: DecideInput): RoleDecision {
       forced.push(r.key);
     } else {
       out.waiting.push({ key: r.key, connections: live, until: graceEnd });
-      next(Math.min(graceEnd, now + RECHECK_CONNECTIONS_MS));
+      next(Math.min(graceEnd, now + recheckMs(input.overlapMs ?? 5 * 60_000)));
     }
   }
   if (retire.length > 0) out.steps.push({ kind: "retire", keys: retire, forced });
   return out;
 }
 
-/** A key kept past its overlap because of live connections is looked at again this often. */
-export const RECHECK_CONNECTIONS_MS = 5 * 60_000;
+/**
+ * A key kept past its overlap because of live connections is looked at again after this long: the
+ * overlap itself, within 10 s to 5 min.
+ */
+export function recheckMs(overlapMs: number): number {
+  return Math.min(5 * 60_000, Math.max(10_000, overlapMs));
+}
 
 function withRole(slot: StoredAccount, role: string, state: RoleRotation | undefined): StoredAccount {
   const rotation = { ...slot.rotation };

@@ -10,6 +10,7 @@
  * Bounded (1 MiB, 64 triggers, 256 revocation requests) and validated: a broken file fails the
  * reconcile with an error naming the file, and changes nothing.
  */
+import { watch as fsWatch } from "node:fs";
 import { mkdir, open, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
@@ -95,6 +96,31 @@ export class RequestFiles implements RequestSource {
         `${path} names binding ${JSON.stringify(result.data.binding)}, not ${binding}`,
       );
     return result.data;
+  }
+
+  /**
+   * Calls `changed(binding)` when a request file is written (fs.watch on the directory; the binding
+   * comes from the file's content, read bounded). Returns the watcher to close.
+   */
+  async watch(
+    changed: (binding: string) => void,
+    onError: (err: unknown) => void,
+  ): Promise<{ close(): void }> {
+    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+    const watcher = fsWatch(this.#dir, (_event, name) => {
+      if (typeof name !== "string" || !name.endsWith(".json")) return;
+      void readBoundedFile(join(this.#dir, name), MAX_REQUEST_FILE_BYTES).then((read) => {
+        if (read.kind !== "ok") return;
+        try {
+          const binding = (JSON.parse(read.data.toString("utf8")) as { binding?: unknown }).binding;
+          if (typeof binding === "string" && this.pathOf(binding) === join(this.#dir, name)) changed(binding);
+        } catch {
+          // A half-written or broken file: the reconcile that reads it reports it.
+        }
+      }, onError);
+    });
+    watcher.on("error", onError);
+    return { close: () => watcher.close() };
   }
 
   async requests(binding: string): Promise<BindingRequests> {

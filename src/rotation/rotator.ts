@@ -196,6 +196,7 @@ export class KeyRotator {
             policy,
             triggers: requests.triggers,
             inSync: inSync.has(current.account),
+            overlapMs: this.#o.limits.overlapMs,
           });
           if (d.needConnections.length > 0) {
             const live = await connections();
@@ -210,6 +211,7 @@ export class KeyRotator {
               triggers: requests.triggers,
               inSync: inSync.has(current.account),
               connections: counts,
+              overlapMs: this.#o.limits.overlapMs,
             });
           }
           soon(d.nextAt);
@@ -334,6 +336,7 @@ export class KeyRotator {
     const now = this.#o.clock.now();
     const roles = spec.roles.map((r) => r.name);
     let changed = false;
+    let nextAt: number | undefined;
     await mapLimit(
       managed.filter((s) => pushed.has(s.account)),
       this.#o.concurrency ?? 32,
@@ -355,6 +358,10 @@ export class KeyRotator {
           }
           if (current.discard && current.discard.length > 0)
             await this.#o.keys.forget(current.ref, current.discard);
+          // Keys just replaced retire after the overlap: look again then.
+          for (const role of roles)
+            for (const r of current.rotation?.[role]?.retiring ?? [])
+              if (nextAt === undefined || r.notBefore < nextAt) nextAt = r.notBefore;
         } catch (err) {
           this.#failures.set(binding, {
             time: new Date(now).toISOString(),
@@ -364,7 +371,7 @@ export class KeyRotator {
         }
       },
     );
-    return { changed };
+    return { changed, ...(nextAt !== undefined ? { nextAt } : {}) };
   }
 
   async #activate(

@@ -265,6 +265,8 @@ export class BindingReconciler implements Reconciler<string> {
         const pushed = new Set(current.push.map((x) => x.account));
         const after = await rotator.afterPush(key, binding.spec, managedSlots(slots, current), pushed);
         if (after.changed) slots = await this.#o.keys.list(key);
+        if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
+          nextAt = after.nextAt;
       }
       this.#reportRefusals(key, current);
       const status = this.#status(key, generation, projects, projects.length, conflicts, current);
