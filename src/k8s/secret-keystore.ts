@@ -242,18 +242,29 @@ const revocationsSchema = z
 /** Field names, role names and public keys: what a path in these values may show (never a seed). */
 const SHOWN_SEGMENT = /^(?:[a-z][A-Za-z]{0,15}|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?|\*)$/;
 
-/** The first problem zod found, as public text: a path segment that may be anything is not shown. */
+/** A path segment or field name as public text: shown only when it cannot be a seed. */
+function shown(segment: PropertyKey): string {
+  if (typeof segment === "number") return String(segment);
+  return typeof segment === "string" && (SHOWN_SEGMENT.test(segment) || isPublicKey(segment))
+    ? segment
+    : "(key)";
+}
+
+/**
+ * The first problem zod found, as public text. Record keys and unknown field names are the
+ * Secret's own text (anyone who may edit it chooses them), so they are shown only when shown()
+ * allows; zod's own messages name expectations, not input, except for unknown fields.
+ */
 function describeIssue(error: z.ZodError): string {
-  const issue = error.issues[0];
-  const path = (issue?.path ?? [])
-    .map((segment) =>
-      typeof segment === "number" ||
-      (typeof segment === "string" && (SHOWN_SEGMENT.test(segment) || isPublicKey(segment)))
-        ? String(segment)
-        : "(key)",
-    )
-    .join(".");
-  return `${path || "(top level)"}: ${issue?.message ?? "invalid"}`;
+  let issue = error.issues[0];
+  if (issue === undefined) return "(top level): invalid";
+  // A bad record key: what is wrong with it is one level down.
+  if (issue.code === "invalid_key" && issue.issues[0]) issue = { ...issue.issues[0], path: issue.path };
+  const message =
+    issue.code === "unrecognized_keys"
+      ? `unknown field(s) ${issue.keys.map(shown).join(", ")}`
+      : issue.message;
+  return `${issue.path.map(shown).join(".") || "(top level)"}: ${message}`;
 }
 
 /** Every key named once: a slot listing one twice (or discarding a key it names) is not natsbind's. */
@@ -270,10 +281,17 @@ function duplicateKeyProblem(slot: StoredAccount): string | undefined {
   return undefined;
 }
 
+function copyRotation([role, state]: [string, RoleRotation]): [string, RoleRotation] {
+  const copy: RoleRotation = { ...state };
+  if (state.prepared) copy.prepared = { ...state.prepared };
+  if (state.retiring) copy.retiring = state.retiring.map((k) => ({ ...k }));
+  return [role, copy];
+}
+
 /** A copy of a slot's public view that callers may change without changing the store's. */
 function copySlot(slot: StoredAccount): StoredAccount {
   const copy: StoredAccount = { ...slot, ref: { ...slot.ref }, roles: { ...slot.roles } };
-  if (slot.rotation) copy.rotation = structuredClone(slot.rotation);
+  if (slot.rotation) copy.rotation = Object.fromEntries(Object.entries(slot.rotation).map(copyRotation));
   if (slot.revocations) copy.revocations = { ...slot.revocations };
   if (slot.discard) copy.discard = [...slot.discard];
   return copy;
