@@ -289,6 +289,17 @@ export class DirectoryKeyStore implements KeyStore {
       const proposed = change(structuredClone(current), generate);
       if (!proposed) return current;
       const next = checkSlotChange(current, proposed);
+      // Every key the new slot names has a seed: stored for the slot already, or just generated.
+      const stored = new Set([
+        ...namedKeys(current),
+        ...(current.discard ?? []),
+        ...made.map((k) => k.publicKey),
+      ]);
+      for (const key of namedKeys(next))
+        if (!stored.has(key))
+          throw new TypeError(
+            `a slot change names key ${key}, which is neither stored nor made by generate()`,
+          );
       // Only generated keys the new slot names are saved; seeds first, then the slot.
       const named = new Set(namedKeys(next));
       for (const key of made) if (named.has(key.publicKey)) await this.#seeds.save(key);

@@ -284,6 +284,80 @@ describe("hostile tenant: forged key Secrets (issue 9, finding 1)", { timeout: 3
     await restore(original);
   });
 
+  it("(c) forged rotation state (a listed key without its seed, another key's seed, bad revocations) takes nothing", async () => {
+    const attacker = NKeyPair.generate("account");
+    const other = NKeyPair.generate("account");
+    const victim = projects[0]!;
+    const original = await readSecret(victim);
+    const ownAccount = original.metadata!.annotations![ANNOTATION_ACCOUNT]!;
+    const ownJwt = await resolver.lookup(ownAccount);
+    const seed = new TextDecoder().decode(attacker.getSeed());
+    const variants: Array<{
+      what: string;
+      annotations?: Record<string, string>;
+      data?: Record<string, string>;
+      needle: string;
+      message: RegExp;
+    }> = [
+      {
+        what: "the attacker's key listed as prepared, without its seed",
+        annotations: {
+          "natsbind.io/rotation": JSON.stringify({ ci: { prepared: { key: attacker.publicKey, since: 1 } } }),
+        },
+        needle: attacker.publicKey,
+        message: new RegExp(`has no key-${attacker.publicKey}.nk`),
+      },
+      {
+        what: "a retiring key stored with the seed of another key",
+        annotations: {
+          "natsbind.io/rotation": JSON.stringify({
+            ci: { retiring: [{ key: attacker.publicKey, since: 1, notBefore: 2 }] },
+          }),
+        },
+        data: { [`key-${attacker.publicKey}.nk`]: b64(other) },
+        needle: attacker.publicKey,
+        message: new RegExp(`holds the seed of ${other.publicKey}, not ${attacker.publicKey}`),
+      },
+      {
+        what: "revocations.json holding a seed where a user key belongs",
+        data: { "revocations.json": Buffer.from(JSON.stringify({ [seed]: 1 })).toString("base64") },
+        needle: "revocations.json",
+        message: /revocations.json: \(key\): not a user public key/,
+      },
+      {
+        what: "an oversized revocations.json",
+        data: { "revocations.json": Buffer.from("x".repeat(850_000)).toString("base64") },
+        needle: "revocations.json",
+        message: /revocations.json is larger than 819200 bytes/,
+      },
+    ];
+    for (const variant of variants) {
+      const needles = [`Secret ${NS}/${secretName(victim)}`, variant.needle];
+      const before = await warnings("UntrustedKeys", needles);
+      const live = await readSecret(victim);
+      live.metadata!.annotations = { ...live.metadata!.annotations, ...variant.annotations };
+      live.data = { ...live.data, ...variant.data };
+      await core.replaceNamespacedSecret({ namespace: NS, name: secretName(victim), body: live });
+
+      const status = await assertReported("UntrustedKeys", needles, before);
+      const problem = status.accounts.find((a) => a.projectId === victim);
+      assert.equal(problem?.state, "Problem", variant.what);
+      assert.match(problem?.message ?? "", variant.message, variant.what);
+      assert.equal(
+        await resolver.lookup(ownAccount),
+        ownJwt,
+        `the account is left as it was (${variant.what})`,
+      );
+      assert.ok(!(ownJwt ?? "").includes(attacker.publicKey));
+      await assert.rejects(
+        connectWithCreds(server.url, roleUserCreds(ownAccount, attacker)),
+        /Authorization Violation/i,
+        "the attacker's key signs no user of the account",
+      );
+      await restore(original); // and the slot's own keys work again
+    }
+  });
+
   it("(b) fake slot Secrets for a project outside the binding, under Delete, delete nothing", async () => {
     const billing = await adminAccount("billing");
     const ledger = await adminAccount("ledger");

@@ -15,9 +15,17 @@ import {
   KeyStoreError,
   SecretKeyStore,
 } from "../../src/k8s/secret-keystore.ts";
-import type { AccountRef } from "../../src/keystore/port.ts";
+import type { AccountRef, SlotChange } from "../../src/keystore/port.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
-import { keyStoreContract, seedsOf } from "../support/keystore-contract.ts";
+import { encodeWithChecksum } from "../../src/nats/encoding.ts";
+import {
+  activate,
+  keyStoreContract,
+  prepare,
+  retire,
+  revoke,
+  seedsOf,
+} from "../support/keystore-contract.ts";
 import { startKubeApiserver } from "../support/kube.ts";
 import type { KubeApiserver } from "../support/kube.ts";
 import { waitFor } from "../support/process.ts";
@@ -35,6 +43,33 @@ function assertNoSeed(err: unknown, seeds: readonly string[] = []): void {
   const text = renderings(err);
   assert.doesNotMatch(text, SEED_SHAPE);
   for (const seed of seeds) assert.ok(!text.includes(seed), "a seed in the error");
+}
+
+/** The seed in any *.nk entry of a Secret that derives `publicKey`, whatever the entry is called. */
+function storedSeed(secret: V1Secret | undefined, publicKey: string): string | undefined {
+  for (const [name, value] of Object.entries(secret?.data ?? {})) {
+    if (!name.endsWith(".nk")) continue;
+    const seed = Buffer.from(value, "base64").toString("utf8").trim();
+    try {
+      if (NKeyPair.fromSeed(seed, "account").publicKey === publicKey) return seed;
+    } catch {
+      // not an account seed: not the one looked for
+    }
+  }
+  return undefined;
+}
+
+/** A well-formed user public key (no seed made: 10,000 of these are needed fast). */
+function userKey(): string {
+  const bytes = new Uint8Array(33);
+  bytes[0] = 20 << 3;
+  crypto.getRandomValues(bytes.subarray(1));
+  return encodeWithChecksum(bytes);
+}
+
+/** The public key a seed entry of a Secret derives. */
+function keyOf(secret: V1Secret, entry: string): string {
+  return NKeyPair.fromSeed(Buffer.from(secret.data![entry]!, "base64").toString("utf8"), "account").publicKey;
 }
 
 describe("SecretKeyStore", { timeout: 120_000 }, () => {
@@ -79,6 +114,11 @@ describe("SecretKeyStore", { timeout: 120_000 }, () => {
     return { store, informer };
   }
 
+  /** The slot's Secret as the apiserver has it (not through any store). */
+  function readSlotSecret(ns: string, ref: AccountRef): Promise<V1Secret | undefined> {
+    return core.readNamespacedSecret({ namespace: ns, name: accountSecretName(ref) }).catch(() => undefined);
+  }
+
   /** A CoreV1Api whose calls are counted. */
   function instrumented() {
     const calls: string[] = [];
@@ -110,6 +150,7 @@ describe("SecretKeyStore", { timeout: 120_000 }, () => {
           store: (await open(ns)).store,
           reopen: async () => (await open(ns)).store,
           bindings: [`${ns}/acme-ci`, `${ns}/other`],
+          storedSeed: async (ref, publicKey) => storedSeed(await readSlotSecret(ns, ref), publicKey),
         };
       },
     });
@@ -219,6 +260,239 @@ describe("SecretKeyStore", { timeout: 120_000 }, () => {
     assert.deepEqual(Object.keys(final!.roles).sort(), ["ci", "x", "y"]);
     assert.equal(final!.roles.x, kx.roles.x);
     assert.equal(final!.roles.y, ky.roles.y);
+  });
+
+  it("stores rotation state in annotations and other seeds as key-<PUB>.nk; activation moves both seeds in one write", async () => {
+    const ns = await namespace();
+    const { api, calls } = instrumented();
+    const { store } = await open(ns, api);
+    const ref = { binding: `${ns}/acme-ci`, projectId: 11 };
+    const read = (): Promise<V1Secret> =>
+      core.readNamespacedSecret({ namespace: ns, name: accountSecretName(ref) });
+    const annotation = (s: V1Secret, name: string): unknown => {
+      const text = s.metadata?.annotations?.[name];
+      return text === undefined ? undefined : JSON.parse(text);
+    };
+    const start = await store.ensure(ref, ["ci", "deploy"], 1_000);
+    const old = start.roles.ci!;
+    let secret = await read();
+    assert.deepEqual(annotation(secret, "natsbind.io/rotation"), {
+      ci: { activeSince: 1_000 },
+      deploy: { activeSince: 1_000 },
+    });
+    assert.equal(annotation(secret, "natsbind.io/discard"), undefined);
+
+    calls.length = 0;
+    const prepared = await store.update(ref, prepare("ci", 2_000));
+    assert.deepEqual(calls, ["replaceNamespacedSecret ok"], "from the informer: one write, no read");
+    const next = prepared.rotation!.ci!.prepared!.key;
+    secret = await read();
+    assert.deepEqual(Object.keys(secret.data!).sort(), [
+      "account.nk",
+      `key-${next}.nk`,
+      "role-ci.nk",
+      "role-deploy.nk",
+    ]);
+    assert.equal(keyOf(secret, `key-${next}.nk`), next);
+    assert.equal(keyOf(secret, "role-ci.nk"), old, "the active key's seed stays where it was");
+    assert.deepEqual(annotation(secret, "natsbind.io/rotation"), prepared.rotation);
+    assert.deepEqual(annotation(secret, "natsbind.io/roles"), start.roles);
+
+    calls.length = 0;
+    await store.update(ref, activate("ci", 3_000, 4_000));
+    assert.deepEqual(calls, ["replaceNamespacedSecret ok"], "both seeds and the slot move in one write");
+    secret = await read();
+    assert.deepEqual(Object.keys(secret.data!).sort(), [
+      "account.nk",
+      `key-${old}.nk`,
+      "role-ci.nk",
+      "role-deploy.nk",
+    ]);
+    assert.equal(keyOf(secret, "role-ci.nk"), next);
+    assert.equal(keyOf(secret, `key-${old}.nk`), old);
+    assert.deepEqual(annotation(secret, "natsbind.io/roles"), { ...start.roles, ci: next });
+
+    await store.update(ref, retire("ci", old));
+    secret = await read();
+    assert.deepEqual(annotation(secret, "natsbind.io/discard"), [old]);
+    assert.equal(keyOf(secret, `key-${old}.nk`), old, "kept until forget()");
+
+    const user = userKey();
+    await store.update(ref, revoke({ [user]: 1_700_000_000, "*": 1_700_000_001 }));
+    secret = await read();
+    assert.equal(
+      Buffer.from(secret.data!["revocations.json"]!, "base64").toString("utf8"),
+      JSON.stringify({ [user]: 1_700_000_000, "*": 1_700_000_001 }),
+      "compact JSON in the data",
+    );
+
+    calls.length = 0;
+    await store.forget(ref, [old]);
+    assert.deepEqual(calls, ["replaceNamespacedSecret ok"]);
+    secret = await read();
+    assert.deepEqual(Object.keys(secret.data!).sort(), [
+      "account.nk",
+      "revocations.json",
+      "role-ci.nk",
+      "role-deploy.nk",
+    ]);
+    assert.equal(secret.metadata?.annotations?.["natsbind.io/discard"], undefined);
+    calls.length = 0;
+    await store.forget(ref, [old]);
+    await store.update(ref, (slot) => ({ ...slot }));
+    await store.update(ref, () => undefined);
+    assert.deepEqual(calls, [], "nothing to forget or change: no request");
+  });
+
+  it("an update over a stale informer conflicts, reads again and applies the change again; racing stores lose nothing", async () => {
+    const ns = await namespace();
+    const { store: writer, informer } = await open(ns);
+    const ref: AccountRef = { binding: `${ns}/acme-ci`, projectId: 13 };
+    const name = accountSecretName(ref);
+    await writer.ensure(ref, ["ci"]);
+    const snapshot = informer.get(ns, name)!;
+    const { api, calls } = instrumented();
+    // A store whose informer never saw what followed `snapshot`.
+    const stale = new SecretKeyStore({
+      kubeConfig: kube.kubeConfig(),
+      secrets: {
+        hasSynced: () => true,
+        get: () => snapshot,
+        list: () => [snapshot],
+        upsert: () => undefined,
+        forget: () => undefined,
+      },
+      owner: (binding) => owners.get(binding),
+      core: api,
+    });
+    const [alice, bob] = [userKey(), userKey()];
+    await writer.update(ref, revoke({ [alice]: 1 }));
+
+    const made: string[] = [];
+    const result = await stale.update(ref, (slot, generate) =>
+      prepare("ci", 5)(revoke({ [bob]: 2 })(slot, generate)!, () => {
+        made.push(generate());
+        return made.at(-1)!;
+      }),
+    );
+    assert.deepEqual(calls, [
+      "replaceNamespacedSecret 409",
+      "readNamespacedSecret ok",
+      "replaceNamespacedSecret ok",
+    ]);
+    assert.equal(made.length, 2, "the change ran again on the Secret as it is now");
+    assert.deepEqual(result.revocations, { [alice]: 1, [bob]: 2 }, "the other writer's change is kept");
+    assert.equal(result.rotation?.ci?.prepared?.key, made[1]);
+    const secret = await core.readNamespacedSecret({ namespace: ns, name });
+    assert.equal(storedSeed(secret, made[0]!), undefined, "a key made for a write that failed is not stored");
+    assert.ok(storedSeed(secret, made[1]!));
+
+    // Two stores (two processes) at once: whatever the order, every change lands.
+    const a = (await open(ns)).store;
+    const b = (await open(ns)).store;
+    const users = Array.from({ length: 6 }, () => userKey());
+    await Promise.all(users.map((user, i) => (i % 2 === 0 ? a : b).update(ref, revoke({ [user]: 10 + i }))));
+    const final = await (await open(ns)).store.get(ref);
+    assert.deepEqual(Object.keys(final!.revocations!).sort(), [alice, bob, ...users].sort());
+    assert.equal(final!.rotation?.ci?.prepared?.key, made[1]);
+  });
+
+  it("stores 10,000 revocations; refuses one more, and a Secret over 900 KiB, naming it and writing nothing", async () => {
+    const ns = await namespace();
+    const { store } = await open(ns);
+    const ref = { binding: `${ns}/acme-ci`, projectId: 12 };
+    const name = accountSecretName(ref);
+    const read = (): Promise<V1Secret> => core.readNamespacedSecret({ namespace: ns, name });
+    const roles = Array.from({ length: 64 }, (_, i) => `r${i}`);
+    await store.ensure(ref, roles, 1);
+    // The longest values there are: 16 digits.
+    const revocations = Object.fromEntries(
+      Array.from({ length: 10_000 }, () => [userKey(), Number.MAX_SAFE_INTEGER]),
+    );
+    const stored = await store.update(ref, revoke(revocations));
+    assert.equal(Object.keys(stored.revocations!).length, 10_000);
+    assert.deepEqual((await (await open(ns)).store.get(ref))?.revocations, revocations, "read back");
+
+    /** A prepared key and `retiring` retiring keys for every role. */
+    const rotateAll =
+      (retiring: number): SlotChange =>
+      (slot, generate) => ({
+        ...slot,
+        rotation: Object.fromEntries(
+          roles.map((role) => [
+            role,
+            {
+              activeSince: 1,
+              prepared: { key: generate(), since: 1 },
+              retiring: Array.from({ length: retiring }, () => ({ key: generate(), since: 1, notBefore: 1 })),
+            },
+          ]),
+        ),
+      });
+    // Just under the bound: the apiserver takes it (its limit is 1 MiB).
+    const large = await store.update(ref, rotateAll(13));
+    const secret = await read();
+    const bytes =
+      Object.values(secret.data!).reduce((n, v) => n + Buffer.byteLength(v, "base64"), 0) +
+      Object.entries(secret.metadata!.annotations!).reduce((n, [k, v]) => n + k.length + v.length, 0);
+    assert.ok(bytes > 880 * 1024 && bytes <= 900 * 1024, `${bytes} bytes`);
+    assert.equal(Object.keys(secret.data!).length, 1 + 64 * 15 + 1);
+
+    const refused = async (change: SlotChange, pattern: RegExp): Promise<void> => {
+      await assert.rejects(store.update(ref, change), (err: Error) => {
+        assert.ok(err instanceof KeyStoreError, String(err));
+        assert.match(err.message, new RegExp(`key store: Secret ${ns}/${name} `));
+        assert.match(err.message, pattern);
+        assertNoSeed(err);
+        return true;
+      });
+      assert.equal((await read()).metadata?.resourceVersion, secret.metadata?.resourceVersion, "not written");
+    };
+    await refused(
+      revoke({ [userKey()]: 1 }),
+      /not written, it would not be trusted: revocations.json: \(top level\): more than 10000 entries/,
+    );
+    await refused(
+      rotateAll(16),
+      /would hold \d+ bytes, more than the 921600 natsbind writes into one Secret/,
+    );
+    const after = await store.get(ref);
+    assert.deepEqual(after?.rotation, large.rotation);
+    assert.equal(Object.keys(after!.revocations!).length, 10_000);
+  });
+
+  it("update() refuses and forget() leaves alone a Secret it does not trust", async () => {
+    const ns = await namespace();
+    const { store, informer } = await open(ns);
+    const ref = { binding: `${ns}/acme-ci`, projectId: 14 };
+    const name = accountSecretName(ref);
+    const keys = await store.ensure(ref, ["ci"]);
+    await store.update(ref, prepare("ci", 1));
+    await store.update(ref, activate("ci", 2, 3));
+    await store.update(ref, retire("ci", keys.roles.ci!));
+    // The tenant lists a prepared key whose seed the Secret does not hold.
+    const live = await core.readNamespacedSecret({ namespace: ns, name });
+    const stranger = NKeyPair.generate("account").publicKey;
+    const rotation = JSON.parse(live.metadata!.annotations!["natsbind.io/rotation"]!) as Record<
+      string,
+      object
+    >;
+    live.metadata!.annotations!["natsbind.io/rotation"] = JSON.stringify({
+      ci: { ...rotation.ci, prepared: { key: stranger, since: 4 } },
+    });
+    const written = await core.replaceNamespacedSecret({ namespace: ns, name, body: live });
+    await waitFor(
+      async () => informer.get(ns, name)?.metadata?.resourceVersion === written.metadata?.resourceVersion,
+      { what: "the informer to see the change" },
+    );
+    await assert.rejects(
+      store.update(ref, revoke({ [userKey()]: 1 })),
+      new RegExp(`key store: Secret ${ns}/${name}: names ${stranger} but has no key-${stranger}.nk`),
+    );
+    await store.forget(ref, [keys.roles.ci!]);
+    const after = await core.readNamespacedSecret({ namespace: ns, name });
+    assert.equal(after.metadata?.resourceVersion, written.metadata?.resourceVersion, "left as it was");
+    assert.ok(storedSeed(after, keys.roles.ci!), "the discarded seed is still there");
   });
 
   it("reports a tampered Secret by name, never showing a seed, and never overwrites it", async () => {

@@ -4,7 +4,16 @@
 import assert from "node:assert/strict";
 import { inspect } from "node:util";
 import { it } from "node:test";
-import type { AccountKeys, KeyStore } from "../../src/keystore/port.ts";
+import type {
+  AccountKeys,
+  AccountRef,
+  KeyStore,
+  SlotChange,
+  StoredAccount,
+} from "../../src/keystore/port.ts";
+import { namedKeys } from "../../src/keystore/port.ts";
+import { NKeyPair } from "../../src/nats/keys.ts";
+import { KeyStoreError } from "../../src/store/key-directory.ts";
 
 export interface KeyStoreUnderTest {
   store: KeyStore;
@@ -12,6 +21,11 @@ export interface KeyStoreUnderTest {
   reopen(): Promise<KeyStore>;
   /** Two binding keys valid for this adapter, e.g. "ns/acme-ci" and "ns/other". */
   bindings: readonly [string, string];
+  /**
+   * The encoded seed the storage holds for `publicKey` in the slot's storage (read directly, not
+   * through the store), checked to derive it; undefined when there is none.
+   */
+  storedSeed(ref: AccountRef, publicKey: string): Promise<string | undefined>;
 }
 
 export interface KeyStoreContractFixture {
@@ -22,6 +36,48 @@ export interface KeyStoreContractFixture {
 /** The encoded seeds of a slot's keys, for looking for them where they must not be. */
 export function seedsOf(keys: AccountKeys): string[] {
   return [keys.accountKey, ...keys.roleKeys.values()].map((k) => new TextDecoder().decode(k.getSeed()));
+}
+
+/** A rotation's first phase: a new key for `role`, listed beside the active one. */
+export function prepare(role: string, since: number): SlotChange {
+  return (slot, generate) => ({
+    ...slot,
+    rotation: {
+      ...slot.rotation,
+      [role]: { ...slot.rotation?.[role], prepared: { key: generate(), since } },
+    },
+  });
+}
+
+/** The prepared key of `role` issues from `at`; the former active key retires until `notBefore`. */
+export function activate(role: string, at: number, notBefore: number): SlotChange {
+  return (slot) => {
+    const state = slot.rotation?.[role];
+    if (!state?.prepared) return undefined;
+    const retiring = [...(state.retiring ?? []), { key: slot.roles[role]!, since: at, notBefore }];
+    return {
+      ...slot,
+      roles: { ...slot.roles, [role]: state.prepared.key },
+      rotation: { ...slot.rotation, [role]: { activeSince: at, retiring } },
+    };
+  };
+}
+
+/** `key` of `role` stops being listed. */
+export function retire(role: string, key: string): SlotChange {
+  return (slot) => {
+    const { retiring = [], ...state } = slot.rotation?.[role] ?? {};
+    const left = retiring.filter((k) => k.key !== key);
+    return {
+      ...slot,
+      rotation: { ...slot.rotation, [role]: left.length > 0 ? { ...state, retiring: left } : state },
+    };
+  };
+}
+
+/** Adds revocations (user public key or "*" -> unix seconds). */
+export function revoke(entries: Record<string, number>): SlotChange {
+  return (slot) => ({ ...slot, revocations: { ...slot.revocations, ...entries } });
 }
 
 export function keyStoreContract(fixture: KeyStoreContractFixture): void {
@@ -156,5 +212,210 @@ export function keyStoreContract(fixture: KeyStoreContractFixture): void {
       String(keys.accountKey),
     ];
     for (const seed of seedsOf(keys)) for (const text of renderings) assert.ok(!text.includes(seed));
+  });
+
+  it("contract: ensure(at) records when the role keys it generates started issuing, and only for those", async () => {
+    const { store, reopen, bindings } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 42 };
+    const first = await store.ensure(ref, ["ci"], 1_000);
+    assert.deepEqual(first.rotation, { ci: { activeSince: 1_000 } });
+    const second = await store.ensure(ref, ["ci", "deploy"], 2_000);
+    const expected = { ci: { activeSince: 1_000 }, deploy: { activeSince: 2_000 } };
+    assert.deepEqual(second.rotation, expected, "an existing key keeps its age");
+    const third = await store.ensure(ref, ["ci", "deploy", "ops"]);
+    assert.deepEqual(third.rotation, expected, "no `at`: no age recorded for ops");
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual((await reader.list(ref.binding))[0]?.rotation, expected);
+      assert.deepEqual((await reader.get(ref))?.rotation, expected);
+    }
+    // A slot without any rotation state shows none (no empty fields).
+    const plain = await store.ensure({ ...ref, projectId: 43 }, ["ci"]);
+    const listed = (await store.list(ref.binding)).find((s) => s.ref.projectId === 43)!;
+    for (const slot of [plain, listed])
+      for (const field of ["rotation", "revocations", "discard"])
+        assert.ok(!(field in slot), `${field} left out when there is none`);
+  });
+
+  it("contract: rotates one role: prepare, activate, retire, forget; the other role and the account stay", async () => {
+    const { store, reopen, bindings, storedSeed } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 42 };
+    const start = await store.ensure(ref, ["ci", "deploy"], 1_000);
+    const old = start.roles.ci!;
+    const deploy = { key: start.roles.deploy!, rotation: start.rotation?.deploy };
+
+    const prepared = await store.update(ref, prepare("ci", 2_000));
+    const next = prepared.rotation?.ci?.prepared?.key;
+    assert.ok(next !== undefined && next !== old, "a new key was made");
+    assert.deepEqual(prepared.rotation?.ci, { activeSince: 1_000, prepared: { key: next, since: 2_000 } });
+    assert.deepEqual(prepared.roles, start.roles, "the active keys stay until activation");
+    assert.ok(await storedSeed(ref, next), "the prepared key's seed is stored with the slot");
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual(await reader.list(ref.binding), [prepared]);
+      const got = await reader.get(ref);
+      assert.equal(got?.roleKeys.get("ci")?.publicKey, old, "credentials still come from the old key");
+      assert.deepEqual(got?.rotation, prepared.rotation);
+    }
+
+    const active = await store.update(ref, activate("ci", 3_000, 4_000));
+    assert.equal(active.roles.ci, next);
+    assert.deepEqual(active.rotation?.ci, {
+      activeSince: 3_000,
+      retiring: [{ key: old, since: 3_000, notBefore: 4_000 }],
+    });
+    assert.equal(active.roles.deploy, deploy.key);
+    assert.deepEqual(active.rotation?.deploy, deploy.rotation);
+    assert.equal(active.account, start.account);
+    assert.ok(!("discard" in active), "nothing discarded: the old key is still listed");
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual(await reader.list(ref.binding), [active]);
+      const got = await reader.get(ref);
+      assert.equal(got?.roleKeys.get("ci")?.publicKey, next, "credentials now come from the new key");
+      const data = new TextEncoder().encode("natsbind");
+      assert.ok(got!.roleKeys.get("ci")!.verify(data, got!.roleKeys.get("ci")!.sign(data)));
+      assert.deepEqual(seedsOf(got!)[0], seedsOf(start)[0], "the same account seed");
+    }
+    assert.ok(await storedSeed(ref, old), "the retiring key's seed is kept");
+
+    const retired = await store.update(ref, retire("ci", old));
+    assert.deepEqual(retired.rotation?.ci, { activeSince: 3_000 });
+    assert.deepEqual(retired.discard, [old], "no longer listed, seed still stored");
+    assert.ok(await storedSeed(ref, old), "a discarded key's seed stays until forget()");
+    for (const reader of [store, await reopen()]) assert.deepEqual(await reader.list(ref.binding), [retired]);
+
+    // Keys that are not discarded (still named, or unknown) are left alone.
+    await store.forget(ref, [old, deploy.key, start.account, next]);
+    assert.equal(await storedSeed(ref, old), undefined, "the discarded seed is gone");
+    for (const key of [start.account, next, deploy.key]) assert.ok(await storedSeed(ref, key), key);
+    const { discard: _d, ...forgotten } = retired;
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual(await reader.list(ref.binding), [forgotten]);
+      assert.deepEqual((await reader.get(ref))?.roles, retired.roles);
+    }
+    await store.forget(ref, [old]);
+    await store.forget({ ...ref, projectId: 999 }, [old]);
+    assert.deepEqual(await store.list(ref.binding), [forgotten], "nothing to forget: nothing changes");
+  });
+
+  it("contract: stores revocations with the slot, across restarts; a change returning undefined writes nothing", async () => {
+    const { store, reopen, bindings } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 42 };
+    const keys = await store.ensure(ref, ["ci"]);
+    assert.equal(keys.revocations, undefined);
+    const [alice, bob] = [NKeyPair.generate("user").publicKey, NKeyPair.generate("user").publicKey];
+    const revoked = await store.update(ref, revoke({ [alice]: 100, "*": 200 }));
+    assert.deepEqual(revoked.revocations, { [alice]: 100, "*": 200 });
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual((await reader.list(ref.binding))[0]?.revocations, revoked.revocations);
+      assert.deepEqual((await reader.get(ref))?.revocations, revoked.revocations);
+    }
+    const restarted = await reopen();
+    const more = await restarted.update(ref, revoke({ [bob]: 300 }));
+    assert.deepEqual(more.revocations, { [alice]: 100, "*": 200, [bob]: 300 });
+    let seen: StoredAccount | undefined;
+    const same = await restarted.update(ref, (slot) => {
+      seen = slot;
+      return undefined;
+    });
+    assert.deepEqual(same, more);
+    assert.deepEqual(seen, more, "the change gets the slot as stored");
+    const pruned = await restarted.update(ref, (slot) => {
+      const { revocations: _r, ...rest } = slot;
+      return rest;
+    });
+    assert.ok(!("revocations" in pruned));
+    assert.ok(!("revocations" in (await (await reopen()).list(ref.binding))[0]!), "none left: none stored");
+  });
+
+  it("contract: refuses a change of the account or ref, a key listed twice, a key it has no seed for, or no slot; nothing changes", async () => {
+    const { store, reopen, bindings } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 42 };
+    const keys = await store.ensure(ref, ["ci", "deploy"], 1_000);
+    await store.update(ref, prepare("ci", 2_000));
+    const before = await store.list(ref.binding);
+    const stranger = NKeyPair.generate("account").publicKey;
+    const bad: Array<[string, SlotChange]> = [
+      ["another account key", (slot) => ({ ...slot, account: stranger })],
+      ["another ref", (slot) => ({ ...slot, ref: { ...slot.ref, projectId: 43 } })],
+      ["one key for two roles", (slot) => ({ ...slot, roles: { ...slot.roles, deploy: slot.roles.ci! } })],
+      [
+        "the active key of one role prepared for another",
+        (slot) => ({
+          ...slot,
+          rotation: { ...slot.rotation, deploy: { prepared: { key: slot.roles.ci!, since: 1 } } },
+        }),
+      ],
+      [
+        "a generated key listed twice",
+        (slot, generate) => {
+          const key = generate();
+          return {
+            ...slot,
+            rotation: {
+              ci: { prepared: { key, since: 1 } },
+              deploy: { retiring: [{ key, since: 1, notBefore: 2 }] },
+            },
+          };
+        },
+      ],
+      ["a key it has no seed for", (slot) => ({ ...slot, roles: { ...slot.roles, ci: stranger } })],
+      [
+        "rotation state of a role without a key",
+        (slot) => ({ ...slot, rotation: { ops: { activeSince: 1 } } }),
+      ],
+    ];
+    for (const [what, change] of bad) {
+      await assert.rejects(store.update(ref, change), Error, what);
+      for (const reader of [store, await reopen()])
+        assert.deepEqual(await reader.list(ref.binding), before, `${what}: nothing changed`);
+    }
+    assert.equal((await store.get(ref))?.roleKeys.get("ci")?.publicKey, keys.roles.ci);
+    await assert.rejects(
+      store.update({ ...ref, projectId: 999 }, (slot) => slot),
+      KeyStoreError,
+    );
+    assert.equal(await store.get({ ...ref, projectId: 999 }), undefined, "update makes no slot");
+  });
+
+  it("contract: concurrent updates of one slot never lose a change", async () => {
+    const { store, reopen, bindings } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 42 };
+    await store.ensure(ref, ["ci"]);
+    const users = Array.from({ length: 8 }, () => NKeyPair.generate("user").publicKey);
+    await Promise.all([
+      ...users.map((user, i) => store.update(ref, revoke({ [user]: i + 1 }))),
+      store.update(ref, prepare("ci", 5)),
+      store.ensure(ref, ["ci", "deploy"], 6),
+    ]);
+    for (const reader of [store, await reopen()]) {
+      const [slot] = await reader.list(ref.binding);
+      assert.deepEqual(Object.keys(slot?.revocations ?? {}).sort(), [...users].sort());
+      assert.ok(slot?.rotation?.ci?.prepared, "the prepared key is there too");
+      assert.deepEqual(slot?.rotation?.deploy, { activeSince: 6 });
+    }
+  });
+
+  it("contract: shows no seed of any key (active, prepared, retiring, discarded) in what it lists, returns or renders", async () => {
+    const { store, bindings, storedSeed } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 5, environment: "prod" };
+    const results: unknown[] = [await store.ensure(ref, ["ci", "deploy"], 1)];
+    results.push(await store.update(ref, prepare("ci", 2)));
+    results.push(await store.update(ref, activate("ci", 3, 4)));
+    results.push(await store.update(ref, prepare("ci", 5)));
+    results.push(await store.update(ref, prepare("deploy", 2)));
+    const deployOld = (await store.get(ref))!.roles.deploy!;
+    results.push(await store.update(ref, activate("deploy", 3, 4)));
+    results.push(await store.update(ref, retire("deploy", deployOld)));
+    results.push(await store.get(ref), await store.list(bindings[0]));
+    const slot = (await store.list(bindings[0]))[0]!;
+    assert.ok(
+      slot.rotation?.ci?.prepared && slot.rotation.ci.retiring?.length === 1 && slot.discard?.length === 1,
+    );
+    const keys = [...namedKeys(slot), ...slot.discard];
+    const seeds = await Promise.all(keys.map((key) => storedSeed(ref, key)));
+    const renderings = results.flatMap((r) => [JSON.stringify(r), inspect(r, { depth: 10 })]).join("\n");
+    for (const [i, seed] of seeds.entries()) {
+      assert.ok(seed, `the seed of ${keys[i]} is stored`);
+      assert.ok(!renderings.includes(seed), `the seed of ${keys[i]} is shown`);
+    }
   });
 }

@@ -18,11 +18,20 @@ import {
   type SecretCache,
 } from "../../src/k8s/secret-keystore.ts";
 import type { AccountKeys, AccountRef, UntrustedSlot } from "../../src/keystore/port.ts";
+import { encodeWithChecksum } from "../../src/nats/encoding.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 
 const SEED_SHAPE = /S[OAUNCPX][A-Z2-7]{56}/;
 const finance = NKeyPair.generate("account");
 const attacker = NKeyPair.generate("account");
+
+/** A well-formed user public key, without making a key pair (thousands are needed). */
+function userKey(): string {
+  const bytes = new Uint8Array(33);
+  bytes[0] = 20 << 3;
+  crypto.getRandomValues(bytes.subarray(1));
+  return encodeWithChecksum(bytes);
+}
 
 function seedText(key: NKeyPair): string {
   return new TextDecoder().decode(key.getSeed());
@@ -135,7 +144,8 @@ describe("DirectoryKeyStore trusts only slots whose seeds derive their keys", ()
     ({ untrusted } = await listed(store));
     assert.match(untrusted[0]!.message, /account: /);
 
-    await writeFile(slot2, `{"ref":${JSON.stringify(ref(2))},"pad":"${"x".repeat(2_100_000)}"}`);
+    // The bound leaves room for 10,000 revocations (~800 KB).
+    await writeFile(slot2, `{"ref":${JSON.stringify(ref(2))},"pad":"${"x".repeat(2_200_000)}"}`);
     ({ untrusted } = await listed(store));
     assert.match(untrusted[0]!.message, /is larger than 2097152 bytes/);
     assert.deepEqual(
@@ -276,6 +286,213 @@ describe("SecretKeyStore trusts only Secrets whose seeds derive their annotation
     // Released (no owner) is fine: deletionPolicy Retain drops the ownerReference.
     secret.metadata!.ownerReferences = [];
     assert.doesNotThrow(() => checkAccountSecret(secret));
+  });
+
+  const b64 = (text: string): string => Buffer.from(text).toString("base64");
+  const user = NKeyPair.generate("user").publicKey;
+
+  /** A Secret natsbind could have written mid-rotation: ci has a prepared and a retiring key. */
+  function rotating(): {
+    secret: V1Secret;
+    keys: ReturnType<typeof own>;
+    prepared: NKeyPair;
+    retiring: NKeyPair;
+  } {
+    const keys = own();
+    const prepared = NKeyPair.generate("account");
+    const retiring = NKeyPair.generate("account");
+    const secret = secretOf(keys);
+    secret.metadata!.annotations!["natsbind.io/rotation"] = JSON.stringify({
+      ci: {
+        activeSince: 1,
+        prepared: { key: prepared.publicKey, since: 2 },
+        retiring: [{ key: retiring.publicKey, since: 1, notBefore: 3 }],
+      },
+    });
+    secret.data![`key-${prepared.publicKey}.nk`] = b64(seedText(prepared));
+    secret.data![`key-${retiring.publicKey}.nk`] = b64(seedText(retiring));
+    secret.data!["revocations.json"] = b64(JSON.stringify({ [user]: 5, "*": 6 }));
+    return { secret, keys, prepared, retiring };
+  }
+
+  it("accepts a Secret mid-rotation whose every named key has its seed", () => {
+    const { secret, keys, prepared, retiring } = rotating();
+    const discarded = NKeyPair.generate("account").publicKey;
+    secret.metadata!.annotations!["natsbind.io/discard"] = JSON.stringify([discarded]);
+    assert.deepEqual(checkAccountSecret(secret), {
+      ref,
+      account: keys.account.publicKey,
+      roles: { ci: keys.roles.ci.publicKey },
+      rotation: {
+        ci: {
+          activeSince: 1,
+          prepared: { key: prepared.publicKey, since: 2 },
+          retiring: [{ key: retiring.publicKey, since: 1, notBefore: 3 }],
+        },
+      },
+      revocations: { [user]: 5, "*": 6 },
+      discard: [discarded],
+    });
+  });
+
+  it("refuses a prepared or retiring key without its seed, or with the seed of another key", () => {
+    const cases: Array<
+      [(r: ReturnType<typeof rotating>) => void, (r: ReturnType<typeof rotating>) => RegExp]
+    > = [
+      [
+        (r) => delete r.secret.data![`key-${r.prepared.publicKey}.nk`],
+        (r) => new RegExp(`names ${r.prepared.publicKey} but has no key-${r.prepared.publicKey}.nk`),
+      ],
+      [
+        (r) => delete r.secret.data![`key-${r.retiring.publicKey}.nk`],
+        (r) => new RegExp(`names ${r.retiring.publicKey} but has no key-${r.retiring.publicKey}.nk`),
+      ],
+      [
+        (r) => (r.secret.data![`key-${r.retiring.publicKey}.nk`] = b64(seedText(attacker))),
+        (r) =>
+          new RegExp(
+            `key-${r.retiring.publicKey}.nk holds the seed of ${attacker.publicKey}, not ${r.retiring.publicKey}`,
+          ),
+      ],
+      [
+        // The attacker's key as the prepared key, with the attacker's seed under a role's file name.
+        (r) => {
+          const rotation = JSON.parse(r.secret.metadata!.annotations!["natsbind.io/rotation"]!);
+          rotation.ci.prepared.key = attacker.publicKey;
+          r.secret.metadata!.annotations!["natsbind.io/rotation"] = JSON.stringify(rotation);
+          r.secret.data!["role-ops.nk"] = b64(seedText(attacker));
+        },
+        () => new RegExp(`names ${attacker.publicKey} but has no key-${attacker.publicKey}.nk`),
+      ],
+      [
+        (r) => (r.secret.data![`key-${r.prepared.publicKey}.nk`] = b64(seedText(NKeyPair.generate("user")))),
+        (r) => new RegExp(`key-${r.prepared.publicKey}.nk`),
+      ],
+    ];
+    for (const [change, pattern] of cases) {
+      const r = rotating();
+      change(r);
+      rejects(r.secret, pattern(r));
+    }
+  });
+
+  it("refuses malformed, oversized or inconsistent rotation and discard annotations, never showing a seed", () => {
+    const rotationOf = (value: unknown) => (s: V1Secret) =>
+      (s.metadata!.annotations!["natsbind.io/rotation"] =
+        typeof value === "string" ? value : JSON.stringify(value));
+    const discardOf = (value: unknown) => (s: V1Secret) =>
+      (s.metadata!.annotations!["natsbind.io/discard"] =
+        typeof value === "string" ? value : JSON.stringify(value));
+    const seed = seedText(attacker);
+    const cases: Array<[(s: V1Secret, active: string) => void, RegExp]> = [
+      [rotationOf("{"), /annotation natsbind.io\/rotation is not JSON/],
+      [rotationOf([]), /annotation natsbind.io\/rotation: \(top level\): /],
+      [rotationOf({ ops: { activeSince: 1 } }), /rotation: role ops has no active key in natsbind.io\/roles/],
+      [rotationOf({ ci: { activeSince: -1 } }), /rotation: ci.activeSince: /],
+      [rotationOf({ ci: { activeSince: "1" } }), /rotation: ci.activeSince: /],
+      [rotationOf({ ci: { owner: "attacker" } }), /rotation: ci: unknown field\(s\) owner/],
+      [rotationOf({ ci: { [seed]: 1 } }), /rotation: ci: unknown field\(s\) \(key\)/],
+      [
+        rotationOf({ ci: { prepared: { key: seed, since: 1 } } }),
+        /rotation: ci.prepared.key: not an account public key/,
+      ],
+      [rotationOf({ [seed]: { activeSince: 1 } }), /rotation: \(key\): /],
+      [
+        rotationOf({
+          ci: {
+            retiring: Array.from({ length: 17 }, () => ({ key: attacker.publicKey, since: 1, notBefore: 1 })),
+          },
+        }),
+        /rotation: ci.retiring: /,
+      ],
+      [rotationOf("x".repeat(140_000)), /annotation natsbind.io\/rotation is larger than 131072 characters/],
+      [rotationOf(`${"[".repeat(100)}`), /rotation nests deeper than 64 levels/],
+      [
+        (s, active) => rotationOf({ ci: { prepared: { key: active, since: 1 } } })(s),
+        /names key A[A-Z2-7]{55} twice/,
+      ],
+      [discardOf({}), /annotation natsbind.io\/discard: \(top level\): /],
+      [discardOf([seed]), /discard: 0: not an account public key/],
+      [discardOf(Array.from({ length: 257 }, () => attacker.publicKey)), /discard: \(top level\): /],
+      [discardOf("x".repeat(20_000)), /discard is larger than 16384 characters/],
+      [
+        (s, active) => discardOf([active])(s),
+        /annotation natsbind.io\/discard lists A[A-Z2-7]{55}, which the slot names/,
+      ],
+      [
+        discardOf([attacker.publicKey, attacker.publicKey]),
+        /discard lists A[A-Z2-7]{55}, which the slot names/,
+      ],
+    ];
+    for (const [change, pattern] of cases) {
+      const keys = own();
+      const secret = secretOf(keys);
+      change(secret, keys.roles.ci.publicKey);
+      rejects(secret, pattern);
+    }
+  });
+
+  it("refuses an oversized or mistyped revocations.json, never showing what it holds", () => {
+    const seed = seedText(attacker);
+    const many = Object.fromEntries(Array.from({ length: 10_001 }, () => [userKey(), 1]));
+    const cases: Array<[string, RegExp]> = [
+      ["x".repeat(900_000), /revocations.json is larger than 819200 bytes/],
+      ["{", /revocations.json is not JSON/],
+      ["[]", /revocations.json: \(top level\): /],
+      [JSON.stringify({ [user]: -1 }), new RegExp(`revocations.json: ${user}: `)],
+      [JSON.stringify({ [user]: "1" }), new RegExp(`revocations.json: ${user}: `)],
+      [JSON.stringify({ [user]: 1.5 }), new RegExp(`revocations.json: ${user}: `)],
+      [JSON.stringify({ [attacker.publicKey]: 1 }), /revocations.json: .*not a user public key or "\*"/],
+      [JSON.stringify({ [seed]: 1 }), /revocations.json: \(key\): .*not a user public key or "\*"/],
+      [JSON.stringify({ [seed]: "x" }), /revocations.json: \(key\)/],
+      [JSON.stringify(many), /revocations.json: \(top level\): more than 10000 entries/],
+      [`{"a":${"[".repeat(100)}`, /revocations.json nests deeper than 64 levels/],
+    ];
+    for (const [text, pattern] of cases) {
+      const secret = secretOf(own());
+      secret.data!["revocations.json"] = b64(text);
+      rejects(secret, pattern);
+    }
+  });
+
+  it("list() reports a Secret with forged rotation state and leaves it out; get() refuses it", async () => {
+    const good = rotating();
+    const forged = rotating();
+    forged.secret.metadata!.name = accountSecretName({ ...ref, projectId: 8 });
+    forged.secret.metadata!.labels = accountSecretLabels({ ...ref, projectId: 8 });
+    delete forged.secret.data![`key-${forged.prepared.publicKey}.nk`];
+    const objects = [good.secret, forged.secret];
+    const store = new SecretKeyStore({
+      kubeConfig: {} as KubeConfig,
+      core: {} as CoreV1Api,
+      secrets: {
+        hasSynced: () => true,
+        get: (namespace, name) =>
+          objects.find((o) => o.metadata?.namespace === namespace && o.metadata?.name === name),
+        list: (namespace) => objects.filter((o) => o.metadata?.namespace === namespace),
+        upsert: () => undefined,
+        forget: () => undefined,
+      },
+      owner: () => undefined,
+    });
+    const untrusted: UntrustedSlot[] = [];
+    const slots = await store.list(ref.binding, untrusted);
+    assert.deepEqual(
+      slots.map((s) => s.rotation?.ci?.prepared?.key),
+      [good.prepared.publicKey],
+    );
+    assert.deepEqual(
+      untrusted.map((u) => [u.source, u.ref?.projectId]),
+      [[`Secret ${ns}/${forged.secret.metadata!.name}`, 8]],
+    );
+    assert.match(untrusted[0]!.message, new RegExp(`has no key-${forged.prepared.publicKey}.nk`));
+    assertNoSeed(untrusted);
+    await assert.rejects(store.get({ ...ref, projectId: 8 }), KeyStoreError);
+    await assert.rejects(
+      store.update({ ...ref, projectId: 8 }, (s) => s),
+      KeyStoreError,
+    );
+    await store.forget({ ...ref, projectId: 8 }, [forged.prepared.publicKey]); // no-op: no request made
   });
 
   it("list() leaves forged Secrets out and reports them by name; the binding's other slots stay", async () => {

@@ -7,11 +7,17 @@ import { createHash } from "node:crypto";
 import { DirectoryKeyStore, KeyStoreError } from "../../src/keystore/directory.ts";
 import { accountSecretLabels, accountSecretName, labelValue } from "../../src/k8s/secret-keystore.ts";
 import { keyStoreContract } from "../support/keystore-contract.ts";
-import { KeyDirectoryModeError, secureKeyDirectory } from "../../src/store/key-directory.ts";
+import { KeyDirectory, KeyDirectoryModeError, secureKeyDirectory } from "../../src/store/key-directory.ts";
 
 let root: string;
 let n = 0;
 const freshDir = (): string => join(root, `store-${++n}`);
+
+/** The seed file of `publicKey` in a key directory (KeyDirectory checks that it derives the key). */
+async function storedSeed(dir: string, publicKey: string): Promise<string | undefined> {
+  const key = await new KeyDirectory(dir).load(publicKey);
+  return key && new TextDecoder().decode(key.getSeed());
+}
 
 before(async () => {
   root = await mkdtemp(join(tmpdir(), "natsbind-keystore-"));
@@ -39,6 +45,7 @@ describe("DirectoryKeyStore", () => {
           store: new DirectoryKeyStore(dir),
           reopen: async () => new DirectoryKeyStore(dir),
           bindings: ["natsbind/acme-ci", "natsbind/other"],
+          storedSeed: (_ref, publicKey) => storedSeed(dir, publicKey),
         };
       },
     });
@@ -52,6 +59,7 @@ describe("DirectoryKeyStore", () => {
           store: new DirectoryKeyStore(dir, { owner: true }),
           reopen: async () => new DirectoryKeyStore(dir, { owner: true }),
           bindings: ["natsbind/acme-ci", "natsbind/other"],
+          storedSeed: (_ref, publicKey) => storedSeed(dir, publicKey),
         };
       },
     });
