@@ -317,11 +317,13 @@ export class DirectoryKeyStore implements KeyStore {
       const named = new Set(namedKeys(current));
       const gone = (current.discard ?? []).filter((k) => keys.includes(k) && !named.has(k));
       if (gone.length === 0) return;
-      // The slot first: a crash then leaves seeds no slot names, never a slot naming a lost seed.
+      // Seeds first, then the slot: a crash in between leaves the keys in `discard`, which no JWT
+      // lists and nothing signs with, and the next forget() deletes what is left. The other order
+      // left the seeds of retired keys behind for good (no slot named them any more).
+      for (const key of gone) await this.#seeds.remove(key);
       const { discard: _d, ...rest } = current;
       const left = (current.discard ?? []).filter((k) => !gone.includes(k));
       await this.#writeSlot(path, left.length > 0 ? { ...rest, discard: left } : rest);
-      for (const key of gone) await this.#seeds.remove(key);
     });
   }
 

@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { DirectoryKeyStore, KeyStoreError } from "../../src/keystore/directory.ts";
 import { accountSecretLabels, accountSecretName, labelValue } from "../../src/k8s/secret-keystore.ts";
 import { keyStoreContract } from "../support/keystore-contract.ts";
+import { changeActivate, changePrepare, changeRetire } from "../../src/rotation/phases.ts";
 import { KeyDirectory, KeyDirectoryModeError, secureKeyDirectory } from "../../src/store/key-directory.ts";
 
 let root: string;
@@ -63,6 +64,30 @@ describe("DirectoryKeyStore", () => {
         };
       },
     });
+  });
+
+  it("forget() cut short before a seed is deleted leaves the key in discard: the next forget() deletes it, no retired seed stays behind", async () => {
+    const dir = freshDir();
+    const store = new DirectoryKeyStore(dir, { owner: true });
+    await store.ensure(ref, ["ci"], 1_000);
+    await store.update(ref, changePrepare("ci", 2_000));
+    const active = await store.update(ref, changeActivate("ci", 3_000, { overlapMs: 1_000 }));
+    const old = active.rotation!.ci!.retiring![0]!.key;
+    await store.update(ref, changeRetire("ci", [old]));
+    // The removal of the seed fails (rm refuses a non-empty directory), as if natsbind died there.
+    const seedPath = join(dir, `${old}.nk`);
+    const seed = await readFile(seedPath, "utf8");
+    await rm(seedPath);
+    await mkdir(join(seedPath, "x"), { recursive: true });
+    await assert.rejects(store.forget(ref, [old]));
+    await rm(seedPath, { recursive: true });
+    await writeFile(seedPath, seed, { mode: 0o600 });
+    const [slot] = await new DirectoryKeyStore(dir).list(ref.binding);
+    assert.deepEqual(slot!.discard, [old], "still to be forgotten");
+    await store.forget(ref, [old]);
+    assert.equal(await storedSeed(dir, old), undefined, "the retired key's seed is gone");
+    const [after] = await new DirectoryKeyStore(dir).list(ref.binding);
+    assert.ok(!("discard" in after!));
   });
 
   it("writes three seed files for an account with two roles, and nothing when the keys exist", async () => {
