@@ -9,7 +9,7 @@ import { NKeyPair } from "../../src/nats/keys.ts";
 import { NatsResolver, type AccountConnection } from "../../src/nats/resolver.ts";
 import { startNatsCluster, type NatsCluster } from "../support/nats-server.ts";
 import { createTestOperator, projectAccount, roleUserCreds, type TestOperator } from "../support/operator.ts";
-import { waitFor } from "../support/process.ts";
+import { httpGet, waitFor } from "../support/process.ts";
 
 const TIMEOUT = { timeout: 120_000 };
 
@@ -174,6 +174,27 @@ describe("resolver connections() on a 3-node cluster", TIMEOUT, () => {
     await resolver.push(idle.jwt);
     assert.deepEqual(await resolver.connections(idle.account.publicKey), []);
     assert.deepEqual(await resolver.connections(NKeyPair.generate("account").publicKey), []);
+  });
+
+  it("leaves an account without connections unloaded on every server (CONNZ would make each fetch and keep it)", async () => {
+    // A server answers CONNZ of an account by fetching it from its resolver and keeping it loaded,
+    // connected or not: asking it for every account whose key retires made every server hold every
+    // account (10,000 accounts: ~400 MB on one server, and each push to them ~20x slower).
+    const idle = projectAccount(op, "group/never-connected");
+    await resolver.push(idle.jwt);
+    const loaded = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for (const server of cluster.servers) {
+        const accountz = JSON.parse((await httpGet(`${server.monitorUrl}/accountz`)).body) as {
+          accounts?: string[];
+        };
+        if ((accountz.accounts ?? []).includes(idle.account.publicKey)) out.push(server.name);
+      }
+      return out;
+    };
+    assert.deepEqual(await loaded(), [], "a push alone loads nothing");
+    assert.deepEqual(await resolver.connections(idle.account.publicKey), []);
+    assert.deepEqual(await loaded(), [], "no server loaded the account to answer");
   });
 
   it("refuses a key that is not an account key, and an account over maxConnections", async () => {
