@@ -199,7 +199,7 @@ describe("runbooks (docs/runbooks)", { concurrency: 1 }, () => {
   });
 
   for (const file of files) {
-    it(file, { timeout: 240_000 }, async () => {
+    it(file, { timeout: 360_000 }, async () => {
       const runbook: Runbook = parseRunbook(file, await readFile(join(RUNBOOKS, file), "utf8"));
       const kubernetes = runbook.variables.has("KUBECONFIG");
       if (kubernetes) assert.ok(hasToolBinary("kubectl"), 'kubectl not found: run "make tools"');
@@ -223,7 +223,15 @@ describe("runbooks (docs/runbooks)", { concurrency: 1 }, () => {
         const variables = Object.fromEntries(
           [...runbook.variables.keys()].map((v) => [v, env.variables[v]!]),
         );
-        const run = await runRunbook(runbook, { variables, path: env.path, env: env.env, cwd: env.dir });
+        // Above the runbooks' own deadlines (60 s per wait), so a wait that gives up is reported
+        // as its block's failure rather than as a killed run.
+        const run = await runRunbook(runbook, {
+          variables,
+          path: env.path,
+          env: env.env,
+          cwd: env.dir,
+          timeoutMs: 240_000,
+        });
         if (process.env.RUNBOOK_VERBOSE === "1")
           for (const b of run.blocks)
             console.log(
