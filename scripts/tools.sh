@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Builds the real servers the tests run against (and kubectl, which runs the runbooks' Kubernetes
+# Builds the real servers the tests run against (and kubectl and jq, which run the runbooks'
 # steps), from the Go module proxy, and links them into .cache/bin. Builds are cached per version
 # outside the repo (NATSBIND_TOOLS_CACHE, default ~/.cache/natsbind/<tool>-<version>) so a fresh
 # clone on the same machine reuses them.
-# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver|kubectl ...]   (default: all)
+# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver|kubectl|jq ...]   (default: all)
 set -euo pipefail
 
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-v2.15.2}"
 NSC_VERSION="${NSC_VERSION:-v2.12.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.37.2}"
+GOJQ_VERSION="${GOJQ_VERSION:-v0.12.17}"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${NATSBIND_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/natsbind}"
@@ -69,7 +70,7 @@ build_kubernetes_cmd() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver kubectl)
+[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver kubectl jq)
 for tool in "${tools[@]}"; do
   case "$tool" in
     nats-server) build_module nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" ;;
@@ -77,6 +78,8 @@ for tool in "${tools[@]}"; do
     etcd) build_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ;;
     kube-apiserver) build_kubernetes_cmd kube-apiserver ;;
     kubectl) build_kubernetes_cmd kubectl ;;
-    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver kubectl)" >&2; exit 2 ;;
+    # The runbooks use jq; gojq (jq in Go) so a machine without Debian's jq runs them too.
+    jq) build_module jq github.com/itchyny/gojq "$GOJQ_VERSION" github.com/itchyny/gojq/cmd/gojq ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver kubectl jq)" >&2; exit 2 ;;
   esac
 done
