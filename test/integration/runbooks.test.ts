@@ -53,6 +53,7 @@ const PROMISES: Record<string, (env: RunbookEnvironment, before: Before) => Prom
   },
   // Without a backup: the project gets a new account, the old one is deleted from every server;
   // the other projects keep theirs.
+  "rotate-account-signing-keys.md": (env, before) => assertRotatedOneRoleKey(env, before),
   "lost-account-keys.md": async (env, before) => {
     const project = env.projectIds[0]!;
     const held = await env.serverAccounts();
@@ -69,6 +70,36 @@ const PROMISES: Record<string, (env: RunbookEnvironment, before: Before) => Prom
     }
   },
 };
+
+/**
+ * rotate-account-signing-keys.md rotates PROJECT_ID's role key, then replaces it in an emergency, in
+ * both modes: the project keeps its account with a new role key, and credentials its old key issued
+ * no longer connect; the other projects keep their keys and credentials.
+ */
+async function assertRotatedOneRoleKey(env: RunbookEnvironment, before: Before): Promise<void> {
+  const project = env.projectIds[0]!;
+  const modes: Array<[string, Map<number, HeldAccount>, Map<number, HeldAccount>]> = [
+    ["local", before.local, await env.localAccounts()],
+  ];
+  if (env.kubernetes) modes.push(["kubernetes", before.kube, await env.kubeAccounts()]);
+  for (const [mode, was, now] of modes) {
+    assert.equal(now.get(project)!.account, was.get(project)!.account, `${mode}: the same account`);
+    assert.notEqual(
+      now.get(project)!.roleKey.publicKey,
+      was.get(project)!.roleKey.publicKey,
+      `${mode}: project ${project} has a new role key`,
+    );
+    await assert.rejects(
+      env.assertClientWorks(before.creds.get(`${mode} project ${project}`)!, project, "old creds"),
+      /cannot connect/,
+      `${mode}: credentials of the replaced key are refused`,
+    );
+    for (const id of env.projectIds.slice(1)) {
+      assert.equal(now.get(id)!.roleKey.publicKey, was.get(id)!.roleKey.publicKey, `${mode}: project ${id}`);
+      await env.assertClientWorks(before.creds.get(`${mode} project ${id}`)!, id, `${mode} project ${id}`);
+    }
+  }
+}
 
 async function assertSameAccounts(env: RunbookEnvironment, before: Before): Promise<void> {
   const keys = (m: Map<number, HeldAccount>) => [...m].map(([id, a]) => [id, a.account, a.roleKey.publicKey]);
