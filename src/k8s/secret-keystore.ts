@@ -19,9 +19,8 @@
  * Annotations: natsbind.io/binding=<exact binding name>, natsbind.io/account=<account public key>,
  *   natsbind.io/roles=<JSON {role: active signing public key}>, natsbind.io/environment=<exact
  *   environment name> (environment slots only), and while there is such state:
- *   natsbind.io/rotation=<JSON {role: {activeSince?, emergencyAt?, prepared?: {key, since},
- *   retiring?: [{key, since, notBefore}]}}> (times in ms since the epoch; at most 16 retiring keys
- *   per role, 128 KiB)
+ *   natsbind.io/rotation=<JSON {role: {activeSince?, prepared?: {key, since}, retiring?: [{key,
+ *   since, notBefore}]}}> (times in ms since the epoch; at most 16 retiring keys per role, 128 KiB)
  *   and natsbind.io/discard=<JSON [public key]> (keys no longer named whose seeds are still
  *   stored, until forget(); at most 256, 16 KiB). The slot is read from these, not from the
  *   ownerReference, so a Secret released from its binding (release(), for deletionPolicy Retain)
@@ -225,7 +224,6 @@ const rotationSchema = z.record(
   z.string().regex(ROLE, "not a DNS label"),
   z.strictObject({
     activeSince: epochMs.optional(),
-    emergencyAt: epochMs.optional(),
     prepared: z.strictObject({ key: signingKey, since: epochMs }).optional(),
     retiring: z
       .array(z.strictObject({ key: signingKey, since: epochMs, notBefore: epochMs }))

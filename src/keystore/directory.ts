@@ -53,7 +53,6 @@ const slotSchema = z.strictObject({
       z.string().min(1).max(63),
       z.strictObject({
         activeSince: epochMs.optional(),
-        emergencyAt: epochMs.optional(),
         prepared: z.strictObject({ key: publicKey, since: epochMs }).optional(),
         retiring: z
           .array(z.strictObject({ key: publicKey, since: epochMs, notBefore: epochMs }))

@@ -36,12 +36,6 @@ export interface RoleRotation {
   prepared?: { key: string; since: number };
   /** Former active keys, oldest first. */
   retiring?: RetiringKey[];
-  /**
-   * When an emergency rotation last replaced every key of the role at once (ms): every key the role
-   * has was generated after it, so an emergency request dated at or before it is done, however many
-   * rotations followed (their retiring keys are not the leaked ones).
-   */
-  emergencyAt?: number;
 }
 
 /** What may be shown and stored anywhere: public keys only. */

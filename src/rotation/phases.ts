@@ -104,9 +104,6 @@ export function covers(trigger: RotationTrigger, slot: StoredAccount, role: stri
 export function satisfied(trigger: RotationTrigger, state: RoleRotation | undefined): boolean {
   const since = state?.activeSince;
   if (trigger.emergency) {
-    // Done once an emergency rotation ran after it: the request (an annotation, a request file)
-    // stays, and the retiring key of a later rotation must not make it cut off users again.
-    if ((state?.emergencyAt ?? -1) >= trigger.at) return true;
     return (
       since !== undefined &&
       since >= trigger.at &&
@@ -235,7 +232,6 @@ export function changeActivate(role: string, now: number, limits: RotationLimits
     const activated = withRole({ ...slot, roles: { ...slot.roles, [role]: state.prepared.key } }, role, {
       activeSince: now,
       retiring,
-      ...(state.emergencyAt !== undefined ? { emergencyAt: state.emergencyAt } : {}),
     });
     return activated;
   };
@@ -256,10 +252,7 @@ export function changeRetire(role: string, keys: readonly string[]) {
 export function changeEmergency(role: string, now: number) {
   return (slot: StoredAccount, generate: () => string): StoredAccount | undefined => {
     if (slot.roles[role] === undefined) return undefined;
-    return withRole({ ...slot, roles: { ...slot.roles, [role]: generate() } }, role, {
-      activeSince: now,
-      emergencyAt: now,
-    });
+    return withRole({ ...slot, roles: { ...slot.roles, [role]: generate() } }, role, { activeSince: now });
   };
 }
 

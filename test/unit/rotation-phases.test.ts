@@ -89,7 +89,7 @@ describe("rotation phases", () => {
     assert.deepEqual(listedRoleKeys(s, "ci"), [s.roles.ci]);
     assert.deepEqual([...s.discard!].sort(), [...victims].sort());
     assert.equal(s.roles.deploy, deploy);
-    assert.deepEqual(s.rotation!.ci, { activeSince: T0 + 3 * DAY, emergencyAt: T0 + 3 * DAY });
+    assert.deepEqual(s.rotation!.ci, { activeSince: T0 + 3 * DAY });
   });
 
   it("adopts a slot of unknown age without changing keys, and changes nothing twice", () => {
@@ -180,43 +180,6 @@ describe("rotation phases", () => {
     );
     const cleared = apply(rotated, changeEmergency("ci", T0 + DAY));
     assert.ok(satisfied(e, cleared.rotation!.ci));
-  });
-  it("an emergency request left in place (annotation, request file) does not fire again at later rotations", () => {
-    let s = slot();
-    const e = { at: T0 + DAY, emergency: true };
-    const base = { role: "ci", policy, triggers: [e], inSync: true };
-    assert.deepEqual(decide({ ...base, slot: s, now: T0 + DAY }).steps, [{ kind: "emergency" }]);
-    s = apply(s, changeEmergency("ci", T0 + DAY + 5));
-    assert.ok(satisfied(e, s.rotation!.ci));
-    // The next scheduled rotation: a retiring key appears, which is not the leaked one.
-    const later = dueAt(s, "ci", policy)!;
-    assert.deepEqual(decide({ ...base, slot: s, now: later }).steps, [
-      { kind: "prepare", cause: "scheduled" },
-    ]);
-    s = apply(s, changePrepare("ci", later));
-    s = apply(s, changeActivate("ci", later, limits));
-    assert.equal(s.rotation!.ci!.emergencyAt, T0 + DAY + 5, "activation keeps when the last emergency ran");
-    assert.ok(satisfied(e, s.rotation!.ci));
-    assert.deepEqual(
-      decide({ ...base, slot: s, now: later + 1 }).steps,
-      [],
-      "no second emergency: the retiring key was made after the request",
-    );
-    const retiring = s.rotation!.ci!.retiring![0]!.key;
-    s = apply(s, changeRetire("ci", [retiring]));
-    assert.equal(s.rotation!.ci!.emergencyAt, T0 + DAY + 5);
-    // A newer emergency request still fires.
-    const e2 = { at: later + 2, emergency: true };
-    assert.deepEqual(decide({ ...base, slot: s, now: later + 2, triggers: [e, e2] }).steps, [
-      { kind: "emergency" },
-    ]);
-    // A rotation activated after the request without an emergency in between (the request arrived
-    // while a reconcile was under way) is not mistaken for one: the old keys still go.
-    let raced = slot();
-    raced = apply(raced, changePrepare("ci", T0 + DAY - 10));
-    raced = apply(raced, changeActivate("ci", T0 + DAY + 1, limits));
-    assert.equal(satisfied(e, raced.rotation!.ci), false);
-    assert.deepEqual(decide({ ...base, slot: raced, now: T0 + DAY + 2 }).steps, [{ kind: "emergency" }]);
   });
 });
 
