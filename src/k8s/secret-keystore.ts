@@ -20,7 +20,8 @@
  *   natsbind.io/roles=<JSON {role: active signing public key}>, natsbind.io/environment=<exact
  *   environment name> (environment slots only), and while there is such state:
  *   natsbind.io/rotation=<JSON {role: {activeSince?, prepared?: {key, since}, retiring?: [{key,
- *   since, notBefore}]}}> (times in ms since the epoch; at most 16 retiring keys per role, 128 KiB)
+ *   since, notBefore}], emergencyAt?}}> (times in ms since the epoch; at most 16 retiring keys per
+ *   role, 128 KiB)
  *   and natsbind.io/discard=<JSON [public key]> (keys no longer named whose seeds are still
  *   stored, until forget(); at most 256, 16 KiB). The slot is read from these, not from the
  *   ownerReference, so a Secret released from its binding (release(), for deletionPolicy Retain)
@@ -229,6 +230,7 @@ const rotationSchema = z.record(
       .array(z.strictObject({ key: signingKey, since: epochMs, notBefore: epochMs }))
       .max(MAX_RETIRING)
       .optional(),
+    emergencyAt: epochMs.optional(),
   }),
 );
 const discardSchema = z.array(signingKey).max(MAX_DISCARD);

@@ -58,6 +58,7 @@ const slotSchema = z.strictObject({
           .array(z.strictObject({ key: publicKey, since: epochMs, notBefore: epochMs }))
           .max(MAX_RETIRING)
           .optional(),
+        emergencyAt: epochMs.optional(),
       }),
     )
     .optional(),

@@ -36,6 +36,12 @@ export interface RoleRotation {
   prepared?: { key: string; since: number };
   /** Former active keys, oldest first. */
   retiring?: RetiringKey[];
+  /**
+   * When the last emergency rotation replaced every key of the role at once (ms since the epoch):
+   * no key that existed before then is left, whatever rotated since. An emergency trigger dated at
+   * or before it is done.
+   */
+  emergencyAt?: number;
 }
 
 /** What may be shown and stored anywhere: public keys only. */

@@ -104,6 +104,11 @@ export function covers(trigger: RotationTrigger, slot: StoredAccount, role: stri
 export function satisfied(trigger: RotationTrigger, state: RoleRotation | undefined): boolean {
   const since = state?.activeSince;
   if (trigger.emergency) {
+    // An emergency since `at` replaced every key there was; keys rotated in later retire normally
+    // (without this, every later rotation's retiring key read as a leaked one: the trigger fired
+    // again at each rotation and cut off the old key's users during their overlap).
+    if (state?.emergencyAt !== undefined && state.emergencyAt >= trigger.at) return true;
+    // Otherwise (a slot made after the trigger): nothing older than `at` may be listed.
     return (
       since !== undefined &&
       since >= trigger.at &&
@@ -232,6 +237,7 @@ export function changeActivate(role: string, now: number, limits: RotationLimits
     const activated = withRole({ ...slot, roles: { ...slot.roles, [role]: state.prepared.key } }, role, {
       activeSince: now,
       retiring,
+      ...(state.emergencyAt !== undefined ? { emergencyAt: state.emergencyAt } : {}),
     });
     return activated;
   };
@@ -252,7 +258,10 @@ export function changeRetire(role: string, keys: readonly string[]) {
 export function changeEmergency(role: string, now: number) {
   return (slot: StoredAccount, generate: () => string): StoredAccount | undefined => {
     if (slot.roles[role] === undefined) return undefined;
-    return withRole({ ...slot, roles: { ...slot.roles, [role]: generate() } }, role, { activeSince: now });
+    return withRole({ ...slot, roles: { ...slot.roles, [role]: generate() } }, role, {
+      activeSince: now,
+      emergencyAt: now,
+    });
   };
 }
 

@@ -89,7 +89,7 @@ describe("rotation phases", () => {
     assert.deepEqual(listedRoleKeys(s, "ci"), [s.roles.ci]);
     assert.deepEqual([...s.discard!].sort(), [...victims].sort());
     assert.equal(s.roles.deploy, deploy);
-    assert.deepEqual(s.rotation!.ci, { activeSince: T0 + 3 * DAY });
+    assert.deepEqual(s.rotation!.ci, { activeSince: T0 + 3 * DAY, emergencyAt: T0 + 3 * DAY });
   });
 
   it("adopts a slot of unknown age without changing keys, and changes nothing twice", () => {
@@ -180,6 +180,43 @@ describe("rotation phases", () => {
     );
     const cleared = apply(rotated, changeEmergency("ci", T0 + DAY));
     assert.ok(satisfied(e, cleared.rotation!.ci));
+  });
+
+  it("an emergency trigger that was applied does not fire again when the role later rotates (its old key retires after the overlap)", () => {
+    // The trigger stays where it was asked (request file, annotation): later rotations must not
+    // read the key they retire as a leaked one, or each of them cuts off that key's users at once.
+    const e = { at: T0 + DAY, emergency: true };
+    const base = { role: "ci", policy, inSync: true, triggers: [e] };
+    let s = apply(slot(), changeEmergency("ci", T0 + DAY));
+    const afterEmergency = s.roles.ci!;
+    const due = dueAt(s, "ci", policy)!;
+    assert.deepEqual(decide({ ...base, slot: s, now: due }).steps, [{ kind: "prepare", cause: "scheduled" }]);
+    s = apply(s, changePrepare("ci", due));
+    assert.deepEqual(decide({ ...base, slot: s, now: due }).steps, [{ kind: "activate" }]);
+    s = apply(s, changeActivate("ci", due, limits));
+    assert.deepEqual(
+      s.rotation!.ci!.retiring!.map((r) => r.key),
+      [afterEmergency],
+    );
+    assert.ok(satisfied(e, s.rotation!.ci), "the emergency stays done");
+    assert.deepEqual(
+      decide({ ...base, slot: s, now: due + 1 }).steps,
+      [],
+      "nothing while the old key retires",
+    );
+    const later = due + limits.overlapMs;
+    assert.deepEqual(
+      decide({ ...base, slot: s, now: later, connections: new Map([[afterEmergency, 0]]) }).steps,
+      [{ kind: "retire", keys: [afterEmergency], forced: [] }],
+      "the old key retires normally",
+    );
+    s = apply(s, changeRetire("ci", [afterEmergency]));
+    assert.ok(satisfied(e, s.rotation!.ci));
+    // A newer emergency trigger still fires.
+    const again = { at: later + 1, emergency: true };
+    assert.deepEqual(decide({ ...base, slot: s, now: later + 1, triggers: [e, again] }).steps, [
+      { kind: "emergency" },
+    ]);
   });
 });
 
