@@ -10,7 +10,8 @@ import { accountsCommand } from "./accounts.ts";
 import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
-import { UsageError } from "./usage.ts";
+import { operatorCommand } from "./operator.ts";
+import { OPERATOR_USAGE, UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
 
@@ -34,7 +35,7 @@ commands:
   gitlab projects --config FILE [--group G]... [--project P]...
         list the projects a scope selects (ids or full paths; groups include subgroups):
         id, namespace id, visibility, path
-  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
+${OPERATOR_USAGE}  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
   status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
 `;
@@ -107,6 +108,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "gitlab":
         await gitlabCommand(rest);
+        return 0;
+      case "operator":
+        await operatorCommand(rest);
         return 0;
       case "run":
         await runCommand(rest);
