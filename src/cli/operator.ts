@@ -106,6 +106,10 @@ export async function operatorCommand(args: string[]): Promise<void> {
         outJwtFile: values["out-jwt"]!,
         outSeedFile: values["out-seed"]!,
       });
+      if (values.json) {
+        process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+        return;
+      }
       console.log(`operator        ${r.operator}`);
       console.log(`new signing key ${r.signingKey}${r.reused ? ` (reused from ${values["out-seed"]})` : ""}`);
       console.log(`signing keys    ${r.signingKeys.join(", ")}`);

@@ -7,7 +7,7 @@ export class UsageError extends NatsbindError {}
 export const OPERATOR_USAGE = `  operator status --config FILE [--json]
         per server the operator signing keys it trusts (its VARZ); per key the accounts it signed
         on the resolver (every server's copy), and what to do next
-  operator add-signing-key --operator-seed FILE --operator-jwt FILE --out-jwt FILE --out-seed FILE
+  operator add-signing-key --operator-seed FILE --operator-jwt FILE --out-jwt FILE --out-seed FILE [--json]
         offline, where the operator identity seed lives: a new operator JWT listing the old and a
         new signing key, and the new key's seed (0600; an existing --out-seed is reused)
   operator activate --config FILE --seed FILE [--all-accounts]

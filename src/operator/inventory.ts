@@ -24,6 +24,7 @@ export interface TrustedOperatorView {
   name: string;
   signingKeys: string[];
   strict: boolean;
+  systemAccount?: string;
 }
 
 /** One server and the operators it trusts (`problem` when its operator JWT did not decode). */
@@ -46,6 +47,7 @@ export function serverTrust(replies: readonly ServerOperators[]): ServerTrust[] 
           name: op.name,
           signingKeys: op.signingKeys,
           strict: op.strict,
+          ...(op.systemAccount ? { systemAccount: op.systemAccount } : {}),
         });
       } catch (err) {
         problem = describeError(err);

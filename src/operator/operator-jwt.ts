@@ -26,6 +26,8 @@ export interface OperatorJwt {
   signingKeys: string[];
   /** nats.strict_signing_key_usage: only signing keys may issue accounts. */
   strict: boolean;
+  /** nats.system_account, when set. */
+  systemAccount?: string;
 }
 
 /**
@@ -60,6 +62,7 @@ export function parseOperatorJwt(text: string, what = "operator JWT"): OperatorJ
     name: typeof claims.name === "string" ? claims.name : "",
     signingKeys: [...(raw as string[])],
     strict: claims.nats.strict_signing_key_usage === true,
+    ...(typeof claims.nats.system_account === "string" ? { systemAccount: claims.nats.system_account } : {}),
   };
 }
 

@@ -450,7 +450,13 @@ export interface SigningKeyStatus {
 
 export interface OperatorStatus {
   operator?: string;
+  /** The operator's system account, as the servers' operator JWT names it. */
+  systemAccount?: string;
   natsbindKey: string;
+  /** nats.operatorSigningKey: the seed file natsbind signs with. */
+  signingKeyFile: string;
+  /** nats.operatorJwt, when configured. */
+  operatorJwtFile?: string;
   previousKey?: string;
   /** Signing keys nats.operatorJwt lists, when configured. */
   operatorJwtKeys?: string[];
@@ -529,9 +535,15 @@ export async function operatorStatus(o: {
     .filter(([k]) => !listed.has(k))
     .map(([key, c]) => ({ key, accounts: c.accounts }))
     .sort((a, b) => (a.key < b.key ? -1 : 1));
+  const systemAccount = operator
+    ? servers.map((s) => operatorOn(s, operator)?.systemAccount).find((a) => a !== undefined)
+    : undefined;
   const status: OperatorStatus = {
     ...(operator ? { operator } : {}),
+    ...(systemAccount ? { systemAccount } : {}),
     natsbindKey,
+    signingKeyFile: o.nats.operatorSigningKey,
+    ...(o.nats.operatorJwt ? { operatorJwtFile: o.nats.operatorJwt } : {}),
     ...(previousKey ? { previousKey } : {}),
     ...(operatorJwtKeys ? { operatorJwtKeys } : {}),
     servers,

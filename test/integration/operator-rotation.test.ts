@@ -231,6 +231,7 @@ describe("operator signing-key rotation (3-node cluster, natsbind run)", { timeo
       ok(await natsbind("operator", "status", "--config", configFile, "--json"), "status"),
     );
     assert.equal(s.operator, op.operator);
+    assert.equal(s.systemAccount, op.systemAccount);
     assert.equal(s.natsbindKey, oldKey);
     assert.deepEqual(
       s.servers.map((x: { server: string; operators: Array<{ signingKeys: string[] }> }) => [

@@ -396,7 +396,15 @@ describe("account views and next steps (pure)", () => {
         server,
         operators: [{ operator: "OP", name: "acme", signingKeys: keysOf[server] ?? [], strict: true }],
       }));
-    const base = { operator: "OP", natsbindKey: "K1", otherIssuers: [], accounts: 3, mixed: 0, problems: [] };
+    const base = {
+      operator: "OP",
+      natsbindKey: "K1",
+      signingKeyFile: "signing.nk",
+      otherIssuers: [],
+      accounts: 3,
+      mixed: 0,
+      problems: [],
+    };
     const key = (k: string, trustedBy: string[], accounts: number, extra = {}) => ({
       key: k,
       trustedBy,
