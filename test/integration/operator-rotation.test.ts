@@ -361,18 +361,17 @@ describe("operator signing-key rotation (3-node cluster, natsbind run)", { timeo
     const events = watchStatus(nc);
     try {
       await roundTrip(nc, "api");
-      const out = ok(
-        await natsbind(
-          "operator",
-          "activate",
-          "--config",
-          configFile,
-          "--seed",
-          file("operator-signing-2.nk"),
-        ),
+      const activated = await natsbind(
+        "operator",
         "activate",
+        "--config",
+        configFile,
+        "--seed",
+        file("operator-signing-2.nk"),
       );
+      const out = ok(activated, "activate");
       activatedAt = performance.now();
+      assert.equal(activated.stderr, "", "no progress line when stderr is not a terminal");
       assert.match(out, new RegExp(`natsbind signs with ${newKey} \\(was ${oldKey}\\)`));
       assert.match(out, /re-signed 3 account\(s\)/);
       assert.match(
@@ -401,11 +400,23 @@ describe("operator signing-key rotation (3-node cluster, natsbind run)", { timeo
       timeoutMs: 10_000,
       intervalMs: 25,
     });
-    // Idempotent: nothing left to re-sign.
-    const again = ok(
-      await natsbind("operator", "activate", "--config", configFile, "--seed", file("operator-signing-2.nk")),
-      "activate again",
+    // Idempotent: nothing left to re-sign. Run on a terminal (util-linux script(1) gives it a pty):
+    // a progress line counts the accounts.
+    const command = [
+      MAIN,
+      "operator",
+      "activate",
+      "--config",
+      configFile,
+      "--seed",
+      file("operator-signing-2.nk"),
+    ];
+    const { stdout: again } = await exec(
+      "script",
+      ["-qec", [process.execPath, ...command].map((a) => `'${a}'`).join(" "), "/dev/null"],
+      { timeout: 60_000 },
     );
+    assert.match(again, /re-signing: \d+\/\d+ accounts/);
     assert.match(again, /re-signed 0 account\(s\)/);
     assert.match(again, /\(already\)/);
   });
