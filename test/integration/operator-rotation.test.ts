@@ -14,7 +14,7 @@ import { connect, credsAuthenticator, type NatsConnection, type Subscription } f
 import { loadConfig, type Config } from "../../src/config/config.ts";
 import { INIT_LAYOUT } from "../../src/cli/init.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
-import { decodeJwt, readJwt, signJwt } from "../../src/nats/claims.ts";
+import { accountClaims, decodeJwt, readJwt, signJwt } from "../../src/nats/claims.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
 import type { NatsResolver } from "../../src/nats/resolver.ts";
 import { createLogger } from "../../src/observability/logger.ts";
@@ -484,7 +484,31 @@ describe("operator signing-key rotation (3-node cluster, natsbind run)", { timeo
         `1 account\\(s\\) are still signed by ${oldKey} \\(${op.systemAccount} on 3 of 3 servers\\)`,
       ),
     );
-    ok(
+    // A JWT signed by a key of no trusted operator, tagged like natsbind's: the full resolver stores
+    // it anyway (nats-server does not check the issuer on CLAIMS.UPDATE), but activate must never
+    // launder it into one the servers trust.
+    const rogueKey = NKeyPair.generate("operator");
+    const rogueAccount = NKeyPair.generate("account");
+    const rogueJwt = signJwt(
+      accountClaims(
+        {
+          publicKey: rogueAccount.publicKey,
+          name: "acme/rogue",
+          signingKeys: [],
+          tags: ["natsbind-binding:acme", "gitlab-project-id:999"],
+        },
+        rogueKey.publicKey,
+      ),
+      rogueKey,
+      Math.floor(Date.now() / 1000),
+    );
+    const stored = await watcher.requestMany("$SYS.REQ.CLAIMS.UPDATE", rogueJwt, {
+      strategy: "count",
+      maxMessages: 3,
+      maxWait: 5_000,
+    });
+    for await (const m of stored) assert.match(m.string(), /jwt updated/);
+    const all = ok(
       await natsbind(
         "operator",
         "activate",
@@ -496,7 +520,14 @@ describe("operator signing-key rotation (3-node cluster, natsbind run)", { timeo
       ),
       "activate --all-accounts",
     );
+    assert.match(all, /left alone: 1 account\(s\) not issued by this operator/);
     assert.deepEqual(await issuersOnEveryServer(op.systemAccount), [newKey, newKey, newKey]);
+    assert.deepEqual(await issuersOnEveryServer(rogueAccount.publicKey), [
+      rogueKey.publicKey,
+      rogueKey.publicKey,
+      rogueKey.publicKey,
+    ]);
+    await resolver.delete([rogueAccount.publicKey]);
 
     // One server still holds an old copy of a natsbind account (as if it had missed a push):
     // a lookup answered by another server would not show it.
