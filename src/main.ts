@@ -115,7 +115,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const webhookSecret = config.gitlab.webhookSecretFile
     ? await readSecretFile(config.gitlab.webhookSecretFile, "webhook secret")
     : undefined;
-  const { resolver, signer } = await connectResolver(config.nats);
+  const { resolver, signer } = await connectResolver(config.nats, { clock, log });
 
   const metrics = new Registry();
   const reconciles = metrics.counter({

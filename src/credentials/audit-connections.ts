@@ -22,10 +22,15 @@
  * Every message is bounded (64 KiB) and validated (zod); a malformed one is dropped, counted and
  * logged (at most once a minute). Events are trusted as far as the system account is: any
  * system-account user can publish on these subjects.
+ *
+ * With nats.systemSigningKey the system connection is renewed (src/nats/system-connection.ts):
+ * moveTo() subscribes on the new connection before leaving the old one, so no event is missed; one
+ * published in between arrives twice and is dropped by its `id`.
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { readJwt } from "../nats/claims.ts";
+import type { SystemUserRole } from "../nats/system-user.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -37,6 +42,15 @@ export const CONNECT_SUBJECT = "$SYS.ACCOUNT.*.CONNECT";
 export const DISCONNECT_SUBJECT = "$SYS.ACCOUNT.*.DISCONNECT";
 export const CONNECT_EVENT_TYPE = "io.nats.server.advisory.v1.client_connect";
 export const DISCONNECT_EVENT_TYPE = "io.nats.server.advisory.v1.client_disconnect";
+/** natsbind's system user for the audit, when it issues its own: these two subscriptions, nothing else. */
+export const CONNECTION_AUDIT_USER_ROLE: SystemUserRole = {
+  name: "natsbind-audit",
+  publish: [],
+  subscribe: [CONNECT_SUBJECT, DISCONNECT_SUBJECT],
+  inbox: false,
+};
+/** Event ids remembered to drop the copies a move between connections can deliver. */
+const RECENT_EVENT_IDS = 4_096;
 /** Larger event messages are dropped: natsbind's user JWTs are ~1 KiB, events ~2 KiB. */
 export const MAX_EVENT_BYTES = 64 * 1024;
 /** Events nest 3 levels; anything deeper is not parsed. */
@@ -226,6 +240,8 @@ const ServerInfo = z.looseObject({ name: bounded(256), id: bounded(128) });
 
 const ConnectEvent = z.looseObject({
   type: z.literal(CONNECT_EVENT_TYPE),
+  /** Unique per event (a nuid): the same event seen twice is dropped. */
+  id: bounded(64).optional(),
   timestamp: Time,
   server: ServerInfo,
   client: ClientInfo,
@@ -249,10 +265,12 @@ export interface ConnectionAuditCounters {
   ignored: number;
   /** Lines handed to the sink. */
   written: number;
+  /** Events seen a second time (same id) while the subscriptions moved to a new connection. */
+  duplicates: number;
 }
 
 export interface ConnectionAuditOptions {
-  /** A connection as a system-account user (natsbind's nats.systemCreds). */
+  /** A connection as a system-account user (nats.systemCreds, or one of CONNECTION_AUDIT_USER_ROLE). */
   nc: NatsConnection;
   sink: AuditSink;
   /** Whether natsbind issued this user key, in this account, with this signing key. */
@@ -271,6 +289,11 @@ export interface ConnectionAuditOptions {
 
 export interface ConnectionAudit {
   readonly counters: Readonly<ConnectionAuditCounters>;
+  /**
+   * Subscribes on `nc` and then leaves the current connection (which stays open: it is the
+   * caller's). For a renewed system connection (SystemConnection.onRenew).
+   */
+  moveTo(nc: NatsConnection): Promise<void>;
   /** Unsubscribes (the connection stays open: it is the caller's). */
   stop(): Promise<void>;
 }
@@ -323,11 +346,18 @@ function jwtUser(jwt: string, issuerKey: string | undefined): string {
 /**
  * Subscribes to the connect and disconnect events and writes a line for each event of a user
  * natsbind issued. The system user needs subscribe permission on both subjects (natsbind init's
- * system user has no permission limits).
+ * system.creds has no limits; CONNECTION_AUDIT_USER_ROLE allows exactly these two).
  */
 export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAudit {
   const clock = opts.clock ?? systemClock;
-  const counters: ConnectionAuditCounters = { received: 0, malformed: 0, ignored: 0, written: 0 };
+  const counters: ConnectionAuditCounters = {
+    received: 0,
+    malformed: 0,
+    ignored: 0,
+    written: 0,
+    duplicates: 0,
+  };
+  const recentIds = new Set<string>();
   let lastLog = -Infinity;
   let malformedSinceLog = 0;
 
@@ -335,6 +365,14 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
     counters.received += 1;
     try {
       const event = parseEvent(kind, msg.subject, msg.data);
+      if (event.id !== undefined) {
+        if (recentIds.has(event.id)) {
+          counters.duplicates += 1;
+          return;
+        }
+        recentIds.add(event.id);
+        if (recentIds.size > RECENT_EVENT_IDS) recentIds.delete(recentIds.values().next().value as string);
+      }
       const client = event.client;
       const seen: SeenConnection = {
         account: client.acc,
@@ -396,8 +434,8 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
     }
   };
 
-  const subscribe = (subject: string, kind: Kind): Subscription =>
-    opts.nc.subscribe(subject, {
+  const subscribe = (nc: NatsConnection, subject: string, kind: Kind): Subscription =>
+    nc.subscribe(subject, {
       ...(opts.queue ? { queue: opts.queue } : {}),
       callback: (err, msg) => {
         if (err) {
@@ -416,12 +454,29 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
       },
     });
 
-  const subs = [subscribe(CONNECT_SUBJECT, "connect"), subscribe(DISCONNECT_SUBJECT, "disconnect")];
+  const subscribeAll = (nc: NatsConnection): Subscription[] => [
+    subscribe(nc, CONNECT_SUBJECT, "connect"),
+    subscribe(nc, DISCONNECT_SUBJECT, "disconnect"),
+  ];
+  let nc = opts.nc;
+  let subs = subscribeAll(nc);
   return {
     counters,
+    async moveTo(next) {
+      const nextSubs = subscribeAll(next);
+      try {
+        // The server has the new subscriptions once the flush returns: only then leave the old ones.
+        await next.flush();
+      } finally {
+        // Even when the flush failed: the old connection is going away, the new one resubscribes.
+        for (const sub of subs) sub.unsubscribe();
+        nc = next;
+        subs = nextSubs;
+      }
+    },
     async stop() {
       for (const sub of subs) sub.unsubscribe();
-      if (!opts.nc.isClosed()) await opts.nc.flush().catch(() => undefined);
+      if (!nc.isClosed()) await nc.flush().catch(() => undefined);
     },
   };
 }

@@ -1,0 +1,554 @@
+// natsbind's own system users on a real nats-server in operator mode (issue 11, part 4): with the
+// system account's signing key natsbind issues itself users that can make every request it makes
+// and nothing else, live at most an hour, and are renewed without a failed request; the server
+// closes a connection whose user JWT expired, which is what renewal avoids.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import {
+  connect,
+  credsAuthenticator,
+  jwtAuthenticator,
+  type Msg,
+  type NatsConnection,
+} from "@nats-io/transport-node";
+import { INIT_LAYOUT } from "../../src/cli/init.ts";
+import {
+  CONNECTION_AUDIT_USER_ROLE,
+  IssuedUsers,
+  startConnectionAudit,
+} from "../../src/credentials/audit-connections.ts";
+import type { AuditEvent } from "../../src/credentials/types.ts";
+import { decodeJwt, signJwt, userClaims } from "../../src/nats/claims.ts";
+import { parseCreds } from "../../src/nats/creds.ts";
+import { NKeyPair } from "../../src/nats/keys.ts";
+import { NatsResolver } from "../../src/nats/resolver.ts";
+import { RenewingSystemConnection, SystemConnectionError } from "../../src/nats/system-connection.ts";
+import { RESOLVER_USER_ROLE, SystemUserIssuer, type SystemUserRole } from "../../src/nats/system-user.ts";
+import { createLogger } from "../../src/observability/logger.ts";
+import { ManualClock, systemClock, type Clock } from "../../src/runtime/clock.ts";
+import { readSeedFile } from "../../src/store/key-directory.ts";
+import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
+import {
+  createTestOperator,
+  projectAccount,
+  roleUserCreds,
+  watchStatus,
+  type TestAccount,
+  type TestOperator,
+} from "../support/operator.ts";
+import { httpGet, waitFor } from "../support/process.ts";
+
+const TIMEOUT = { timeout: 180_000 };
+
+interface ConnzEntry {
+  name?: string;
+  authorized_user?: string;
+  jwt?: string;
+  issuer_key?: string;
+}
+
+describe("natsbind's own system users (nats.systemSigningKey)", TIMEOUT, () => {
+  let op: TestOperator;
+  let server: NatsServer;
+  let signingKey: NKeyPair;
+  let acc: TestAccount;
+  /** Every log line of every connection started here: no seed may appear in one. */
+  const logLines: string[] = [];
+  const log = createLogger({ level: "debug", write: (l) => void logLines.push(l) });
+  const started: RenewingSystemConnection[] = [];
+  const seeds: string[] = [];
+
+  function issuer(lifetimeMs = 3_600_000, clock: Clock = systemClock, key = signingKey): SystemUserIssuer {
+    return new SystemUserIssuer({ systemAccount: op.systemAccount, signingKey: key, lifetimeMs, clock });
+  }
+
+  async function startAs(
+    role: SystemUserRole,
+    o: { lifetimeMs?: number; clock?: Clock; url?: string; timeoutMs?: number } = {},
+  ): Promise<RenewingSystemConnection> {
+    const clock = o.clock ?? systemClock;
+    const conn = await RenewingSystemConnection.start({
+      servers: o.url ?? server.url,
+      issuer: issuer(o.lifetimeMs, clock),
+      role,
+      name: role.name,
+      clock,
+      log,
+      connectTimeoutMs: o.timeoutMs ?? 2_000,
+    });
+    started.push(conn);
+    return conn;
+  }
+
+  function resolverOver(conn: RenewingSystemConnection, timeoutMs = 2_000): Promise<NatsResolver> {
+    return NatsResolver.connect({
+      servers: server.url,
+      connection: conn,
+      operatorSigningKey: op.signingKey,
+      trustedOperator: { publicKey: op.operator, signingKeys: [op.signingKey.publicKey] },
+      timeoutMs,
+    });
+  }
+
+  async function connz(target: NatsServer = server): Promise<ConnzEntry[]> {
+    const res = await httpGet(`${target.monitorUrl}/connz?auth=true&limit=1000&acc=${op.systemAccount}`);
+    assert.equal(res.status, 200, res.body);
+    return (JSON.parse(res.body) as { connections?: ConnzEntry[] | null }).connections ?? [];
+  }
+
+  /** A user of `acc` (its scoped ci key), connected: something for CONNZ and connect events. */
+  async function accountUser(name = "job"): Promise<{ nc: NatsConnection; key: string }> {
+    const creds = roleUserCreds(acc.account.publicKey, acc.ciKey, { name });
+    const nc = await connect({ servers: server.url, authenticator: credsAuthenticator(creds), name });
+    return { nc, key: parseCreds(new TextDecoder().decode(creds)).user.publicKey };
+  }
+
+  before(async () => {
+    op = await createTestOperator();
+    server = await startNatsServer(op.serverOptions);
+    signingKey = await readSeedFile(join(op.dir, INIT_LAYOUT.systemAccountSigningKey), "account");
+    seeds.push(new TextDecoder().decode(signingKey.getSeed()));
+    acc = projectAccount(op, "system-user-test", Math.floor(Date.now() / 1000));
+  });
+
+  after(async () => {
+    for (const conn of started) await conn.close();
+    await server?.stop();
+    await op?.remove();
+    const leaked = logLines.filter(
+      (l) => seeds.some((s) => l.includes(s)) || /\bS[AU][A-Z2-7]{56}\b/.test(l),
+    );
+    assert.deepEqual(leaked, [], "no seed in any log line");
+  });
+
+  it("the resolver's user makes every request natsbind makes: push, lookup, list, ping, CONNZ, delete", async () => {
+    const conn = await startAs(RESOLVER_USER_ROLE);
+    const resolver = await resolverOver(conn);
+    const pushed = await resolver.push(acc.jwt);
+    assert.deepEqual(
+      pushed.replies.map((r) => [r.server, r.code]),
+      [[server.name, 200]],
+    );
+    assert.equal(await resolver.lookup(acc.account.publicKey), acc.jwt);
+    assert.ok((await resolver.list()).includes(acc.account.publicKey));
+    assert.deepEqual(await resolver.servers(), [server.name]);
+    const job = await accountUser("connz-job");
+    try {
+      const live = await resolver.connections(acc.account.publicKey);
+      assert.deepEqual(
+        live.map((c) => [c.user, c.issuerKey, c.name]),
+        [[job.key, acc.ciKey.publicKey, "connz-job"]],
+      );
+    } finally {
+      await job.nc.close();
+    }
+    const doomed = projectAccount(op, "system-user-doomed", Math.floor(Date.now() / 1000));
+    await resolver.push(doomed.jwt);
+    const deleted = await resolver.delete([doomed.account.publicKey]);
+    assert.deepEqual(
+      deleted.replies.map((r) => r.code),
+      [200],
+    );
+    assert.ok(!(await resolver.list()).includes(doomed.account.publicKey));
+    // Who the server saw: the issued user, signed by the system account's signing key.
+    const entry = (await connz()).find((c) => c.authorized_user === conn.user);
+    assert.ok(entry, "the issued user is connected");
+    assert.equal(entry.name, "natsbind-resolver");
+    assert.equal(entry.issuer_key, signingKey.publicKey);
+  });
+
+  it("... and nothing else: the server refuses any other publish and subscription", async () => {
+    const conn = await startAs(RESOLVER_USER_ROLE);
+    const nc = conn.current;
+    const status = watchStatus(nc);
+    const other = issuer().newUser(RESOLVER_USER_ROLE);
+    for (const subject of [
+      "$SYS.REQ.SERVER.PING.VARZ",
+      "$SYS.REQ.SERVER.PING.CONNZ",
+      `$SYS.REQ.ACCOUNT.${acc.account.publicKey}.CLAIMS.UPDATE`,
+      `$SYS.REQ.ACCOUNT.${acc.account.publicKey}.SUBSZ`,
+      "$SYS.REQ.USER.AUTH",
+      `$SYS.ACCOUNT.${acc.account.publicKey}.CONNECT`,
+      "natsbind.anything",
+      `${other.inboxPrefix}.x`,
+    ]) {
+      nc.publish(subject, "{}");
+      await status.next(`a violation for publishing ${subject}`, (e) =>
+        e.includes(`Permissions Violation for Publish to "${subject}"`),
+      );
+    }
+    for (const subject of [
+      "_INBOX.>",
+      "_INBOX_natsbind.>",
+      `${other.inboxPrefix}.>`,
+      "$SYS.ACCOUNT.*.CONNECT",
+      "$SYS.REQ.CLAIMS.UPDATE",
+      ">",
+    ]) {
+      const refused = await new Promise<string>((resolve) => {
+        nc.subscribe(subject, { callback: (err) => resolve(err?.message ?? "delivered") });
+      });
+      assert.match(
+        refused,
+        new RegExp(`Permissions Violation for Subscription to "${subject.replace(/[$.*>]/g, "\\$&")}"`),
+      );
+    }
+    // Not a subject that does not exist: the unrestricted system.creds gets an answer to VARZ.
+    const unrestricted = await connect({
+      servers: server.url,
+      authenticator: credsAuthenticator(op.systemCreds),
+    });
+    try {
+      const varz = await unrestricted.request("$SYS.REQ.SERVER.PING.VARZ", "{}", { timeout: 2_000 });
+      assert.ok(varz.json<{ data?: unknown }>().data);
+    } finally {
+      await unrestricted.close();
+    }
+    // The refusals did not cost the connection: requests still work on it.
+    const resolver = await resolverOver(conn);
+    assert.deepEqual(await resolver.servers(), [server.name]);
+  });
+
+  it("the connection audit's user receives connect events and may do nothing else", async () => {
+    const conn = await startAs(CONNECTION_AUDIT_USER_ROLE);
+    const nc = conn.current;
+    const status = watchStatus(nc);
+    const events: string[] = [];
+    nc.subscribe(`$SYS.ACCOUNT.${acc.account.publicKey}.CONNECT`, {
+      callback: (err, msg) => void events.push(err ? `error: ${err.message}` : msg.subject),
+    });
+    await nc.flush();
+    const job = await accountUser("audited-job");
+    await job.nc.close();
+    await waitFor(async () => events.length > 0, {
+      what: "a connect event",
+      timeoutMs: 5_000,
+      intervalMs: 20,
+    });
+    assert.deepEqual(events, [`$SYS.ACCOUNT.${acc.account.publicKey}.CONNECT`]);
+    for (const subject of ["$SYS.REQ.SERVER.PING", "$SYS.REQ.CLAIMS.LIST", "anything"]) {
+      nc.publish(subject);
+      await status.next(`a violation for publishing ${subject}`, (e) =>
+        e.includes(`Permissions Violation for Publish to "${subject}"`),
+      );
+    }
+    for (const subject of ["_INBOX.>", "$SYS.ACCOUNT.*.LEAFNODE.CONNECT", "$SYS.REQ.>"]) {
+      const refused = await new Promise<string>((resolve) => {
+        nc.subscribe(subject, { callback: (err) => resolve(err?.message ?? "delivered") });
+      });
+      assert.match(refused, /Permissions Violation for Subscription to/);
+    }
+  });
+
+  it("the JWT the server holds lives at most the lifetime: 1 hour by default, 10 s when configured so", async () => {
+    for (const lifetimeMs of [3_600_000, 10_000]) {
+      const conn = await startAs(RESOLVER_USER_ROLE, { lifetimeMs });
+      const entry = (await connz()).find((c) => c.authorized_user === conn.user);
+      assert.ok(entry?.jwt, "CONNZ shows the user JWT");
+      const claims = decodeJwt(entry.jwt);
+      assert.equal(claims.iss, signingKey.publicKey);
+      assert.equal(claims.nats.issuer_account, op.systemAccount);
+      assert.ok(claims.exp !== undefined && claims.iat !== undefined);
+      assert.ok(claims.exp - claims.iat <= lifetimeMs / 1000, `exp - iat <= ${lifetimeMs / 1000} s`);
+      assert.ok(claims.exp * 1000 <= Date.now() + lifetimeMs);
+      assert.equal(conn.expiresAt, claims.exp * 1000);
+      await conn.close();
+    }
+  });
+
+  it("nats-server closes a connection when its user JWT expires, and says so (what renewal avoids)", async () => {
+    const user = NKeyPair.generate("user");
+    const now = Math.floor(Date.now() / 1000);
+    const jwt = signJwt(
+      userClaims({
+        publicKey: user.publicKey,
+        name: "expiring",
+        account: op.systemAccount,
+        issuer: signingKey.publicKey,
+        scoped: false,
+        permissions: { pub: { deny: [">"] }, sub: { deny: [">"] } },
+        expiresAt: now + 2,
+      }),
+      signingKey,
+      now,
+    );
+    const watcher = await connect({ servers: server.url, authenticator: credsAuthenticator(op.systemCreds) });
+    const reasons: string[] = [];
+    watcher.subscribe(`$SYS.ACCOUNT.${op.systemAccount}.DISCONNECT`, {
+      callback: (_e, msg: Msg) => {
+        const event = msg.json<{ client?: { name?: string }; reason?: string }>();
+        if (event.client?.name === "expiring") reasons.push(event.reason ?? "");
+      },
+    });
+    await watcher.flush();
+    try {
+      const nc = await connect({
+        servers: server.url,
+        name: "expiring",
+        authenticator: jwtAuthenticator(jwt, user.getSeed()),
+        maxReconnectAttempts: 0,
+      });
+      const status = watchStatus(nc);
+      await waitFor(async () => nc.isClosed(), {
+        what: "the server to close the expired user",
+        timeoutMs: 10_000,
+        intervalMs: 50,
+      });
+      assert.ok(
+        status.errors().some((e) => /User Authentication Expired/.test(e)),
+        status.all.join(", "),
+      );
+      await waitFor(async () => reasons.length > 0, {
+        what: "the disconnect event",
+        timeoutMs: 5_000,
+        intervalMs: 20,
+      });
+      // nats.js may reconnect once within the expiry second; the server ends that one too.
+      assert.ok(
+        reasons.every((r) => r === "Authentication Expired"),
+        reasons.join(", "),
+      );
+    } finally {
+      await watcher.close();
+    }
+  });
+
+  it("renewal with a 10 s lifetime: concurrent pushes and lookups across 3 renewals, zero failed requests", async () => {
+    const conn = await startAs(RESOLVER_USER_ROLE, { lifetimeMs: 10_000 });
+    const resolver = await resolverOver(conn, 2_000);
+    const users = new Set<string>([conn.user]);
+    const expired: string[] = [];
+    const watcher = await connect({ servers: server.url, authenticator: credsAuthenticator(op.systemCreds) });
+    watcher.subscribe(`$SYS.ACCOUNT.${op.systemAccount}.DISCONNECT`, {
+      callback: (_e, msg: Msg) => {
+        const event = msg.json<{ client?: { name?: string }; reason?: string }>();
+        if (event.client?.name === "natsbind-resolver" && event.reason !== "Client Closed")
+          expired.push(event.reason ?? "");
+      },
+    });
+    await watcher.flush();
+    const accounts = [0, 1, 2, 3].map((i) =>
+      projectAccount(op, `renewal-${i}`, Math.floor(Date.now() / 1000)),
+    );
+    for (const a of accounts) await resolver.push(a.jwt);
+    let ok = 0;
+    const failures: string[] = [];
+    let stop = false;
+    const worker = async (i: number): Promise<void> => {
+      const a = accounts[i % accounts.length]!;
+      for (let n = 0; !stop; n++) {
+        try {
+          if (n % 2 === 0) await resolver.push(a.jwt);
+          else assert.equal(await resolver.lookup(a.account.publicKey), a.jwt);
+          if (n % 25 === 0) await resolver.list();
+          ok += 1;
+          users.add(conn.user);
+        } catch (err) {
+          failures.push(err instanceof Error ? err.message : String(err));
+        }
+      }
+    };
+    const workers = [0, 1, 2, 3, 4, 5].map(worker);
+    try {
+      await waitFor(async () => conn.counters.renewals >= 3 || failures.length > 0, {
+        what: "three renewals",
+        timeoutMs: 30_000,
+        intervalMs: 100,
+      });
+    } finally {
+      stop = true;
+      await Promise.all(workers);
+    }
+    assert.deepEqual(failures, [], "no request failed");
+    assert.ok(conn.counters.renewals >= 3);
+    assert.equal(conn.counters.renewalFailures, 0);
+    assert.ok(users.size >= 4, `requests went out as ${users.size} users`);
+    assert.ok(ok > 100, `${ok} requests`);
+    // Each replaced connection was closed by natsbind, never expired by the server.
+    await waitFor(async () => conn.retiring === 0, {
+      what: "old connections closed",
+      timeoutMs: 10_000,
+      intervalMs: 50,
+    });
+    const resolvers = (await connz()).filter(
+      (c) => c.name === "natsbind-resolver" && c.authorized_user !== undefined,
+    );
+    assert.deepEqual(
+      resolvers.filter((c) => users.has(c.authorized_user!)).map((c) => c.authorized_user),
+      [conn.user],
+      "only the current user is still connected",
+    );
+    await watcher.flush();
+    await watcher.close();
+    assert.deepEqual(expired, [], "no natsbind connection ended other than by natsbind");
+  });
+
+  it("renewal under a ManualClock: the old connection stays for its requests in flight, then closes; at its expiry at the latest", async () => {
+    const clock = new ManualClock(Date.now());
+    const conn = await startAs(RESOLVER_USER_ROLE, { clock });
+    const resolver = await resolverOver(conn);
+    const first = conn.current;
+    const firstUser = conn.user;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // A request in flight on the first connection when the renewal comes.
+    const inFlight = conn.use(async (nc) => {
+      await gate;
+      return (await nc.request("$SYS.REQ.SERVER.PING", undefined, { timeout: 2_000 })).json<{
+        server: { name: string };
+      }>();
+    });
+    clock.advance(19 * 60_000);
+    assert.equal(conn.counters.renewals, 0, "not before a third of the lifetime");
+    clock.advance(60_000);
+    await waitFor(async () => conn.counters.renewals === 1, {
+      what: "the renewal",
+      timeoutMs: 5_000,
+      intervalMs: 10,
+    });
+    assert.notEqual(conn.user, firstUser);
+    assert.notEqual(conn.current, first);
+    assert.equal(first.isClosed(), false, "kept open for its request in flight");
+    assert.equal(conn.retiring, 1);
+    // New requests go out on the new connection meanwhile.
+    assert.ok((await resolver.list()).length > 0);
+    release();
+    assert.equal((await inFlight).server.name, server.name, "the old request completed");
+    await waitFor(async () => first.isClosed() && conn.retiring === 0, {
+      what: "the first connection closed",
+      timeoutMs: 5_000,
+      intervalMs: 10,
+    });
+
+    // A request that never settles does not keep a replaced connection past its JWT's expiry.
+    const second = conn.current;
+    const stuck = conn.use(() => new Promise<never>(() => undefined));
+    void stuck;
+    clock.advance(20 * 60_000);
+    await waitFor(async () => conn.counters.renewals === 2, {
+      what: "the second renewal",
+      timeoutMs: 5_000,
+      intervalMs: 10,
+    });
+    assert.equal(second.isClosed(), false);
+    clock.advance(40 * 60_000 - 1_000);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(second.isClosed(), false, "open until its JWT expires");
+    clock.advance(1_000);
+    await waitFor(async () => second.isClosed(), {
+      what: "the second connection closed at expiry",
+      timeoutMs: 5_000,
+      intervalMs: 10,
+    });
+    assert.deepEqual(await resolver.servers(), [server.name], "the current connection works");
+  });
+
+  it("the connection audit follows renewals: each connect and disconnect logged exactly once", async () => {
+    const conn = await startAs(CONNECTION_AUDIT_USER_ROLE, { lifetimeMs: 10_000 });
+    const lines: AuditEvent[] = [];
+    const issued = new IssuedUsers({ clock: systemClock });
+    const audit = startConnectionAudit({
+      nc: conn.current,
+      sink: { write: (e) => void lines.push(e), close: async () => undefined },
+      isIssued: (key, seen) => issued.isIssued(key, seen),
+      log,
+    });
+    conn.onRenew((next) => audit.moveTo(next));
+    const keys: string[] = [];
+    try {
+      while (conn.counters.renewals < 2) {
+        const creds = roleUserCreds(acc.account.publicKey, acc.ciKey, { name: "churn" });
+        const key = parseCreds(new TextDecoder().decode(creds)).user.publicKey;
+        issued.add({
+          userPublicKey: key,
+          account: acc.account.publicKey,
+          issuer: acc.ciKey.publicKey,
+          expiresAt: Date.now() + 60_000,
+        });
+        const nc = await connect({
+          servers: server.url,
+          authenticator: credsAuthenticator(creds),
+          name: "churn",
+        });
+        await nc.close();
+        keys.push(key);
+        assert.ok(keys.length < 5_000, "renewals keep coming");
+      }
+      await waitFor(async () => lines.length >= keys.length * 2, {
+        what: "a line for every connect and disconnect",
+        timeoutMs: 10_000,
+        intervalMs: 20,
+      });
+      const seen = lines.map((l) => `${l.event} ${(l as { userPublicKey?: string }).userPublicKey}`).sort();
+      const expected = keys.flatMap((k) => [`nats.connect ${k}`, `nats.disconnect ${k}`]).sort();
+      assert.deepEqual(seen, expected, "none missing, none twice");
+      assert.equal(audit.counters.malformed, 0);
+    } finally {
+      await audit.stop();
+    }
+  });
+
+  it("a signing key the system account does not list is refused at connect, with a hint and no seed", async () => {
+    const stranger = NKeyPair.generate("account");
+    const seed = new TextDecoder().decode(stranger.getSeed());
+    seeds.push(seed);
+    await assert.rejects(
+      RenewingSystemConnection.start({
+        servers: server.url,
+        issuer: issuer(3_600_000, systemClock, stranger),
+        role: RESOLVER_USER_ROLE,
+        name: "natsbind-resolver",
+        clock: systemClock,
+        log,
+        connectTimeoutMs: 2_000,
+      }),
+      (err: unknown) =>
+        err instanceof SystemConnectionError &&
+        /Authorization Violation/.test(err.message) &&
+        err.message.includes(
+          `is ${stranger.publicKey} an unscoped signing key in the JWT of system account ${op.systemAccount}?`,
+        ) &&
+        !err.message.includes(seed) &&
+        !/\bS[AU][A-Z2-7]{56}\b/.test(err.message),
+    );
+  });
+
+  it("a failed renewal keeps the current connection and is retried; a restarted server gets a fresh JWT", async () => {
+    const own = await startNatsServer(op.serverOptions);
+    try {
+      const clock = new ManualClock(Date.now());
+      const conn = await startAs(RESOLVER_USER_ROLE, { clock, url: own.url, lifetimeMs: 600_000 });
+      const first = conn.current;
+      const warnings = (): string[] => logLines.filter((l) => l.includes("renewal failed"));
+      const before = warnings().length;
+      await own.process().stop();
+      clock.advance(200_000);
+      await waitFor(async () => conn.counters.renewalFailures >= 1, {
+        what: "a failed renewal",
+        timeoutMs: 10_000,
+        intervalMs: 20,
+      });
+      assert.equal(conn.current, first, "the current connection stays");
+      assert.equal(first.isClosed(), false, "and keeps reconnecting");
+      assert.ok(warnings().length > before, "the failure is logged");
+      await own.restart();
+      // Reconnected with a JWT issued now (the ManualClock's now), and renewed on the retry timer.
+      clock.advance(30_000);
+      await waitFor(async () => conn.counters.renewals === 1, {
+        what: "the retried renewal",
+        timeoutMs: 15_000,
+        intervalMs: 50,
+      });
+      const resolver = await NatsResolver.connect({ servers: own.url, connection: conn, timeoutMs: 2_000 });
+      assert.deepEqual(await resolver.servers(), [own.name]);
+      await waitFor(async () => first.isClosed(), {
+        what: "the old connection closed",
+        timeoutMs: 5_000,
+        intervalMs: 20,
+      });
+    } finally {
+      await own.stop();
+    }
+  });
+});
