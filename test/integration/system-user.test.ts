@@ -4,6 +4,7 @@
 // closes a connection whose user JWT expired, which is what renewal avoids.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import {
   connect,
@@ -13,12 +14,15 @@ import {
   type NatsConnection,
 } from "@nats-io/transport-node";
 import { INIT_LAYOUT } from "../../src/cli/init.ts";
+import type { Config } from "../../src/config/config.ts";
 import {
   CONNECTION_AUDIT_USER_ROLE,
   IssuedUsers,
   startConnectionAudit,
 } from "../../src/credentials/audit-connections.ts";
 import type { AuditEvent } from "../../src/credentials/types.ts";
+import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
+import { runController, type RunningController } from "../../src/main.ts";
 import { decodeJwt, signJwt, userClaims } from "../../src/nats/claims.ts";
 import { parseCreds } from "../../src/nats/creds.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
@@ -28,9 +32,11 @@ import { RESOLVER_USER_ROLE, SystemUserIssuer, type SystemUserRole } from "../..
 import { createLogger } from "../../src/observability/logger.ts";
 import { ManualClock, systemClock, type Clock } from "../../src/runtime/clock.ts";
 import { readSeedFile } from "../../src/store/key-directory.ts";
+import { startLocalRig, type LocalRig } from "../support/local-rig.ts";
 import { startNatsServer, type NatsServer } from "../support/nats-server.ts";
 import {
   createTestOperator,
+  natsConfigSection,
   projectAccount,
   roleUserCreds,
   watchStatus,
@@ -550,5 +556,102 @@ describe("natsbind's own system users (nats.systemSigningKey)", TIMEOUT, () => {
     } finally {
       await own.stop();
     }
+  });
+});
+
+const AUDIENCE = "https://natsbind.test";
+const BINDING = `apiVersion: natsbind.io/v1alpha1
+kind: NatsBinding
+metadata: {name: acme}
+spec:
+  gitlab: {group: acme}
+  roles:
+    - name: ci
+      publish: {allow: ["build.{{project.id}}.>"]}
+      subscribe: {allow: ["_INBOX.>", "build.{{project.id}}.>"]}
+      ci: {refs: protected}
+`;
+
+describe("natsbind run with nats.systemSigningKey (what natsbind init configures)", TIMEOUT, () => {
+  let rig: LocalRig | undefined;
+  let controller: RunningController | undefined;
+  let config: Config;
+  let project: { id: number };
+  const logLines: string[] = [];
+
+  before(async () => {
+    rig = await startLocalRig({ name: "system-user-run" });
+    config = rig.config({
+      nats: natsConfigSection(rig.op, [rig.server.url], { systemUser: "issued" }),
+      credentials: { audience: AUDIENCE, audit: { file: "audit/credentials.log" } },
+    });
+    assert.equal(config.nats.systemCreds, undefined);
+    const acme = rig.sim.createGroup({ name: "Acme", path: "acme" });
+    project = rig.sim.createProject({ name: "api", groupId: acme.id });
+    await writeFile(join(rig.dir, "bindings", "acme.yaml"), BINDING);
+    controller = await runController(config, { log: createLogger({ write: (l) => void logLines.push(l) }) });
+  });
+
+  after(async () => {
+    await controller?.stop();
+    await rig?.stop();
+  });
+
+  it("pushes accounts, issues CI credentials and audits their connections, all as issued least-privilege users", async () => {
+    const { op, server, sim, resolver } = rig!;
+    const keys = new DirectoryKeyStore(config.keys.directory);
+    let account = "";
+    await waitFor(
+      async () => {
+        const slot = await keys.get({ binding: "acme", projectId: project.id });
+        account = slot?.account ?? "";
+        return slot !== undefined && (await resolver.lookup(slot.account)) !== undefined;
+      },
+      { what: "the project's account pushed by natsbind", timeoutMs: 15_000, intervalMs: 25 },
+    );
+
+    const token = sim.mintIdToken({ projectId: project.id, aud: AUDIENCE, extra: { job_id: "31" } });
+    const answer = await fetch(`${controller!.url}/v1/credentials`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, accept: "text/plain", "content-type": "application/json" },
+      body: JSON.stringify({ role: "ci" }),
+    });
+    const creds = await answer.text();
+    assert.equal(answer.status, 200, creds);
+    const job = parseCreds(creds);
+    const nc = await connect({
+      servers: server.url,
+      authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
+    });
+    await nc.flush();
+    await nc.close();
+    const auditFile = join(rig!.dir, "audit", "credentials.log");
+    await waitFor(
+      async () =>
+        (await readFile(auditFile, "utf8"))
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l) as { event: string; userPublicKey?: string })
+          .some((l) => l.event === "nats.disconnect" && l.userPublicKey === job.user.publicKey),
+      { what: "the job's connection in the audit log", timeoutMs: 10_000, intervalMs: 25 },
+    );
+    assert.ok(account);
+
+    // natsbind's own connections: issued by the system account's signing key, none as system.creds
+    // (the one system.creds user connected is this test's own resolver, rig.resolver).
+    const sysSigning = await readSeedFile(join(op.dir, INIT_LAYOUT.systemAccountSigningKey), "account");
+    const credsUser = parseCreds(new TextDecoder().decode(op.systemCreds)).user.publicKey;
+    const res = await httpGet(`${server.monitorUrl}/connz?auth=true&acc=${op.systemAccount}`);
+    const connections = (JSON.parse(res.body) as { connections: ConnzEntry[] }).connections ?? [];
+    assert.equal(connections.filter((c) => c.authorized_user === credsUser).length, 1, "the test's resolver");
+    const natsbind = connections.filter((c) => c.authorized_user !== credsUser);
+    assert.deepEqual(natsbind.map((c) => c.name).sort(), ["natsbind-audit", "natsbind-resolver"]);
+    for (const c of natsbind) {
+      assert.equal(c.issuer_key, sysSigning.publicKey, c.name);
+      const claims = decodeJwt(c.jwt!);
+      assert.ok(claims.exp! - claims.iat! <= 3_600, `${c.name} lives at most 1 h`);
+    }
+    const seed = new TextDecoder().decode(sysSigning.getSeed());
+    assert.ok(!logLines.some((l) => l.includes(seed)), "the signing key's seed is never logged");
   });
 });
