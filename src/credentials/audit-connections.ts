@@ -25,7 +25,8 @@
  *
  * With nats.systemSigningKey the system connection is renewed (src/nats/system-connection.ts):
  * moveTo() subscribes on the new connection before leaving the old one, so no event is missed; one
- * published in between arrives twice and is dropped by its `id`.
+ * published in between arrives on both, and the second copy (same `id`, other connection) is
+ * dropped. Only copies across the two connections are: ids are never compared otherwise.
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
@@ -49,8 +50,8 @@ export const CONNECTION_AUDIT_USER_ROLE: SystemUserRole = {
   subscribe: [CONNECT_SUBJECT, DISCONNECT_SUBJECT],
   inbox: false,
 };
-/** Event ids remembered to drop the copies a move between connections can deliver. */
-const RECENT_EVENT_IDS = 4_096;
+/** Event ids remembered, per side, while moving between connections (the overlap lasts one flush). */
+const MAX_OVERLAP_IDS = 4_096;
 /** Larger event messages are dropped: natsbind's user JWTs are ~1 KiB, events ~2 KiB. */
 export const MAX_EVENT_BYTES = 64 * 1024;
 /** Events nest 3 levels; anything deeper is not parsed. */
@@ -265,7 +266,7 @@ export interface ConnectionAuditCounters {
   ignored: number;
   /** Lines handed to the sink. */
   written: number;
-  /** Events seen a second time (same id) while the subscriptions moved to a new connection. */
+  /** Events received on both connections while the subscriptions moved (the second copy). */
   duplicates: number;
 }
 
@@ -357,21 +358,32 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
     written: 0,
     duplicates: 0,
   };
-  const recentIds = new Set<string>();
+  /** Subscriptions of a newer connection carry a higher generation. */
+  let generation = 0;
+  /**
+   * The last move: ids the old subscriptions delivered while both were subscribed (their copies on
+   * the new ones are dropped, also later), and ids the new ones delivered meanwhile (the old
+   * copies are dropped).
+   */
+  let overlap: { oldGeneration: number; old: Set<string>; fresh: Set<string>; open: boolean } | undefined;
+  const seenOnOtherSide = (id: string | undefined, from: number): boolean => {
+    if (id === undefined || overlap === undefined) return false;
+    const fromOld = from === overlap.oldGeneration;
+    if ((fromOld ? overlap.fresh : overlap.old).has(id)) return true;
+    const mine = fromOld ? overlap.old : overlap.fresh;
+    if (overlap.open && mine.size < MAX_OVERLAP_IDS) mine.add(id);
+    return false;
+  };
   let lastLog = -Infinity;
   let malformedSinceLog = 0;
 
-  const handle = (kind: Kind, msg: Msg): void => {
+  const handle = (kind: Kind, msg: Msg, from: number): void => {
     counters.received += 1;
     try {
       const event = parseEvent(kind, msg.subject, msg.data);
-      if (event.id !== undefined) {
-        if (recentIds.has(event.id)) {
-          counters.duplicates += 1;
-          return;
-        }
-        recentIds.add(event.id);
-        if (recentIds.size > RECENT_EVENT_IDS) recentIds.delete(recentIds.values().next().value as string);
+      if (seenOnOtherSide(event.id, from)) {
+        counters.duplicates += 1;
+        return;
       }
       const client = event.client;
       const seen: SeenConnection = {
@@ -434,7 +446,7 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
     }
   };
 
-  const subscribe = (nc: NatsConnection, subject: string, kind: Kind): Subscription =>
+  const subscribe = (nc: NatsConnection, subject: string, kind: Kind, from: number): Subscription =>
     nc.subscribe(subject, {
       ...(opts.queue ? { queue: opts.queue } : {}),
       callback: (err, msg) => {
@@ -446,7 +458,7 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
           return;
         }
         try {
-          handle(kind, msg);
+          handle(kind, msg, from);
         } catch (e) {
           // A bug here must not end the subscription (nats.js closes it when a callback throws).
           opts.log.error({ subject, err: e }, "connection audit: event not handled");
@@ -454,22 +466,33 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
       },
     });
 
-  const subscribeAll = (nc: NatsConnection): Subscription[] => [
-    subscribe(nc, CONNECT_SUBJECT, "connect"),
-    subscribe(nc, DISCONNECT_SUBJECT, "disconnect"),
+  const subscribeAll = (nc: NatsConnection, from: number): Subscription[] => [
+    subscribe(nc, CONNECT_SUBJECT, "connect", from),
+    subscribe(nc, DISCONNECT_SUBJECT, "disconnect", from),
   ];
   let nc = opts.nc;
-  let subs = subscribeAll(nc);
+  let subs = subscribeAll(nc, generation);
   return {
     counters,
     async moveTo(next) {
-      const nextSubs = subscribeAll(next);
+      const move = {
+        oldGeneration: generation,
+        old: new Set<string>(),
+        fresh: new Set<string>(),
+        open: true,
+      };
+      overlap = move;
+      generation += 1;
+      const nextSubs = subscribeAll(next, generation);
       try {
         // The server has the new subscriptions once the flush returns: only then leave the old ones.
         await next.flush();
       } finally {
         // Even when the flush failed: the old connection is going away, the new one resubscribes.
         for (const sub of subs) sub.unsubscribe();
+        // The old subscriptions deliver nothing more: only the ids they delivered are still needed.
+        move.open = false;
+        move.fresh.clear();
         nc = next;
         subs = nextSubs;
       }

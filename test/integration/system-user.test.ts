@@ -495,6 +495,84 @@ describe("natsbind's own system users (nats.systemSigningKey)", TIMEOUT, () => {
     }
   });
 
+  it("an event delivered on both connections while the audit moves is logged once; the same id on one connection is not a copy", async () => {
+    const unrestricted = (): Promise<NatsConnection> =>
+      connect({ servers: server.url, authenticator: credsAuthenticator(op.systemCreds) });
+    const [oldNc, newNc, publisher] = await Promise.all([unrestricted(), unrestricted(), unrestricted()]);
+    const lines: AuditEvent[] = [];
+    const issued = new IssuedUsers({ clock: systemClock });
+    const calloutUser = NKeyPair.generate("user").publicKey;
+    issued.add({
+      userPublicKey: calloutUser,
+      account: acc.account.publicKey,
+      issuer: acc.ciKey.publicKey,
+      name: "moving#1",
+      expiresAt: Date.now() + 60_000,
+    });
+    const audit = startConnectionAudit({
+      nc: oldNc,
+      sink: { write: (e) => void lines.push(e), close: async () => undefined },
+      isIssued: () => false,
+      calloutUser: (name, seen) => issued.calloutUser(name, seen),
+      log,
+    });
+    const subject = `$SYS.ACCOUNT.${acc.account.publicKey}.CONNECT`;
+    const event = (id: string): string =>
+      JSON.stringify({
+        type: "io.nats.server.advisory.v1.client_connect",
+        id,
+        timestamp: new Date().toISOString(),
+        server: { name: server.name, id: "NID" },
+        client: { acc: acc.account.publicKey, user: "moving#1", issuer_key: acc.ciKey.publicKey },
+      });
+    try {
+      await oldNc.flush();
+      // The same id twice on one connection: two events (ids are compared only across a move).
+      publisher.publish(subject, event("same"));
+      publisher.publish(subject, event("same"));
+      await publisher.flush();
+      await waitFor(async () => audit.counters.written === 2, {
+        what: "two lines",
+        timeoutMs: 5_000,
+        intervalMs: 10,
+      });
+      // While both connections are subscribed (the move waits on the new one's flush), one event.
+      let moved = false;
+      const moving = new Proxy(newNc, {
+        get(target, prop, receiver) {
+          if (prop !== "flush" || moved) return Reflect.get(target, prop, receiver) as unknown;
+          return async () => {
+            moved = true;
+            await target.flush();
+            publisher.publish(subject, event("both"));
+            await publisher.flush();
+            await waitFor(async () => audit.counters.received === 4, {
+              what: "the event on both connections",
+              timeoutMs: 5_000,
+              intervalMs: 10,
+            });
+          };
+        },
+      });
+      await audit.moveTo(moving);
+      assert.equal(audit.counters.duplicates, 1);
+      assert.equal(audit.counters.written, 3, "logged once");
+      // After the move, events arrive on the new connection only.
+      publisher.publish(subject, event("after"));
+      await publisher.flush();
+      await waitFor(async () => audit.counters.written === 4, {
+        what: "the next line",
+        timeoutMs: 5_000,
+        intervalMs: 10,
+      });
+      assert.equal(audit.counters.received, 5);
+      assert.equal(lines.length, 4);
+    } finally {
+      await audit.stop();
+      await Promise.all([oldNc.close(), newNc.close(), publisher.close()]);
+    }
+  });
+
   it("a signing key the system account does not list is refused at connect, with a hint and no seed", async () => {
     const stranger = NKeyPair.generate("account");
     const seed = new TextDecoder().decode(stranger.getSeed());
