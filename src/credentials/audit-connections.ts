@@ -50,8 +50,23 @@ export const CONNECTION_AUDIT_USER_ROLE: SystemUserRole = {
   subscribe: [CONNECT_SUBJECT, DISCONNECT_SUBJECT],
   inbox: false,
 };
-/** Event ids remembered, per side, while moving between connections (the overlap lasts one flush). */
+/** Event ids remembered, per side, while moving between connections (the overlap lasts two flushes). */
 const MAX_OVERLAP_IDS = 4_096;
+/** How long a move waits for the old connection's flush (it may be reconnecting). */
+const MOVE_FLUSH_DEADLINE_MS = 5_000;
+
+/** `promise`, or nothing after `ms` (on `clock`); a rejection counts as done. */
+function withDeadline(promise: Promise<unknown>, ms: number, clock: Clock): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = clock.setTimeout(resolve, ms);
+    void promise
+      .catch(() => undefined)
+      .then(() => {
+        clock.clearTimeout(timer);
+        resolve();
+      });
+  });
+}
 /** Larger event messages are dropped: natsbind's user JWTs are ~1 KiB, events ~2 KiB. */
 export const MAX_EVENT_BYTES = 64 * 1024;
 /** Events nest 3 levels; anything deeper is not parsed. */
@@ -484,9 +499,13 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
       overlap = move;
       generation += 1;
       const nextSubs = subscribeAll(next, generation);
+      const previous = nc;
       try {
-        // The server has the new subscriptions once the flush returns: only then leave the old ones.
+        // The server has the new subscriptions once the flush returns. An event it sent before
+        // then went to the old connection only and may still be on its way: a flush there too
+        // (the server answers after what it queued for that connection) before leaving it.
         await next.flush();
+        if (!previous.isClosed()) await withDeadline(previous.flush(), MOVE_FLUSH_DEADLINE_MS, clock);
       } finally {
         // Even when the flush failed: the old connection is going away, the new one resubscribes.
         for (const sub of subs) sub.unsubscribe();
