@@ -290,7 +290,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   ): Promise<Msg[]> {
     const out: Msg[] = [];
     try {
-      // One connection per request: a renewing connection keeps it open until the replies are in.
+      // The request stays on one connection, which a renewal keeps open until the replies are in.
       await this.#connection.use(async (nc) => {
         const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
         for await (const msg of replies) {
