@@ -85,6 +85,7 @@ bench: deps tools
 	node bench/k8s.ts
 	node bench/credentials.ts
 	node bench/callout.ts
+	node bench/operator.ts
 
 demo: deps tools
 	node scripts/demo.ts

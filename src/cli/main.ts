@@ -11,7 +11,8 @@ import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
 import { rotateCommand } from "./rotate.ts";
-import { UsageError } from "./usage.ts";
+import { operatorCommand } from "./operator.ts";
+import { OPERATOR_USAGE, UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
 
@@ -41,7 +42,7 @@ commands:
         old one retires after the overlap. --emergency removes every key of the role at once (a
         leak) and reports the connections closed. Hands the work to a running natsbind run, or
         does it here when none runs. Kubernetes: annotate the NatsBinding natsbind.io/rotate
-  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
+${OPERATOR_USAGE}  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
   status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
 `;
@@ -114,6 +115,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "gitlab":
         await gitlabCommand(rest);
+        return 0;
+      case "operator":
+        await operatorCommand(rest);
         return 0;
       case "run":
         await runCommand(rest);

@@ -269,6 +269,7 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
     resolver: fencedResolver(ctx.resolver, fence),
     statuses,
     signer: ctx.signer,
+    trustedIssuers: ctx.trustedIssuers,
     clock: ctx.clock,
     driftCheckMs: config.gitlab!.resyncInterval,
     requeue: (key) => queue.add(key),
