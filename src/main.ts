@@ -24,7 +24,8 @@ import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.t
 import type { CredentialSources } from "./credentials/directory.ts";
 import { setupCredentials } from "./credentials/start.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
-import { connectResolver } from "./nats/from-config.ts";
+import { connectLiveResolver } from "./nats/from-config.ts";
+import { SigningGate } from "./operator/live-keys.ts";
 import type { AccountResolver } from "./nats/resolver.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import { createLogger, type Logger } from "./observability/logger.ts";
@@ -86,6 +87,8 @@ export interface ModeContext {
   gitlab: GitLabPort;
   resolver: AccountResolver;
   signer: KeyPair;
+  /** Keys whose account JWTs are natsbind's (with its tags): the operator JWT's, kept current. */
+  trustedIssuers: ReadonlySet<string>;
   events: ReconcilerEvents;
   metrics: Registry;
   /** Builds and starts the controller around a reconciler; returns its stop. */
@@ -135,7 +138,14 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const webhookSecret = config.gitlab.webhookSecretFile
     ? await readSecretFile(config.gitlab.webhookSecretFile, "webhook secret")
     : undefined;
-  const { resolver, signer } = await connectResolver(config.nats);
+  // The operator signing key is swapped between reconciles when `natsbind operator activate`
+  // replaces its file (src/operator/live-keys.ts).
+  const signingGate = new SigningGate();
+  const { resolver, keys: operatorKeys } = await connectLiveResolver(config.nats, {
+    log,
+    exclusive: (fn) => signingGate.exclusive(fn),
+  });
+  const signer = operatorKeys.signer;
 
   const metrics = new Registry();
   const reconciles = metrics.counter({
@@ -271,6 +281,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     });
   } catch (err) {
     await credentials?.stop();
+    operatorKeys.close();
     await resolver.close();
     throw err;
   }
@@ -287,12 +298,15 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     gitlab,
     resolver,
     signer,
+    trustedIssuers: operatorKeys.issuers,
     events,
     metrics,
     startController(reconciler) {
       const controller = new Controller<string>({
         name: "binding",
-        reconciler,
+        reconciler: {
+          reconcile: (key, signal) => signingGate.shared(() => reconciler.reconcile(key, signal)),
+        },
         queue,
         workers: opts.workers ?? 2,
         clock,
@@ -371,9 +385,11 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     await http.close();
     await credentials?.stop();
     inventories.stop();
+    operatorKeys.close();
     await resolver.close();
     throw err;
   }
+  operatorKeys.watch();
   ready = true;
   log.info({ url: http.url, mode: config.mode }, "natsbind running");
 
@@ -387,6 +403,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       inventories.stop();
       await http.close();
       await credentials?.stop();
+      operatorKeys.close();
       await resolver.close();
       log.info({}, "natsbind stopped");
     },
@@ -444,6 +461,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
       resolver: ctx.resolver,
       statuses: new StatusFiles(config.state.directory),
       signer: ctx.signer,
+      trustedIssuers: ctx.trustedIssuers,
       clock: ctx.clock,
       driftCheckMs: config.gitlab!.resyncInterval,
       events: ctx.events,

@@ -12,7 +12,8 @@ import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
 import { credentialsCommand } from "./revoke.ts";
 import { rotateCommand } from "./rotate.ts";
-import { UsageError } from "./usage.ts";
+import { operatorCommand } from "./operator.ts";
+import { OPERATOR_USAGE, UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
 
@@ -51,7 +52,7 @@ commands:
         servers hold it; one audit line per revoked key (stdout unless credentials.audit.file).
         Local mode: hands it to a running natsbind run, or does it here when none runs.
         Kubernetes (--binding NAMESPACE/NAME): writes the account's Secret; the leader pushes
-  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
+${OPERATOR_USAGE}  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
   status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
 `;
@@ -124,6 +125,9 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case "gitlab":
         await gitlabCommand(rest);
+        return 0;
+      case "operator":
+        await operatorCommand(rest);
         return 0;
       case "run":
         await runCommand(rest);

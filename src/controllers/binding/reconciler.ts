@@ -108,9 +108,9 @@ export interface BindingReconcilerOptions {
   keyConcurrency?: number;
   /**
    * Keys whose account JWTs natsbind takes as its own (with its tags): default the signer alone.
-   * Add the operator's other keys only if they never sign accounts natsbind must not touch.
+   * A live set (src/operator/live-keys.ts: the operator JWT's signing keys, re-read on change).
    */
-  trustedIssuers?: readonly string[];
+  trustedIssuers?: ReadonlySet<string>;
   events?: ReconcilerEvents;
   /**
    * Asks for another reconcile of a binding soon (wired to the work queue): a binding that left
@@ -165,7 +165,7 @@ export class BindingReconciler implements Reconciler<string> {
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
-    this.#issuers = new Set(o.trustedIssuers ?? [o.signer.getPublicKey()]);
+    this.#issuers = o.trustedIssuers ?? new Set([o.signer.getPublicKey()]);
   }
 
   #nowIso(): string {
