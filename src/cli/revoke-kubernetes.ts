@@ -142,7 +142,7 @@ export async function revokeInKubernetes(
         );
       await new Promise((r) => setTimeout(r, 200));
     }
-    report(stored, overlapMs, say);
+    report(stored, config, overlapMs, say);
   } finally {
     informer.stop();
     await sink?.close();

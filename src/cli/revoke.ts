@@ -438,6 +438,7 @@ export async function writeAudit(
 
 export function report(
   targets: readonly RevocationTarget[],
+  config: Config,
   overlapMs: number,
   say: (line: string) => void,
 ): void {
@@ -454,10 +455,15 @@ export function report(
       if (keys.length > SHOWN_KEYS) say(`  and ${keys.length - SHOWN_KEYS} more (see the audit lines)`);
     }
   }
+  const kept = Math.round(overlapMs / 1000);
   say(
-    `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${Math.round(overlapMs / 1000)} s ` +
-      "(credentials.maxTtl + leeway: until every credential natsbind issued before it has expired); a user JWT " +
-      "issued elsewhere that lives longer is admitted again after that",
+    config.credentials
+      ? `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${kept} s ` +
+          "(credentials.maxTtl + credentials.leeway + 5 s: until every credential natsbind issued before it " +
+          "has expired); a user JWT issued otherwise that lives longer is admitted again after that"
+      : `the account JWT on the NATS servers carries the revocation; natsbind keeps it only ${kept} s: ` +
+          "natsbind.yaml has no credentials section, so natsbind issued none of these users and a user JWT " +
+          "issued otherwise is admitted again after that (re-key the role instead: natsbind rotate --emergency)",
   );
 }
 
@@ -542,7 +548,7 @@ async function revokeLocally(a: RevokeArgs, say: (line: string) => void): Promis
       timeoutMs: a.timeoutMs,
       progress: say,
     });
-    report(targets, overlapMs, say);
+    report(targets, config, overlapMs, say);
   } finally {
     await sink?.close();
     await resolver?.close();
