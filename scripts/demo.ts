@@ -21,7 +21,7 @@ import { loadConfig } from "../src/config/config.ts";
 import { DirectoryKeyStore } from "../src/keystore/directory.ts";
 import { decodeJwt } from "../src/nats/claims.ts";
 import { NODE_FLAGS } from "../src/cli/node-flags.ts";
-import { NatsResolver } from "../src/nats/resolver.ts";
+import { connectResolver } from "../src/nats/from-config.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -165,10 +165,8 @@ spec:
     );
     const loaded = await loadConfig(configPath);
     const keys = new DirectoryKeyStore(loaded.keys.directory);
-    const resolver = await NatsResolver.connect({
-      servers: loaded.nats.servers,
-      creds: await readFile(loaded.nats.systemCreds),
-    });
+    // As natsbind itself: a short-lived system user issued with the system account's signing key.
+    const { resolver } = await connectResolver(loaded.nats);
     try {
       await until("three accounts", 20_000, async () =>
         (await keys.list(BINDING)).length === 3 ? true : undefined,

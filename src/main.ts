@@ -143,6 +143,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const signingGate = new SigningGate();
   const { resolver, keys: operatorKeys } = await connectLiveResolver(config.nats, {
     log,
+    clock,
     exclusive: (fn) => signingGate.exclusive(fn),
   });
   const signer = operatorKeys.signer;

@@ -4,17 +4,23 @@
  * public keys only; a progress line goes to stderr when it is a terminal, nothing otherwise.
  */
 import { parseArgs } from "node:util";
-import { MAX_CREDS_FILE_BYTES, loadConfig, readConfigReferencedFile, type Config } from "../config/config.ts";
+import { loadConfig, type Config } from "../config/config.ts";
+import { openSystemConnection } from "../nats/from-config.ts";
+import { RESOLVER_USER_ROLE } from "../nats/system-user.ts";
+import { createLogger } from "../observability/logger.ts";
 import { NatsResolver } from "../nats/resolver.ts";
 import type { ScanProgress } from "../operator/inventory.ts";
 import { activate, addSigningKey, operatorStatus, retire, type OperatorStatus } from "../operator/phases.ts";
 import { UsageError } from "./usage.ts";
 
+/** The system account as natsbind.yaml says (creds, or a user issued with nats.systemSigningKey). */
 async function connect(nats: Config["nats"]): Promise<NatsResolver> {
-  const creds = await readConfigReferencedFile(nats.systemCreds, "nats.systemCreds", MAX_CREDS_FILE_BYTES);
+  const connection = await openSystemConnection(nats, RESOLVER_USER_ROLE, {
+    log: createLogger({ level: "warn", base: { app: "natsbind" } }),
+  });
   return NatsResolver.connect({
     servers: nats.servers,
-    creds: new TextEncoder().encode(creds),
+    connection,
     timeoutMs: nats.timeoutMs,
     ...(nats.expectedServers ? { expectedServers: nats.expectedServers } : {}),
   });

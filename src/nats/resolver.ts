@@ -17,6 +17,7 @@ import {
   type TrustedOperator,
 } from "./claims.ts";
 import { parsePublicKey } from "./keys.ts";
+import { fixedSystemConnection, type SystemConnection } from "./system-connection.ts";
 
 /** What a resolver can do for the controller: the narrow port the reconciler depends on. */
 export interface AccountResolver {
@@ -95,7 +96,9 @@ export class ResolverIncompleteError extends ResolverError {}
 export interface ResolverOptions {
   servers: string | string[];
   /** Creds (user JWT + seed) of a system-account user. Kept only inside the connection. */
-  creds: Uint8Array;
+  creds?: Uint8Array;
+  /** Instead of creds: a system connection opened elsewhere (system-connection.ts); close() closes it. */
+  connection?: SystemConnection;
   /** Fixed number of resolver servers; default: discovered with $SYS.REQ.SERVER.PING. */
   expectedServers?: number;
   /** Deadline of each request, ms. */
@@ -231,16 +234,18 @@ function summarize(replies: ServerReply[]): string {
 }
 
 export class NatsResolver implements AccountResolver, AccountConnectionReader {
-  readonly #nc: NatsConnection;
+  readonly #connection: SystemConnection;
   readonly #opts: ResolverOptions;
   #expected: { count: number; at: number } | undefined;
 
-  private constructor(nc: NatsConnection, opts: ResolverOptions) {
-    this.#nc = nc;
+  private constructor(connection: SystemConnection, opts: ResolverOptions) {
+    this.#connection = connection;
     this.#opts = opts;
   }
 
   static async connect(opts: ResolverOptions): Promise<NatsResolver> {
+    if (opts.connection) return new NatsResolver(opts.connection, opts);
+    if (!opts.creds) throw new ResolverError("resolver: neither creds nor a system connection given");
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -260,7 +265,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
         },
       );
     }
-    return new NatsResolver(nc, opts);
+    return new NatsResolver(fixedSystemConnection(nc), opts);
   }
 
   get #timeoutMs(): number {
@@ -297,12 +302,15 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   ): Promise<Msg[]> {
     const out: Msg[] = [];
     try {
-      const replies = await this.#nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
-      for await (const msg of replies) {
-        // A no-responders status arrives as an empty message with a 503 header.
-        if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
-        out.push(msg);
-      }
+      // The request stays on one connection, which a renewal keeps open until the replies are in.
+      await this.#connection.use(async (nc) => {
+        const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
+        for await (const msg of replies) {
+          // A no-responders status arrives as an empty message with a 503 header.
+          if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
+          out.push(msg);
+        }
+      });
     } catch (cause) {
       if (cause instanceof ResolverError) throw cause;
       const text = describeError(cause);
@@ -364,7 +372,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     const subject = `$SYS.REQ.ACCOUNT.${account}.CLAIMS.LOOKUP`;
     let msg: Msg;
     try {
-      msg = await this.#nc.request(subject, undefined, { timeout: this.#timeoutMs });
+      msg = await this.#connection.use((nc) => nc.request(subject, undefined, { timeout: this.#timeoutMs }));
     } catch (cause) {
       const text = describeError(cause);
       if (/no responders/i.test(text))
@@ -583,6 +591,6 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   }
 
   async close(): Promise<void> {
-    if (!this.#nc.isClosed()) await this.#nc.drain().catch(() => this.#nc.close());
+    await this.#connection.close();
   }
 }
