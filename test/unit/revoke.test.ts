@@ -4,7 +4,7 @@
 // audit line, and the audit file search (streamed, bounded, hostile lines skipped).
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -14,6 +14,7 @@ import {
   parseUserKeys,
   RevocationRefusedError,
   targetSlots,
+  writeAudit,
 } from "../../src/cli/revoke.ts";
 import { UsageError } from "../../src/cli/usage.ts";
 import {
@@ -21,7 +22,10 @@ import {
   MAX_AUDIT_LINE_BYTES,
   AuditSearchError,
 } from "../../src/credentials/audit-search.ts";
-import { renderAuditLine } from "../../src/credentials/audit.ts";
+import { openAuditSink, renderAuditLine } from "../../src/credentials/audit.ts";
+import type { RevocationAuditEvent } from "../../src/credentials/types.ts";
+import { nullLogger } from "../../src/observability/logger.ts";
+import { systemClock } from "../../src/runtime/clock.ts";
 import type { StoredAccount } from "../../src/keystore/port.ts";
 import { accountClaims, MAX_REVOCATIONS, signJwt } from "../../src/nats/claims.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
@@ -311,6 +315,32 @@ describe("the credentials.revoked audit line", () => {
     ]);
     assert.equal(parsed.environment, "prod [REDACTED]");
     assert.ok(!line.includes(seed));
+  });
+});
+
+describe("writeAudit", () => {
+  it("writes every line, also more than the sink buffers at once (10,000)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "natsbind-revoke-audit-"));
+    try {
+      const file = join(dir, "audit.log");
+      const sink = await openAuditSink({ file, clock: systemClock, log: nullLogger });
+      const events = Array.from({ length: 25_000 }, (_, i): RevocationAuditEvent => ({
+        event: "credentials.revoked",
+        time: "2026-03-02T10:15:04.123Z",
+        binding: "acme",
+        projectId: 1 + (i % 3),
+        account: "AXX",
+        userPublicKey: `U${i}`,
+        revokedAt: "2026-03-02T10:15:04.000Z",
+        source: "cli",
+      }));
+      await writeAudit(sink, events);
+      const lines = (await readFile(file, "utf8")).trim().split("\n");
+      assert.equal(lines.length, 25_000);
+      assert.equal((JSON.parse(lines.at(-1)!) as { userPublicKey: string }).userPublicKey, "U24999");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
