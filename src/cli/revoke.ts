@@ -281,12 +281,6 @@ export async function resolverCarries(
   return true;
 }
 
-/** Keys of a job or pipeline: per account, and what each place gave. */
-interface FoundKeys {
-  perAccount: Map<string, Set<string>>;
-  lines: string[];
-}
-
 async function findJobKeys(
   selector: Extract<RevokeSelector, { kind: "job" | "pipeline" }>,
   projectId: number,
@@ -294,7 +288,7 @@ async function findJobKeys(
   config: Config,
   resolver: NatsResolver,
   say: (line: string) => void,
-): Promise<FoundKeys> {
+): Promise<Map<string, Set<string>>> {
   const what = `${selector.kind} ${selector.id}`;
   const tag = `${selector.kind}:${selector.id}`;
   const accounts = new Set(targets.map((t) => t.account));
@@ -307,7 +301,7 @@ async function findJobKeys(
   // (a) Users natsbind issued, from its audit file.
   const file = config.credentials?.audit.file;
   if (file === undefined) {
-    looked.push("no audit file (credentials.audit.file is not set: audit lines go to standard output)");
+    looked.push("the audit file: none (credentials.audit.file is not set)");
     say(`audit file: not configured (credentials.audit.file), skipped`);
   } else {
     try {
@@ -371,7 +365,7 @@ async function findJobKeys(
       `no user of ${what} of project ${projectId} found to revoke: looked in ${looked.join("; and in ")}. ` +
         "Revoke by key (--user) or every user of the account (--all)",
     );
-  return { perAccount, lines: looked };
+  return perAccount;
 }
 
 /** Entries per target slot for the selector (one time for all: `nowSec`). */
@@ -393,7 +387,7 @@ export async function revocationTargets(
   return slots
     .map((slot) => ({
       slot,
-      entries: Object.fromEntries([...(found.perAccount.get(slot.account) ?? [])].map((k) => [k, nowSec])),
+      entries: Object.fromEntries([...(found.get(slot.account) ?? [])].map((k) => [k, nowSec])),
     }))
     .filter((t) => Object.keys(t.entries).length > 0);
 }
