@@ -51,6 +51,19 @@ const PROMISES: Record<string, (env: RunbookEnvironment, before: Before) => Prom
     await assertSameAccounts(env, before);
     await assertOldCredsWork(env, before);
   },
+  // The leaked job's user was cut off by the revocation's push (the server says why), and nobody
+  // else was: credentials issued before the runbook for the other projects still work. (Whether it
+  // is still refused is not checked here: the environment issues no CI credentials, so natsbind
+  // keeps the entries only 5 s, see rotationOverlapMs.)
+  "revoke-credentials.md": async (env, before) => {
+    const leaked = env.leakedUser!;
+    assert.ok(leaked.isClosed(), "the leaked user's connection is closed");
+    assert.equal(leaked.events[0], "error: User Authentication Revoked", leaked.events.join(", "));
+    for (const [what, creds] of before.creds) {
+      const projectId = Number(what.split(" ").at(-1));
+      if (projectId !== leaked.projectId) await env.assertClientWorks(creds, projectId, what);
+    }
+  },
   // Without a backup: the project gets a new account, the old one is deleted from every server;
   // the other projects keep theirs.
   "rotate-account-signing-keys.md": (env, before) => assertRotatedOneRoleKey(env, before),
@@ -235,7 +248,11 @@ describe("runbooks (docs/runbooks)", { concurrency: 1 }, () => {
       const kubernetes = runbook.variables.has("KUBECONFIG");
       if (kubernetes) assert.ok(hasToolBinary("kubectl"), 'kubectl not found: run "make tools"');
       const started = performance.now();
-      const env = await startRunbookEnvironment({ name: file.replace(/\.md$/, ""), kubernetes });
+      const env = await startRunbookEnvironment({
+        name: file.replace(/\.md$/, ""),
+        kubernetes,
+        leakedUser: runbook.variables.has("USER_KEY"),
+      });
       const setupMs = performance.now() - started;
       try {
         const unknown = [...runbook.variables.keys()].filter((v) => env.variables[v] === undefined);

@@ -11,6 +11,11 @@
  *   as docs/install.md has you create it), a kubeconfig for kubectl, and `natsbind run` in
  *   Kubernetes mode as a second child process.
  *
+ * - with `leakedUser` (a runbook that declares USER_KEY): a CI job's user of the first project's
+ *   local-mode account (tagged project, pipeline and job), connected to the first server as a
+ *   leaked credential would be; USER_KEY and JOB_ID name it. It does not reconnect, so what closed
+ *   it stays visible. Only on request: other runbooks expect no connection in that account.
+ *
  * What only an environment can do (stop and start natsbind, restart a nats-server, put an operator
  * JWT where a server reads it) are small commands on the runbook's PATH, served by this process:
  * each runbook names them in its Variables section ("provided by your environment"). Starting the
@@ -111,10 +116,25 @@ export interface RunbookEnvironment {
   assertClientWorks(creds: Uint8Array, projectId: number, what: string): Promise<void>;
   /** Creds of a fresh user of `held`'s role key, valid an hour. */
   userCreds(held: HeldAccount): Uint8Array;
+  /** With `leakedUser`: the connected CI job user (USER_KEY, JOB_ID) and what became of it. */
+  leakedUser?: LeakedUser;
   /** Last output of each natsbind process, for failure messages. */
   logs(): string;
   stop(): Promise<void>;
 }
+
+/** A user connected before the runbook ran, as a leaked job's credentials would be. */
+export interface LeakedUser {
+  publicKey: string;
+  projectId: number;
+  jobId: number;
+  /** Status events of its connection ("disconnect", "error: <message>", ...), in order. */
+  events: string[];
+  isClosed(): boolean;
+}
+
+const LEAKED_PIPELINE_ID = 7001;
+const LEAKED_JOB_ID = 70011;
 
 function bindingYaml(): string {
   return `apiVersion: natsbind.io/v1alpha1
@@ -199,6 +219,7 @@ exec curl -sS --fail-with-body --max-time 120 -G -X POST "\${params[@]}" -H "Aut
 export async function startRunbookEnvironment(o: {
   name: string;
   kubernetes: boolean;
+  leakedUser?: boolean;
 }): Promise<RunbookEnvironment> {
   const cleanups: Array<() => Promise<unknown>> = [];
   const stopAll = async (): Promise<void> => {
@@ -562,6 +583,38 @@ export async function startRunbookEnvironment(o: {
 
     await waitConverged();
 
+    const leakedUser = o.leakedUser ? await connectLeakedUser() : undefined;
+    async function connectLeakedUser(): Promise<LeakedUser> {
+      const held = (await localAccounts()).get(projectIds[0]!)!;
+      const key = NKeyPair.generate("user");
+      const connection = await connect({
+        servers: cluster.urls[0]!,
+        authenticator: credsAuthenticator(
+          roleUserCreds(held.account, held.roleKey, {
+            user: key,
+            name: "leaked-job",
+            tags: [`project:${projectIds[0]}`, `pipeline:${LEAKED_PIPELINE_ID}`, `job:${LEAKED_JOB_ID}`],
+            expiresAt: Math.floor(Date.now() / 1000) + 3600,
+          }),
+        ),
+        maxReconnectAttempts: 0,
+        timeout: 5_000,
+      });
+      cleanups.push(() => connection.close());
+      const events: string[] = [];
+      void (async () => {
+        for await (const st of connection.status())
+          events.push(st.type === "error" ? `error: ${st.error.message}` : st.type);
+      })();
+      return {
+        publicKey: key.publicKey,
+        projectId: projectIds[0]!,
+        jobId: LEAKED_JOB_ID,
+        events,
+        isClosed: () => connection.isClosed(),
+      };
+    }
+
     const systemPath = process.env.PATH ?? "/usr/bin:/bin";
     return {
       dir,
@@ -579,6 +632,7 @@ export async function startRunbookEnvironment(o: {
         BINDING,
         ROLE,
         PROJECT_ID: String(projectIds[0]),
+        ...(leakedUser ? { USER_KEY: leakedUser.publicKey, JOB_ID: String(leakedUser.jobId) } : {}),
         NATS_URL: cluster.urls[0]!,
         SERVERS: cluster.servers.map((s) => s.name).join(" "),
         MONITOR_URLS: cluster.servers.map((s) => s.monitorUrl).join(" "),
@@ -609,6 +663,7 @@ export async function startRunbookEnvironment(o: {
       waitConverged,
       assertClientWorks,
       userCreds,
+      ...(leakedUser ? { leakedUser } : {}),
       logs: () =>
         processes
           .map((p) => `=== ${p.name} (last lines) ===\n${p.logs().split("\n").slice(-30).join("\n")}`)
