@@ -345,7 +345,10 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
         connections: resolver,
         clock,
         defaults: { everyMs: config.rotation.every, gracePeriodMs: config.rotation.gracePeriod },
-        limits: { overlapMs: rotationOverlapMs(config) },
+        limits: {
+          overlapMs: rotationOverlapMs(config),
+          revocationRetentionMs: revocationRetentionMs(config),
+        },
         maxStartsPerMinute: config.rotation.maxStartsPerMinute,
         requests,
         onEvent: (key, event) => {
@@ -517,6 +520,17 @@ export function rotationOverlapMs(config: Config): number {
   const margin = 5_000;
   if (!config.credentials) return margin;
   return config.credentials.maxTtl + config.credentials.leeway + margin;
+}
+
+/**
+ * How long a revocation stays in the account JWT after its time: revocations.retention, else the
+ * longest life of a user JWT natsbind issues plus the margin (rotationOverlapMs) when it issues
+ * them, else 7 days: without a credentials section natsbind does not know how long the users it
+ * would cut off live, and a revocation that lapses lets them back in.
+ */
+export function revocationRetentionMs(config: Config): number {
+  if (config.revocations.retention !== undefined) return config.revocations.retention;
+  return config.credentials ? rotationOverlapMs(config) : 7 * 86_400_000;
 }
 
 /** Rotation gauges per binding, from each rotator's last status (read at scrape time). */

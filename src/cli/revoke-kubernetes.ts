@@ -18,7 +18,7 @@ import { parseBindingKey, SecretKeyStore } from "../k8s/secret-keystore.ts";
 import { connectResolver } from "../nats/from-config.ts";
 import type { NatsResolver } from "../nats/resolver.ts";
 import { createLogger, redactSecrets } from "../observability/logger.ts";
-import { rotationOverlapMs } from "../main.ts";
+import { revocationRetentionMs } from "../main.ts";
 import { changeRevocations } from "../rotation/revocations.ts";
 import { systemClock } from "../runtime/clock.ts";
 import {
@@ -86,7 +86,7 @@ export async function revokeInKubernetes(
     );
   }
   const deadline = Date.now() + a.timeoutMs;
-  const overlapMs = rotationOverlapMs(config);
+  const overlapMs = revocationRetentionMs(config);
   const kc = await kubeConfigFrom(config.kubernetes.kubeconfig);
   try {
     await kc.makeApiClient(CustomObjectsApi).getNamespacedCustomObject({

@@ -33,7 +33,7 @@ import { connectResolver } from "../nats/from-config.ts";
 import { parsePublicKey } from "../nats/keys.ts";
 import type { NatsResolver } from "../nats/resolver.ts";
 import { createLogger, redactSecrets } from "../observability/logger.ts";
-import { rotationOverlapMs } from "../main.ts";
+import { revocationRetentionMs } from "../main.ts";
 import { RequestFiles } from "../rotation/request-files.ts";
 import { carries, prunableAt, type RevocationRequest } from "../rotation/revocations.ts";
 import { systemClock } from "../runtime/clock.ts";
@@ -454,16 +454,24 @@ export function report(
       if (keys.length > SHOWN_KEYS) say(`  and ${keys.length - SHOWN_KEYS} more (see the audit lines)`);
     }
   }
-  const kept = Math.round(overlapMs / 1000);
+  const kept = formatRetention(overlapMs);
   say(
-    config.credentials
-      ? `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${kept} s ` +
+    config.revocations.retention !== undefined
+      ? `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${kept} (revocations.retention)`
+      : config.credentials
+        ? `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${kept} ` +
           "(credentials.maxTtl + credentials.leeway + 5 s: until every credential natsbind issued before it " +
-          "has expired); a user JWT issued otherwise that lives longer is admitted again after that"
-      : `the account JWT on the NATS servers carries the revocation; natsbind keeps it only ${kept} s: ` +
-          "natsbind.yaml has no credentials section, so natsbind issued none of these users and a user JWT " +
-          "issued otherwise is admitted again after that (re-key the role instead: natsbind rotate --emergency)",
+          "has expired; set revocations.retention for user JWTs issued otherwise that live longer)"
+        : `the account JWT on the NATS servers carries the revocation; natsbind keeps it ${kept} ` +
+          "(natsbind.yaml has no credentials section, so these users were issued otherwise: set " +
+          "revocations.retention to their longest lifetime, or re-key the role: natsbind rotate --emergency)",
   );
+}
+
+function formatRetention(ms: number): string {
+  if (ms % 86_400_000 === 0) return `${ms / 86_400_000} d`;
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000} h`;
+  return `${Math.round(ms / 1000)} s`;
 }
 
 export async function credentialsCommand(args: string[]): Promise<void> {
@@ -499,7 +507,7 @@ export function openSink(config: Config): Promise<OpenedAuditSink> {
 async function revokeLocally(a: RevokeArgs, say: (line: string) => void): Promise<void> {
   const lb = await localBinding(a.configPath, a.binding, COMMAND);
   const { config } = lb;
-  const overlapMs = rotationOverlapMs(config);
+  const overlapMs = revocationRetentionMs(config);
   const slots = targetSlots(await managedSlots(config, lb.key), lb.key, a.projectId, a.environment);
   let sink: OpenedAuditSink | undefined = await openSink(config);
   let resolver: NatsResolver | undefined;

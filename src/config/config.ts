@@ -264,6 +264,16 @@ export const ConfigSchema = z.strictObject({
     })
     .prefault({}),
   rotation: RotationConfigSchema,
+  /** Revocations (natsbind credentials revoke) stay in the account JWT this long after their time. */
+  revocations: z
+    .strictObject({
+      /**
+       * Default: credentials.maxTtl + leeway + 5 s (natsbind's own users have all expired by then)
+       * with a credentials section, 7 days without one (users issued elsewhere live longer).
+       */
+      retention: longDuration(60_000, 3650 * 86_400_000).optional(),
+    })
+    .prefault({}),
   bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
   /** Local mode: status files, one per binding (what `natsbind status` reads). */

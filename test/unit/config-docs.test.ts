@@ -59,12 +59,14 @@ describe("docs/configuration.md", async () => {
   });
 
   it("names every field of credentials and http.tls in a table, with its default and bounds", () => {
-    for (const field of schemaFields().filter((f) => /^(credentials|http\.tls|rotation)\./.test(f))) {
+    for (const field of schemaFields().filter((f) =>
+      /^(credentials|http\.tls|rotation|revocations)\./.test(f),
+    )) {
       // credentials.* rows name the field without the section; others name it whole or by its last part.
       const name = field.startsWith("credentials.")
         ? field.slice("credentials.".length)
-        : field.startsWith("rotation.")
-          ? field.slice("rotation.".length)
+        : /^(rotation|revocations)\./.test(field)
+          ? field.slice(field.indexOf(".") + 1)
           : field;
       assert.ok(text.includes(`| \`${name}\``), `no table row for ${field}`);
     }

@@ -254,6 +254,9 @@ export class BindingReconciler implements Reconciler<string> {
           requests,
         );
         nextAt = before.nextAt;
+        // A failed step (the key store or the servers said no) is tried again soon, not at the
+        // next drift check.
+        if (before.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
         if (before.changed) {
           untrusted = [];
           slots = await this.#o.keys.list(key, untrusted);
@@ -788,6 +791,9 @@ function problemReason(p: Plan): string {
   if (p.untrusted.length > 0) return REASON.UntrustedKeys;
   return REASON.AccountProblems;
 }
+
+/** How soon a binding whose rotation step failed is reconciled again. */
+const ROTATION_RETRY_MS = 30_000;
 
 /** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
 function managedSlots(slots: readonly StoredAccount[], p: Plan): StoredAccount[] {
