@@ -270,6 +270,7 @@ export class BindingReconciler implements Reconciler<string> {
         if (after.changed) slots = await this.#o.keys.list(key);
         if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
           nextAt = after.nextAt;
+        if (after.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
       }
       this.#reportRefusals(key, current);
       const status = this.#status(key, generation, projects, projects.length, conflicts, current);
