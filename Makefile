@@ -32,7 +32,7 @@ help:
 	@echo "make demo   - run natsbind locally against a real nats-server and show what it did"
 	@echo "make test   - install everything, lint, type-check and run all tests"
 	@echo "make bench  - benchmarks (medians, ratios against a baseline in the same run)"
-	@echo "make tools  - build nats-server, nsc, etcd, kube-apiserver into .cache/bin"
+	@echo "make tools  - build nats-server, nsc, etcd, kube-apiserver, kubectl, jq into .cache/bin"
 	@echo "make crds   - regenerate crds/natsbinding.yaml from src/api/v1alpha1"
 
 $(NODE_DIR)/bin/node:
@@ -86,6 +86,7 @@ bench: deps tools
 	node bench/credentials.ts
 	node bench/callout.ts
 	node bench/rotation.ts
+	node bench/operator.ts
 
 demo: deps tools
 	node scripts/demo.ts

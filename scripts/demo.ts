@@ -21,7 +21,7 @@ import { loadConfig } from "../src/config/config.ts";
 import { DirectoryKeyStore } from "../src/keystore/directory.ts";
 import { decodeJwt } from "../src/nats/claims.ts";
 import { NODE_FLAGS } from "../src/cli/node-flags.ts";
-import { NatsResolver } from "../src/nats/resolver.ts";
+import { connectResolver } from "../src/nats/from-config.ts";
 import { GitLabSimulator } from "../test/support/gitlab-sim.ts";
 
 const ROOT = join(import.meta.dirname, "..");
@@ -165,10 +165,8 @@ spec:
     );
     const loaded = await loadConfig(configPath);
     const keys = new DirectoryKeyStore(loaded.keys.directory);
-    const resolver = await NatsResolver.connect({
-      servers: loaded.nats.servers,
-      creds: await readFile(loaded.nats.systemCreds),
-    });
+    // As natsbind itself: a short-lived system user issued with the system account's signing key.
+    const { resolver } = await connectResolver(loaded.nats);
     try {
       await until("three accounts", 20_000, async () =>
         (await keys.list(BINDING)).length === 3 ? true : undefined,
@@ -248,6 +246,38 @@ spec:
             .join("  "),
         );
       }
+
+      say(`natsbind rotate --binding ${BINDING} --project ${worker.id} --role ci (while a job is connected)`);
+      const token3 = sim.mintIdToken({ projectId: worker.id, aud: AUDIENCE, extra: { job_id: "4103" } });
+      const job3 = await connect({ servers: loaded.nats.servers, token: token3 });
+      const before = (await keys.get({ binding: BINDING, projectId: worker.id }))!.roles.ci!;
+      console.log(
+        (
+          await natsbind([
+            "rotate",
+            "--config",
+            configPath,
+            "--binding",
+            BINDING,
+            "--project",
+            String(worker.id),
+            "--role",
+            "ci",
+          ])
+        ).trim(),
+      );
+      const rotated = (await keys.get({ binding: BINDING, projectId: worker.id }))!;
+      const listed = (
+        decodeJwt((await resolver.lookup(account))!).nats.signing_keys as Array<{ key: string }>
+      ).map((k) => k.key);
+      console.log(
+        `ci key ${before.slice(0, 10)}… -> ${rotated.roles.ci!.slice(0, 10)}…; the account JWT lists both: ${listed.includes(before) && listed.includes(rotated.roles.ci!)}`,
+      );
+      await job3.flush();
+      console.log(
+        `job 3 (issued by the old key) still connected: ${!job3.isClosed()}; the old key retires once nothing it issued can be valid`,
+      );
+      await job3.close();
     } catch (err) {
       // Show what natsbind said before the demo gives up.
       console.error(logs.slice(-10).join("\n"));

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds the real servers the tests run against, from the Go module proxy, and links them into
-# .cache/bin. Builds are cached per version outside the repo (NATSBIND_TOOLS_CACHE, default
-# ~/.cache/natsbind/<tool>-<version>) so a fresh clone on the same machine reuses them.
-# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver ...]   (default: all)
+# Builds the real servers the tests run against (and kubectl and jq, which run the runbooks'
+# steps), from the Go module proxy, and links them into .cache/bin. Builds are cached per version
+# outside the repo (NATSBIND_TOOLS_CACHE, default ~/.cache/natsbind/<tool>-<version>) so a fresh
+# clone on the same machine reuses them.
+# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver|kubectl|jq ...]   (default: all)
 set -euo pipefail
 
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-v2.15.2}"
 NSC_VERSION="${NSC_VERSION:-v2.12.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.37.2}"
+GOJQ_VERSION="${GOJQ_VERSION:-v0.12.17}"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${NATSBIND_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/natsbind}"
@@ -41,39 +43,43 @@ build_module() {
   link "$name" "$dest"
 }
 
-# kube-apiserver: k8s.io/kubernetes replaces its staging modules with local paths, so a throwaway
-# module requires it and pins every staging module to its published v0.Y.Z twin.
-build_kube_apiserver() {
-  local dest="$CACHE/kube-apiserver-$KUBERNETES_VERSION"
-  if [[ ! -x "$dest/kube-apiserver" ]]; then
-    log "building kube-apiserver $KUBERNETES_VERSION (takes minutes)"
+# Kubernetes commands (kube-apiserver, kubectl): k8s.io/kubernetes replaces its staging modules with
+# local paths, so a throwaway module requires it and pins every staging module to its published
+# v0.Y.Z twin. Usage: build_kubernetes_cmd NAME (a directory under k8s.io/kubernetes/cmd).
+build_kubernetes_cmd() {
+  local name="$1" dest="$CACHE/$1-$KUBERNETES_VERSION"
+  if [[ ! -x "$dest/$name" ]]; then
+    log "building $name $KUBERNETES_VERSION (takes minutes)"
     local tmp; tmp="$(scratch)"
     local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
     local staging="v0.${KUBERNETES_VERSION#v1.}"
     (
       cd "$tmp"
-      go mod init natsbind.tools/kube-apiserver >/dev/null 2>&1
+      go mod init "natsbind.tools/$name" >/dev/null 2>&1
       {
         echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
         grep -E '^\s*k8s\.io/[^ ]+ => \./staging/' "$gomod" | awk -v v="$staging" '{print "replace " $1 " => " $1 " " v}'
       } >> go.mod
-      printf 'package tools\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > tools.go
+      printf 'package tools\nimport _ "k8s.io/kubernetes/cmd/%s"\n' "$name" > tools.go
       go mod tidy >/dev/null
-      go build -trimpath -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+      go build -trimpath -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name"
     )
-    mkdir -p "$dest" && mv "$tmp/kube-apiserver" "$dest/kube-apiserver" && rm -rf "$tmp"
+    mkdir -p "$dest" && mv "$tmp/$name" "$dest/$name" && rm -rf "$tmp"
   fi
-  link kube-apiserver "$dest"
+  link "$name" "$dest"
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver)
+[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver kubectl jq)
 for tool in "${tools[@]}"; do
   case "$tool" in
     nats-server) build_module nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" ;;
     nsc) build_module nsc github.com/nats-io/nsc/v2 "$NSC_VERSION" ;;
     etcd) build_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ;;
-    kube-apiserver) build_kube_apiserver ;;
-    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver)" >&2; exit 2 ;;
+    kube-apiserver) build_kubernetes_cmd kube-apiserver ;;
+    kubectl) build_kubernetes_cmd kubectl ;;
+    # The runbooks use jq; gojq (jq in Go) so a machine without Debian's jq runs them too.
+    jq) build_module jq github.com/itchyny/gojq "$GOJQ_VERSION" github.com/itchyny/gojq/cmd/gojq ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver kubectl jq)" >&2; exit 2 ;;
   esac
 done

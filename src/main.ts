@@ -24,7 +24,8 @@ import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.t
 import type { CredentialSources } from "./credentials/directory.ts";
 import { setupCredentials } from "./credentials/start.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
-import { connectResolver } from "./nats/from-config.ts";
+import { connectLiveResolver } from "./nats/from-config.ts";
+import { SigningGate } from "./operator/live-keys.ts";
 import type { AccountResolver } from "./nats/resolver.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import { createLogger, type Logger } from "./observability/logger.ts";
@@ -86,6 +87,8 @@ export interface ModeContext {
   gitlab: GitLabPort;
   resolver: AccountResolver;
   signer: KeyPair;
+  /** Keys whose account JWTs are natsbind's (with its tags): the operator JWT's, kept current. */
+  trustedIssuers: ReadonlySet<string>;
   events: ReconcilerEvents;
   metrics: Registry;
   /** Builds and starts the controller around a reconciler; returns its stop. */
@@ -135,7 +138,15 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   const webhookSecret = config.gitlab.webhookSecretFile
     ? await readSecretFile(config.gitlab.webhookSecretFile, "webhook secret")
     : undefined;
-  const { resolver, signer } = await connectResolver(config.nats);
+  // The operator signing key is swapped between reconciles when `natsbind operator activate`
+  // replaces its file (src/operator/live-keys.ts).
+  const signingGate = new SigningGate();
+  const { resolver, keys: operatorKeys } = await connectLiveResolver(config.nats, {
+    log,
+    clock,
+    exclusive: (fn) => signingGate.exclusive(fn),
+  });
+  const signer = operatorKeys.signer;
 
   const metrics = new Registry();
   const reconciles = metrics.counter({
@@ -271,6 +282,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     });
   } catch (err) {
     await credentials?.stop();
+    operatorKeys.close();
     await resolver.close();
     throw err;
   }
@@ -287,12 +299,15 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     gitlab,
     resolver,
     signer,
+    trustedIssuers: operatorKeys.issuers,
     events,
     metrics,
     startController(reconciler) {
       const controller = new Controller<string>({
         name: "binding",
-        reconciler,
+        reconciler: {
+          reconcile: (key, signal) => signingGate.shared(() => reconciler.reconcile(key, signal)),
+        },
         queue,
         workers: opts.workers ?? 2,
         clock,
@@ -330,7 +345,10 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
         connections: resolver,
         clock,
         defaults: { everyMs: config.rotation.every, gracePeriodMs: config.rotation.gracePeriod },
-        limits: { overlapMs: rotationOverlapMs(config) },
+        limits: {
+          overlapMs: rotationOverlapMs(config),
+          revocationRetentionMs: revocationRetentionMs(config),
+        },
         maxStartsPerMinute: config.rotation.maxStartsPerMinute,
         requests,
         onEvent: (key, event) => {
@@ -371,9 +389,11 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     await http.close();
     await credentials?.stop();
     inventories.stop();
+    operatorKeys.close();
     await resolver.close();
     throw err;
   }
+  operatorKeys.watch();
   ready = true;
   log.info({ url: http.url, mode: config.mode }, "natsbind running");
 
@@ -387,6 +407,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       inventories.stop();
       await http.close();
       await credentials?.stop();
+      operatorKeys.close();
       await resolver.close();
       log.info({}, "natsbind stopped");
     },
@@ -444,6 +465,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
       resolver: ctx.resolver,
       statuses: new StatusFiles(config.state.directory),
       signer: ctx.signer,
+      trustedIssuers: ctx.trustedIssuers,
       clock: ctx.clock,
       driftCheckMs: config.gitlab!.resyncInterval,
       events: ctx.events,
@@ -498,6 +520,17 @@ export function rotationOverlapMs(config: Config): number {
   const margin = 5_000;
   if (!config.credentials) return margin;
   return config.credentials.maxTtl + config.credentials.leeway + margin;
+}
+
+/**
+ * How long a revocation stays in the account JWT after its time: revocations.retention, else the
+ * longest life of a user JWT natsbind issues plus the margin (rotationOverlapMs) when it issues
+ * them, else 7 days: without a credentials section natsbind does not know how long the users it
+ * would cut off live, and a revocation that lapses lets them back in.
+ */
+export function revocationRetentionMs(config: Config): number {
+  if (config.revocations.retention !== undefined) return config.revocations.retention;
+  return config.credentials ? rotationOverlapMs(config) : 7 * 86_400_000;
 }
 
 /** Rotation gauges per binding, from each rotator's last status (read at scrape time). */

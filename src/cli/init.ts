@@ -194,8 +194,11 @@ function natsbindConfig(o: { host: string; port: number; audience?: string }): s
 mode: local
 nats:
   servers: ["nats://${o.host}:${o.port}"]
-  # A system-account user: talks to the account resolver.
-  systemCreds: ${INIT_LAYOUT.systemCreds}
+  # A signing key of the system account: natsbind issues itself short-lived system users that may
+  # only make the requests it needs (the system account is the operator JWT's system_account).
+  # ${INIT_LAYOUT.systemCreds} is an unrestricted system user for your own tools (nats CLI).
+  systemSigningKey: ${INIT_LAYOUT.systemAccountSigningKey}
+  systemUserLifetime: 1h
   # Signs account JWTs. The operator identity key (${INIT_LAYOUT.operatorKey}) is not used at run time: keep it offline.
   operatorSigningKey: ${INIT_LAYOUT.operatorSigningKey}
   operatorJwt: ${INIT_LAYOUT.operatorJwt}

@@ -10,8 +10,10 @@ import { accountsCommand } from "./accounts.ts";
 import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
+import { credentialsCommand } from "./revoke.ts";
 import { rotateCommand } from "./rotate.ts";
-import { UsageError } from "./usage.ts";
+import { operatorCommand } from "./operator.ts";
+import { OPERATOR_USAGE, UsageError } from "./usage.ts";
 
 const USAGE = `usage: natsbind <command> [flags]
 
@@ -41,7 +43,16 @@ commands:
         old one retires after the overlap. --emergency removes every key of the role at once (a
         leak) and reports the connections closed. Hands the work to a running natsbind run, or
         does it here when none runs. Kubernetes: annotate the NatsBinding natsbind.io/rotate
-  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
+  credentials revoke --config FILE --binding NAME --project ID [--environment ENV]
+         (--user UKEY [--user UKEY]... | --job ID | --pipeline ID | --all) [--timeout 2m]
+        revoke users of the project's account(s): by user public key, every user natsbind
+        issued to a CI job or pipeline (from the audit file and the live connections tagged
+        job:ID / pipeline:ID), or every user issued until now (--all). Stored with the account's
+        keys (every later push carries it until it expires), pushed, and done when the NATS
+        servers hold it; one audit line per revoked key (stdout unless credentials.audit.file).
+        Local mode: hands it to a running natsbind run, or does it here when none runs.
+        Kubernetes (--binding NAMESPACE/NAME): writes the account's Secret; the leader pushes
+${OPERATOR_USAGE}  run --config FILE                    run the controller in local mode (until SIGTERM/SIGINT)
   status --config FILE                 bindings and accounts as natsbind run last reported them
   help                                 this text
 `;
@@ -115,11 +126,17 @@ export async function main(argv: string[]): Promise<number> {
       case "gitlab":
         await gitlabCommand(rest);
         return 0;
+      case "operator":
+        await operatorCommand(rest);
+        return 0;
       case "run":
         await runCommand(rest);
         return 0;
       case "rotate":
         await rotateCommand(rest);
+        return 0;
+      case "credentials":
+        await credentialsCommand(rest);
         return 0;
       case "status":
         await statusCommand(rest);

@@ -88,4 +88,34 @@ export async function statusCommand(args: string[]): Promise<void> {
   }
   console.log();
   console.log(pad(accounts));
+  const rotation = [
+    [
+      "BINDING",
+      "NEXT ROTATION",
+      "OLDEST KEY SINCE",
+      "ACTIVE",
+      "PREPARED",
+      "RETIRING",
+      "WAITING CONNS",
+      "LAST FAILURE",
+    ],
+  ];
+  for (const { key, status } of all) {
+    const r = status.rotation;
+    if (!r) continue;
+    rotation.push([
+      key,
+      r.nextRotation ?? "-",
+      r.oldestActiveKeySince ?? "-",
+      String(r.accounts.active),
+      String(r.accounts.prepared),
+      String(r.accounts.retiring),
+      String(r.waitingConnections),
+      r.lastFailure ? `${r.lastFailure.time} ${r.lastFailure.message}`.slice(0, 80) : "-",
+    ]);
+  }
+  if (rotation.length > 1) {
+    console.log();
+    console.log(pad(rotation));
+  }
 }

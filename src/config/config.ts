@@ -6,6 +6,12 @@ import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { TerminalError } from "../errors.ts";
+import { isPublicKey } from "../nats/keys.ts";
+import {
+  DEFAULT_SYSTEM_USER_LIFETIME_MS,
+  MAX_SYSTEM_USER_LIFETIME_MS,
+  MIN_SYSTEM_USER_LIFETIME_MS,
+} from "../nats/system-user.ts";
 import { readRequiredTextFile } from "../store/files.ts";
 import { yamlNestingProblem } from "../nesting.ts";
 import { parseDuration } from "../units.ts";
@@ -138,18 +144,57 @@ const RotationConfigSchema = z
 
 export const ConfigSchema = z.strictObject({
   mode: z.enum(["local", "kubernetes"]).default("local"),
-  nats: z.strictObject({
-    servers: z.array(natsUrl).min(1).max(64),
-    /** Creds of a system-account user, used to talk to the account resolver. */
-    systemCreds: z.string().min(1),
-    /** Operator signing key seed file: signs account JWTs. The identity key is never needed. */
-    operatorSigningKey: z.string().min(1),
-    /** The operator JWT: its signing keys are the issuers push() accepts. Default: only ours. */
-    operatorJwt: z.string().min(1).optional(),
-    timeoutMs: z.number().int().min(100).max(120_000).default(5_000),
-    /** Number of resolver servers; omit to discover them with $SYS.REQ.SERVER.PING. */
-    expectedServers: z.number().int().min(1).max(1_000).optional(),
-  }),
+  nats: z
+    .strictObject({
+      servers: z.array(natsUrl).min(1).max(64),
+      /** Creds of a system-account user, used to talk to the account resolver (long-lived). */
+      systemCreds: z.string().min(1).optional(),
+      /**
+       * Instead of systemCreds: seed file of a signing key of the system account. natsbind issues
+       * itself least-privilege system users that live systemUserLifetime (src/nats/system-user.ts).
+       */
+      systemSigningKey: z.string().min(1).optional(),
+      /** The system account's public key; default: the operator JWT's system_account. */
+      systemAccount: z
+        .string()
+        .refine((k) => isPublicKey(k, "account"), "must be an account public key (A...)")
+        .optional(),
+      /** Lifetime of each issued system user; renewed after a third of it. */
+      systemUserLifetime: duration(MIN_SYSTEM_USER_LIFETIME_MS, MAX_SYSTEM_USER_LIFETIME_MS).optional(),
+      /** Operator signing key seed file: signs account JWTs. The identity key is never needed. */
+      operatorSigningKey: z.string().min(1),
+      /** The operator JWT: its signing keys are the issuers push() accepts. Default: only ours. */
+      operatorJwt: z.string().min(1).optional(),
+      timeoutMs: z.number().int().min(100).max(120_000).default(5_000),
+      /** Number of resolver servers; omit to discover them with $SYS.REQ.SERVER.PING. */
+      expectedServers: z.number().int().min(1).max(1_000).optional(),
+    })
+    .superRefine((n, ctx) => {
+      const problem = (path: string, message: string): void => {
+        ctx.addIssue({ code: "custom", path: [path], message });
+      };
+      if (n.systemCreds === undefined && n.systemSigningKey === undefined)
+        problem(
+          "systemSigningKey",
+          "set nats.systemSigningKey (natsbind issues itself short-lived system users) or nats.systemCreds",
+        );
+      if (n.systemCreds !== undefined && n.systemSigningKey !== undefined)
+        problem("systemCreds", "set only one of nats.systemCreds and nats.systemSigningKey");
+      if (n.systemSigningKey === undefined) {
+        for (const field of ["systemAccount", "systemUserLifetime"] as const)
+          if (n[field] !== undefined) problem(field, "is used only with nats.systemSigningKey");
+        return;
+      }
+      if (n.operatorJwt === undefined && n.systemAccount === undefined)
+        problem("systemAccount", "is required with nats.systemSigningKey when nats.operatorJwt is not set");
+      const lifetime = n.systemUserLifetime ?? DEFAULT_SYSTEM_USER_LIFETIME_MS;
+      if (lifetime < 3 * n.timeoutMs)
+        problem(
+          "systemUserLifetime",
+          `must be at least 3 x nats.timeoutMs (${3 * n.timeoutMs} ms): a renewed connection closes ` +
+            "only after its requests in flight, within two thirds of the lifetime",
+        );
+    }),
   gitlab: z
     .strictObject({
       url: z.string().regex(/^https?:\/\/[^\s]+$/, "must be an http:// or https:// URL"),
@@ -219,6 +264,16 @@ export const ConfigSchema = z.strictObject({
     })
     .prefault({}),
   rotation: RotationConfigSchema,
+  /** Revocations (natsbind credentials revoke) stay in the account JWT this long after their time. */
+  revocations: z
+    .strictObject({
+      /**
+       * Default: credentials.maxTtl + leeway + 5 s (natsbind's own users have all expired by then)
+       * with a credentials section, 7 days without one (users issued elsewhere live longer).
+       */
+      retention: longDuration(60_000, 3650 * 86_400_000).optional(),
+    })
+    .prefault({}),
   bindings: z.strictObject({ directory: z.string().min(1).default("bindings") }).prefault({}),
   keys: z.strictObject({ directory: z.string().min(1).default("keys") }).prefault({}),
   /** Local mode: status files, one per binding (what `natsbind status` reads). */
@@ -256,7 +311,8 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
     ...config,
     nats: {
       ...config.nats,
-      systemCreds: at(config.nats.systemCreds),
+      ...(config.nats.systemCreds ? { systemCreds: at(config.nats.systemCreds) } : {}),
+      ...(config.nats.systemSigningKey ? { systemSigningKey: at(config.nats.systemSigningKey) } : {}),
       operatorSigningKey: at(config.nats.operatorSigningKey),
       ...(config.nats.operatorJwt ? { operatorJwt: at(config.nats.operatorJwt) } : {}),
     },

@@ -22,10 +22,16 @@
  * Every message is bounded (64 KiB) and validated (zod); a malformed one is dropped, counted and
  * logged (at most once a minute). Events are trusted as far as the system account is: any
  * system-account user can publish on these subjects.
+ *
+ * With nats.systemSigningKey the system connection is renewed (src/nats/system-connection.ts):
+ * moveTo() subscribes on the new connection before leaving the old one, so no event is missed; one
+ * published in between arrives on both, and the second copy (same `id`, other connection) is
+ * dropped. Only copies across the two connections are: ids are never compared otherwise.
  */
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { readJwt } from "../nats/claims.ts";
+import type { SystemUserRole } from "../nats/system-user.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import type { Logger } from "../observability/logger.ts";
@@ -37,6 +43,30 @@ export const CONNECT_SUBJECT = "$SYS.ACCOUNT.*.CONNECT";
 export const DISCONNECT_SUBJECT = "$SYS.ACCOUNT.*.DISCONNECT";
 export const CONNECT_EVENT_TYPE = "io.nats.server.advisory.v1.client_connect";
 export const DISCONNECT_EVENT_TYPE = "io.nats.server.advisory.v1.client_disconnect";
+/** natsbind's system user for the audit, when it issues its own: these two subscriptions, nothing else. */
+export const CONNECTION_AUDIT_USER_ROLE: SystemUserRole = {
+  name: "natsbind-audit",
+  publish: [],
+  subscribe: [CONNECT_SUBJECT, DISCONNECT_SUBJECT],
+  inbox: false,
+};
+/** Event ids remembered, per side, while moving between connections (the overlap lasts two flushes). */
+const MAX_OVERLAP_IDS = 4_096;
+/** How long a move waits for the old connection's flush (it may be reconnecting). */
+const MOVE_FLUSH_DEADLINE_MS = 5_000;
+
+/** `promise`, or nothing after `ms` (on `clock`); a rejection counts as done. */
+function withDeadline(promise: Promise<unknown>, ms: number, clock: Clock): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = clock.setTimeout(resolve, ms);
+    void promise
+      .catch(() => undefined)
+      .then(() => {
+        clock.clearTimeout(timer);
+        resolve();
+      });
+  });
+}
 /** Larger event messages are dropped: natsbind's user JWTs are ~1 KiB, events ~2 KiB. */
 export const MAX_EVENT_BYTES = 64 * 1024;
 /** Events nest 3 levels; anything deeper is not parsed. */
@@ -226,6 +256,8 @@ const ServerInfo = z.looseObject({ name: bounded(256), id: bounded(128) });
 
 const ConnectEvent = z.looseObject({
   type: z.literal(CONNECT_EVENT_TYPE),
+  /** Unique per event (a nuid): the same event seen twice is dropped. */
+  id: bounded(64).optional(),
   timestamp: Time,
   server: ServerInfo,
   client: ClientInfo,
@@ -249,10 +281,12 @@ export interface ConnectionAuditCounters {
   ignored: number;
   /** Lines handed to the sink. */
   written: number;
+  /** Events received on both connections while the subscriptions moved (the second copy). */
+  duplicates: number;
 }
 
 export interface ConnectionAuditOptions {
-  /** A connection as a system-account user (natsbind's nats.systemCreds). */
+  /** A connection as a system-account user (nats.systemCreds, or one of CONNECTION_AUDIT_USER_ROLE). */
   nc: NatsConnection;
   sink: AuditSink;
   /** Whether natsbind issued this user key, in this account, with this signing key. */
@@ -271,6 +305,11 @@ export interface ConnectionAuditOptions {
 
 export interface ConnectionAudit {
   readonly counters: Readonly<ConnectionAuditCounters>;
+  /**
+   * Subscribes on `nc` and then leaves the current connection (which stays open: it is the
+   * caller's). For a renewed system connection (SystemConnection.onRenew).
+   */
+  moveTo(nc: NatsConnection): Promise<void>;
   /** Unsubscribes (the connection stays open: it is the caller's). */
   stop(): Promise<void>;
 }
@@ -323,18 +362,44 @@ function jwtUser(jwt: string, issuerKey: string | undefined): string {
 /**
  * Subscribes to the connect and disconnect events and writes a line for each event of a user
  * natsbind issued. The system user needs subscribe permission on both subjects (natsbind init's
- * system user has no permission limits).
+ * system.creds has no limits; CONNECTION_AUDIT_USER_ROLE allows exactly these two).
  */
 export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAudit {
   const clock = opts.clock ?? systemClock;
-  const counters: ConnectionAuditCounters = { received: 0, malformed: 0, ignored: 0, written: 0 };
+  const counters: ConnectionAuditCounters = {
+    received: 0,
+    malformed: 0,
+    ignored: 0,
+    written: 0,
+    duplicates: 0,
+  };
+  /** Subscriptions of a newer connection carry a higher generation. */
+  let generation = 0;
+  /**
+   * The last move: ids the old subscriptions delivered while both were subscribed (their copies on
+   * the new ones are dropped, also later), and ids the new ones delivered meanwhile (the old
+   * copies are dropped).
+   */
+  let overlap: { oldGeneration: number; old: Set<string>; fresh: Set<string>; open: boolean } | undefined;
+  const seenOnOtherSide = (id: string | undefined, from: number): boolean => {
+    if (id === undefined || overlap === undefined) return false;
+    const fromOld = from === overlap.oldGeneration;
+    if ((fromOld ? overlap.fresh : overlap.old).has(id)) return true;
+    const mine = fromOld ? overlap.old : overlap.fresh;
+    if (overlap.open && mine.size < MAX_OVERLAP_IDS) mine.add(id);
+    return false;
+  };
   let lastLog = -Infinity;
   let malformedSinceLog = 0;
 
-  const handle = (kind: Kind, msg: Msg): void => {
+  const handle = (kind: Kind, msg: Msg, from: number): void => {
     counters.received += 1;
     try {
       const event = parseEvent(kind, msg.subject, msg.data);
+      if (seenOnOtherSide(event.id, from)) {
+        counters.duplicates += 1;
+        return;
+      }
       const client = event.client;
       const seen: SeenConnection = {
         account: client.acc,
@@ -396,8 +461,8 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
     }
   };
 
-  const subscribe = (subject: string, kind: Kind): Subscription =>
-    opts.nc.subscribe(subject, {
+  const subscribe = (nc: NatsConnection, subject: string, kind: Kind, from: number): Subscription =>
+    nc.subscribe(subject, {
       ...(opts.queue ? { queue: opts.queue } : {}),
       callback: (err, msg) => {
         if (err) {
@@ -408,7 +473,7 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
           return;
         }
         try {
-          handle(kind, msg);
+          handle(kind, msg, from);
         } catch (e) {
           // A bug here must not end the subscription (nats.js closes it when a callback throws).
           opts.log.error({ subject, err: e }, "connection audit: event not handled");
@@ -416,12 +481,44 @@ export function startConnectionAudit(opts: ConnectionAuditOptions): ConnectionAu
       },
     });
 
-  const subs = [subscribe(CONNECT_SUBJECT, "connect"), subscribe(DISCONNECT_SUBJECT, "disconnect")];
+  const subscribeAll = (nc: NatsConnection, from: number): Subscription[] => [
+    subscribe(nc, CONNECT_SUBJECT, "connect", from),
+    subscribe(nc, DISCONNECT_SUBJECT, "disconnect", from),
+  ];
+  let nc = opts.nc;
+  let subs = subscribeAll(nc, generation);
   return {
     counters,
+    async moveTo(next) {
+      const move = {
+        oldGeneration: generation,
+        old: new Set<string>(),
+        fresh: new Set<string>(),
+        open: true,
+      };
+      overlap = move;
+      generation += 1;
+      const nextSubs = subscribeAll(next, generation);
+      const previous = nc;
+      try {
+        // The server has the new subscriptions once the flush returns. An event it sent before
+        // then went to the old connection only and may still be on its way: a flush there too
+        // (the server answers after what it queued for that connection) before leaving it.
+        await next.flush();
+        if (!previous.isClosed()) await withDeadline(previous.flush(), MOVE_FLUSH_DEADLINE_MS, clock);
+      } finally {
+        // Even when the flush failed: the old connection is going away, the new one resubscribes.
+        for (const sub of subs) sub.unsubscribe();
+        // The old subscriptions deliver nothing more: only the ids they delivered are still needed.
+        move.open = false;
+        move.fresh.clear();
+        nc = next;
+        subs = nextSubs;
+      }
+    },
     async stop() {
       for (const sub of subs) sub.unsubscribe();
-      if (!opts.nc.isClosed()) await opts.nc.flush().catch(() => undefined);
+      if (!nc.isClosed()) await nc.flush().catch(() => undefined);
     },
   };
 }

@@ -106,6 +106,7 @@ export interface AuditSinkOptions {
 type FieldKind = "string" | "number" | "boolean" | "strings" | "stats";
 type CredentialEvent = Extract<AuditEvent, { event: "credentials.issued" | "credentials.refused" }>;
 type ConnectionEvent = Extract<AuditEvent, { event: "nats.connect" | "nats.disconnect" }>;
+type RevocationEvent = Extract<AuditEvent, { event: "credentials.revoked" }>;
 
 /** Every field of AuditEvent, with its type: nothing else is written. */
 const CREDENTIAL_FIELDS = {
@@ -141,11 +142,24 @@ const CONNECTION_FIELDS = {
   reason: "string",
 } as const satisfies Record<Exclude<keyof ConnectionEvent, "event" | "time">, FieldKind>;
 
+const REVOCATION_FIELDS = {
+  binding: "string",
+  projectId: "number",
+  environment: "string",
+  account: "string",
+  userPublicKey: "string",
+  revokedAt: "string",
+  jobId: "number",
+  pipelineId: "number",
+  source: "string",
+} as const satisfies Record<Exclude<keyof RevocationEvent, "event" | "time">, FieldKind>;
+
 const FIELDS_OF: Record<AuditEvent["event"], Record<string, FieldKind>> = {
   "credentials.issued": CREDENTIAL_FIELDS,
   "credentials.refused": CREDENTIAL_FIELDS,
   "nats.connect": CONNECTION_FIELDS,
   "nats.disconnect": CONNECTION_FIELDS,
+  "credentials.revoked": REVOCATION_FIELDS,
 };
 
 const text = (value: string): string => redactSecrets(value, MAX_FIELD_CHARS);

@@ -4,21 +4,22 @@
  * parts: the auth callout responder (credentials.callout) and the connection audit
  * (credentials.audit.connections). Every replica runs all of it (issuance only reads).
  */
-import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import {
-  ConfigError,
-  MAX_CREDS_FILE_BYTES,
-  readConfigReferencedFile,
-  type Config,
-} from "../config/config.ts";
+import { ConfigError, type Config } from "../config/config.ts";
 import type { RouteHandler } from "../http/server.ts";
 import { plainHttpWarning } from "../http/server.ts";
+import { openSystemConnection } from "../nats/from-config.ts";
 import type { AccountResolver } from "../nats/resolver.ts";
+import type { SystemConnection } from "../nats/system-connection.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Registry } from "../observability/metrics.ts";
 import type { Clock } from "../runtime/clock.ts";
 import { openAuditSink } from "./audit.ts";
-import { IssuedUsers, startConnectionAudit, type ConnectionAudit } from "./audit-connections.ts";
+import {
+  CONNECTION_AUDIT_USER_ROLE,
+  IssuedUsers,
+  startConnectionAudit,
+  type ConnectionAudit,
+} from "./audit-connections.ts";
 import type { CredentialSources, ProjectIndex } from "./directory.ts";
 import { readCalloutFiles, startCallout } from "./callout.ts";
 import { CREDENTIALS_PATH, createExchangeHandler } from "./exchange.ts";
@@ -108,7 +109,7 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
     }
   });
 
-  let systemNc: NatsConnection | undefined;
+  let systemConnection: SystemConnection | undefined;
   let connections: ConnectionAudit | undefined;
   const stops: Array<() => Promise<void>> = [];
   return {
@@ -138,32 +139,27 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
         });
       }
       if (c.audit.connections) {
-        const creds = await readConfigReferencedFile(
-          s.config.nats.systemCreds,
-          "nats.systemCreds",
-          MAX_CREDS_FILE_BYTES,
-        );
-        systemNc = await connect({
-          servers: s.config.nats.servers,
-          authenticator: credsAuthenticator(new TextEncoder().encode(creds)),
-          name: "natsbind-audit",
-          maxReconnectAttempts: -1,
-          timeout: s.config.nats.timeoutMs,
+        systemConnection = await openSystemConnection(s.config.nats, CONNECTION_AUDIT_USER_ROLE, {
+          clock: s.clock,
+          log,
         });
-        connections = startConnectionAudit({
-          nc: systemNc,
+        const connectionAudit = startConnectionAudit({
+          nc: systemConnection.current,
           sink: audit,
           isIssued: (user, seen) => issued.isIssued(user, seen),
           calloutUser: (name, seen) => issued.calloutUser(name, seen),
           log,
           clock: s.clock,
         });
+        // A renewed system user: the subscriptions follow before the old connection closes.
+        systemConnection.onRenew((next) => connectionAudit.moveTo(next));
+        connections = connectionAudit;
       }
     },
     async stop() {
       for (const stop of stops.reverse()) await stop();
       await connections?.stop();
-      await systemNc?.close();
+      await systemConnection?.close();
       await audit.close();
     },
   };

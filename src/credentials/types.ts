@@ -71,7 +71,7 @@ export interface CredentialIssuer {
 }
 
 /** One audit line (audit.ts writes it as JSON). Never a token, a seed or a whole user JWT. */
-export type AuditEvent = CredentialAuditEvent | ConnectionAuditEvent;
+export type AuditEvent = CredentialAuditEvent | ConnectionAuditEvent | RevocationAuditEvent;
 
 export interface CredentialAuditEvent {
   event: "credentials.issued" | "credentials.refused";
@@ -109,6 +109,28 @@ export interface ConnectionAuditEvent {
   sent?: { msgs: number; bytes: number };
   received?: { msgs: number; bytes: number };
   reason?: string;
+}
+
+/**
+ * A user key (or "*": every user of the account) revoked in an account by `natsbind credentials
+ * revoke`: written when the revocation is stored as desired state, one line per key and account.
+ */
+export interface RevocationAuditEvent {
+  event: "credentials.revoked";
+  time: string;
+  binding: string;
+  projectId: number;
+  environment?: string;
+  account: string;
+  /** The revoked user's public key, or "*" (every user issued at or before revokedAt). */
+  userPublicKey: string;
+  /** User JWTs issued at or before this second are refused (RFC 3339). */
+  revokedAt: string;
+  /** Set when the keys were found by job or pipeline. */
+  jobId?: number;
+  pipelineId?: number;
+  /** Who asked: "cli" (natsbind credentials revoke). */
+  source: "cli";
 }
 
 export interface AuditSink {

@@ -17,6 +17,7 @@ import {
   type TrustedOperator,
 } from "./claims.ts";
 import { parsePublicKey } from "./keys.ts";
+import { fixedSystemConnection, type SystemConnection } from "./system-connection.ts";
 
 /** What a resolver can do for the controller: the narrow port the reconciler depends on. */
 export interface AccountResolver {
@@ -54,6 +55,14 @@ export interface AccountConnection {
   start: string;
 }
 
+/** The operators one server trusts, as it reports them in VARZ. */
+export interface ServerOperators {
+  /** server_name (or id when unnamed). */
+  server: string;
+  /** The operator JWTs from the server's configuration, undecoded. */
+  operatorJwts: string[];
+}
+
 export interface ServerReply {
   /** server_name, or the server id when unnamed. */
   server: string;
@@ -87,7 +96,9 @@ export class ResolverIncompleteError extends ResolverError {}
 export interface ResolverOptions {
   servers: string | string[];
   /** Creds (user JWT + seed) of a system-account user. Kept only inside the connection. */
-  creds: Uint8Array;
+  creds?: Uint8Array;
+  /** Instead of creds: a system connection opened elsewhere (system-connection.ts); close() closes it. */
+  connection?: SystemConnection;
   /** Fixed number of resolver servers; default: discovered with $SYS.REQ.SERVER.PING. */
   expectedServers?: number;
   /** Deadline of each request, ms. */
@@ -117,6 +128,10 @@ const DEFAULT_CONNZ_PAGE_SIZE = 100;
 const DEFAULT_MAX_CONNECTIONS = 100_000;
 /** A CONNZ page larger than this is refused: pages are bounded by count, this bounds odd entries. */
 const MAX_CONNZ_REPLY_BYTES = 8 * 1024 * 1024;
+/** A VARZ reply is ~3.5 KiB with one operator; this bounds a hostile or odd one. */
+const MAX_VARZ_REPLY_BYTES = 1024 * 1024;
+/** nats-server's `operator` option takes a list; more than this is not a real deployment. */
+const MAX_TRUSTED_OPERATORS = 16;
 /** Restarts of one server's paging when connections closed under it (see #readServer). */
 const CONNZ_PAGING_ATTEMPTS = 3;
 
@@ -219,16 +234,18 @@ function summarize(replies: ServerReply[]): string {
 }
 
 export class NatsResolver implements AccountResolver, AccountConnectionReader {
-  readonly #nc: NatsConnection;
+  readonly #connection: SystemConnection;
   readonly #opts: ResolverOptions;
   #expected: { count: number; at: number } | undefined;
 
-  private constructor(nc: NatsConnection, opts: ResolverOptions) {
-    this.#nc = nc;
+  private constructor(connection: SystemConnection, opts: ResolverOptions) {
+    this.#connection = connection;
     this.#opts = opts;
   }
 
   static async connect(opts: ResolverOptions): Promise<NatsResolver> {
+    if (opts.connection) return new NatsResolver(opts.connection, opts);
+    if (!opts.creds) throw new ResolverError("resolver: neither creds nor a system connection given");
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -248,7 +265,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
         },
       );
     }
-    return new NatsResolver(nc, opts);
+    return new NatsResolver(fixedSystemConnection(nc), opts);
   }
 
   get #timeoutMs(): number {
@@ -285,12 +302,15 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   ): Promise<Msg[]> {
     const out: Msg[] = [];
     try {
-      const replies = await this.#nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
-      for await (const msg of replies) {
-        // A no-responders status arrives as an empty message with a 503 header.
-        if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
-        out.push(msg);
-      }
+      // The request stays on one connection, which a renewal keeps open until the replies are in.
+      await this.#connection.use(async (nc) => {
+        const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
+        for await (const msg of replies) {
+          // A no-responders status arrives as an empty message with a 503 header.
+          if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
+          out.push(msg);
+        }
+      });
     } catch (cause) {
       if (cause instanceof ResolverError) throw cause;
       const text = describeError(cause);
@@ -352,7 +372,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     const subject = `$SYS.REQ.ACCOUNT.${account}.CLAIMS.LOOKUP`;
     let msg: Msg;
     try {
-      msg = await this.#nc.request(subject, undefined, { timeout: this.#timeoutMs });
+      msg = await this.#connection.use((nc) => nc.request(subject, undefined, { timeout: this.#timeoutMs }));
     } catch (cause) {
       const text = describeError(cause);
       if (/no responders/i.test(text))
@@ -369,6 +389,67 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     if (msg.data.length > MAX_JWT_BYTES)
       throw new ResolverError(`lookup account ${account}: reply larger than ${MAX_JWT_BYTES} bytes`);
     return msg.string();
+  }
+
+  /**
+   * The account JWT as each server holds it: one entry per server (undefined where a server has
+   * none). Every full-resolver server answers a lookup, with an empty message when it has no JWT
+   * (verified on nats-server 2.15.2), so a server holding an old copy cannot hide behind the first
+   * answer as it can with lookup(). Replies carry no server name: callers get counts, not names.
+   */
+  async lookupOnEveryServer(account: string): Promise<Array<string | undefined>> {
+    parsePublicKey(account, "account", "lookup: account");
+    const expected = await this.#expectedServers();
+    const msgs = await this.#collect(`$SYS.REQ.ACCOUNT.${account}.CLAIMS.LOOKUP`, undefined, {
+      strategy: "count",
+      maxMessages: expected,
+    });
+    if (msgs.length < expected) {
+      this.#expected = undefined;
+      throw new ResolverIncompleteError(
+        `lookup account ${account}: ${msgs.length} of ${expected} servers answered within ${this.#timeoutMs} ms`,
+      );
+    }
+    return msgs.map((msg) => {
+      if (msg.data.length === 0) return undefined;
+      if (msg.data.length > MAX_JWT_BYTES)
+        throw new ResolverError(`lookup account ${account}: reply larger than ${MAX_JWT_BYTES} bytes`);
+      return msg.string();
+    });
+  }
+
+  /**
+   * The operator JWTs each server trusts, read from its VARZ through the system account
+   * ($SYS.REQ.SERVER.PING.VARZ: `trusted_operators_jwt`, what the server read from its config at
+   * start; a config reload does not change it). Sorted by server name. The JWTs are not verified
+   * here: callers decode them.
+   */
+  async trustedOperators(): Promise<ServerOperators[]> {
+    const expected = await this.#expectedServers();
+    const msgs = await this.#collect("$SYS.REQ.SERVER.PING.VARZ", undefined, {
+      strategy: "count",
+      maxMessages: expected,
+    });
+    const out = msgs.map((msg): ServerOperators => {
+      if (msg.data.length > MAX_VARZ_REPLY_BYTES)
+        throw new ResolverError(`VARZ reply larger than ${MAX_VARZ_REPLY_BYTES} bytes`);
+      const reply = parseReply(msg);
+      if (reply.code !== 200) throw new ResolverRejectedError(`VARZ rejected by ${summarize([reply])}`);
+      const jwts =
+        (reply.data as { trusted_operators_jwt?: unknown } | undefined)?.trusted_operators_jwt ?? [];
+      if (!isStringArray(jwts) || jwts.length > MAX_TRUSTED_OPERATORS)
+        throw new ResolverError(
+          `VARZ reply of ${reply.server}: trusted_operators_jwt is not a list of at most ${MAX_TRUSTED_OPERATORS} JWTs`,
+        );
+      return { server: reply.server, operatorJwts: jwts };
+    });
+    if (out.length < expected) {
+      this.#expected = undefined;
+      throw new ResolverIncompleteError(
+        `VARZ: ${out.length} of ${expected} servers answered within ${this.#timeoutMs} ms (${out.map((s) => s.server).join(", ")})`,
+      );
+    }
+    return out.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
   }
 
   /** Every account any resolver server holds (union over servers), sorted. */
@@ -558,6 +639,6 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   }
 
   async close(): Promise<void> {
-    if (!this.#nc.isClosed()) await this.#nc.drain().catch(() => this.#nc.close());
+    await this.#connection.close();
   }
 }

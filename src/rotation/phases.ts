@@ -32,6 +32,8 @@ export interface RotationPolicy {
 export interface RotationLimits {
   /** Longest lifetime of a user JWT natsbind issues, plus leeway and caches (ms). */
   overlapMs: number;
+  /** How long a revocation entry stays after its time (ms); default overlapMs. */
+  revocationRetentionMs?: number;
 }
 
 /**

@@ -115,6 +115,10 @@ export class KeyRotator {
   readonly #waiting = new Map<string, number>();
   readonly #reportedProblems = new Map<string, Set<string>>();
 
+  get #retention(): number {
+    return this.#o.limits.revocationRetentionMs ?? this.#o.limits.overlapMs;
+  }
+
   constructor(o: RotatorOptions) {
     this.#o = o;
     this.#starts = new RateLimiter(o.maxStartsPerMinute, 1);
@@ -172,8 +176,8 @@ export class KeyRotator {
         };
         // Revocations first: they are the most urgent change a push can carry.
         const revoke = this.#revocationsFor(slot, requests.revocations);
-        if (revoke || nextPruneAt(slot, this.#o.limits.overlapMs) !== undefined) {
-          const change = changeRevocations(revoke ?? {}, now, this.#o.limits.overlapMs);
+        if (revoke || nextPruneAt(slot, this.#retention) !== undefined) {
+          const change = changeRevocations(revoke ?? {}, now, this.#retention);
           if (change(current)) {
             await update(change);
             if (revoke) {
@@ -181,7 +185,7 @@ export class KeyRotator {
               this.#emit(binding, current, undefined, "UsersRevoked", false, `${n} revocation(s) added`);
             }
           }
-          soon(nextPruneAt(current, this.#o.limits.overlapMs));
+          soon(nextPruneAt(current, this.#retention));
         }
         let conns: AccountConnection[] | undefined;
         const connections = async (): Promise<AccountConnection[]> =>
@@ -222,18 +226,24 @@ export class KeyRotator {
                 break;
               case "emergency": {
                 const victims = new Set(emergencyVictims(current, role));
-                const closed = (await connections()).filter((c) => victims.has(c.issuerKey)).length;
+                // Counting is for the report only: the keys go even when the servers cannot be asked.
+                const closed = await connections().then(
+                  (live) => live.filter((c) => victims.has(c.issuerKey)).length,
+                  () => undefined,
+                );
                 await update(changeEmergency(role, now));
                 emergencies.accounts += 1;
-                emergencies.connections += closed;
+                emergencies.connections += closed ?? 0;
                 this.#emit(
                   binding,
                   current,
                   role,
                   "EmergencyRotation",
                   true,
-                  `every key of role ${role} replaced at once; ${closed} connection(s) on them will be closed`,
-                  closed,
+                  `every key of role ${role} replaced at once; ${
+                    closed === undefined ? "an unknown number of" : closed
+                  } connection(s) on them will be closed`,
+                  ...(closed !== undefined ? [closed] : []),
                 );
                 break;
               }
@@ -336,6 +346,7 @@ export class KeyRotator {
     const now = this.#o.clock.now();
     const roles = spec.roles.map((r) => r.name);
     let changed = false;
+    let failed = 0;
     let nextAt: number | undefined;
     await mapLimit(
       managed.filter((s) => pushed.has(s.account)),
@@ -363,6 +374,7 @@ export class KeyRotator {
             for (const r of current.rotation?.[role]?.retiring ?? [])
               if (nextAt === undefined || r.notBefore < nextAt) nextAt = r.notBefore;
         } catch (err) {
+          failed += 1;
           this.#failures.set(binding, {
             time: new Date(now).toISOString(),
             message: `${refKey(slot.ref)}: ${describeError(err)}`,
@@ -371,7 +383,7 @@ export class KeyRotator {
         }
       },
     );
-    return { changed, ...(nextAt !== undefined ? { nextAt } : {}) };
+    return { changed, failed, ...(nextAt !== undefined ? { nextAt } : {}) };
   }
 
   async #activate(
@@ -401,7 +413,7 @@ export class KeyRotator {
     for (const r of requests) {
       if (r.projectId !== slot.ref.projectId) continue;
       if (r.environment !== undefined && r.environment !== slot.ref.environment) continue;
-      if (carries(slot, r.entries, this.#o.clock.now(), this.#o.limits.overlapMs)) continue;
+      if (carries(slot, r.entries, this.#o.clock.now(), this.#retention)) continue;
       out ??= {};
       for (const [k, v] of Object.entries(r.entries)) out[k] = Math.max(out[k] ?? -1, v);
     }

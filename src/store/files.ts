@@ -4,7 +4,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { open, rename, rm } from "node:fs/promises";
+import { link, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
@@ -20,6 +20,28 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   }
   await handle.close();
   await rename(temp, path);
+}
+
+/**
+ * Like writeFileAtomic, but never replaces a file: the complete temp file is hard-linked to `path`,
+ * which fails with EEXIST when something is there (a key file must not be overwritten).
+ */
+export async function writeNewFileAtomic(
+  path: string,
+  data: string | Uint8Array,
+  mode = 0o600,
+): Promise<void> {
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const handle = await open(temp, "wx", mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+    await handle.close();
+    await link(temp, path);
+  } finally {
+    await handle.close().catch(() => undefined);
+    await rm(temp, { force: true });
+  }
 }
 
 export type BoundedRead =

@@ -296,6 +296,24 @@ export function keyStoreContract(fixture: KeyStoreContractFixture): void {
     assert.deepEqual(await store.list(ref.binding), [forgotten], "nothing to forget: nothing changes");
   });
 
+  it("contract: keeps when an emergency rotation last replaced a role's keys, across restarts", async () => {
+    const { store, reopen, bindings, storedSeed } = await fixture.fresh();
+    const ref = { binding: bindings[0], projectId: 43 };
+    const start = await store.ensure(ref, ["ci"], 1_000);
+    const replaced = await store.update(ref, (slot, generate) => ({
+      ...slot,
+      roles: { ...slot.roles, ci: generate() },
+      rotation: { ci: { activeSince: 5_000, emergencyAt: 5_000 } },
+    }));
+    assert.deepEqual(replaced.rotation?.ci, { activeSince: 5_000, emergencyAt: 5_000 });
+    assert.deepEqual(replaced.discard, [start.roles.ci]);
+    assert.ok(await storedSeed(ref, replaced.roles.ci!));
+    for (const reader of [store, await reopen()]) {
+      assert.deepEqual(await reader.list(ref.binding), [replaced]);
+      assert.deepEqual((await reader.get(ref))?.rotation, replaced.rotation);
+    }
+  });
+
   it("contract: stores revocations with the slot, across restarts; a change returning undefined writes nothing", async () => {
     const { store, reopen, bindings } = await fixture.fresh();
     const ref = { binding: bindings[0], projectId: 42 };

@@ -213,11 +213,21 @@ export function operatorResolver(op: TestOperator, servers: string | string[]): 
   return NatsResolver.connect({ servers, creds: op.systemCreds, operatorSigningKey: op.signingKey });
 }
 
-/** The `nats` section of a natsbind.yaml that talks to `servers` as this operator. */
-export function natsConfigSection(op: TestOperator, servers: string[]): Record<string, unknown> {
+/**
+ * The `nats` section of a natsbind.yaml that talks to `servers` as this operator: with init's
+ * system.creds, or (`systemUser: "issued"`, what `natsbind init` configures) with the system
+ * account's signing key, natsbind issuing itself short-lived system users.
+ */
+export function natsConfigSection(
+  op: TestOperator,
+  servers: string[],
+  opts: { systemUser?: "creds" | "issued" } = {},
+): Record<string, unknown> {
   return {
     servers,
-    systemCreds: join(op.dir, INIT_LAYOUT.systemCreds),
+    ...(opts.systemUser === "issued"
+      ? { systemSigningKey: join(op.dir, INIT_LAYOUT.systemAccountSigningKey) }
+      : { systemCreds: join(op.dir, INIT_LAYOUT.systemCreds) }),
     operatorSigningKey: join(op.dir, INIT_LAYOUT.operatorSigningKey),
     operatorJwt: join(op.dir, INIT_LAYOUT.operatorJwt),
   };

@@ -16,18 +16,19 @@ export const REPO_ROOT = resolve(import.meta.dirname, "..", "..");
 /** Where `make tools` links the binaries. */
 export const TOOLS_BIN_DIR = join(REPO_ROOT, ".cache", "bin");
 
-export type ToolName = "nats-server" | "kube-apiserver" | "etcd" | "nsc";
+export type ToolName = "nats-server" | "kube-apiserver" | "etcd" | "nsc" | "kubectl";
 
 const TOOL_ENV: Record<ToolName, string> = {
   "nats-server": "NATS_SERVER_BIN",
   "kube-apiserver": "KUBE_APISERVER_BIN",
   etcd: "ETCD_BIN",
   nsc: "NSC_BIN",
+  kubectl: "KUBECTL_BIN",
 };
 
 /**
- * Path of a tool binary: the env override (NATS_SERVER_BIN, KUBE_APISERVER_BIN, ETCD_BIN, NSC_BIN)
- * if set, else .cache/bin/<name>. Throws a clear error when the binary is missing.
+ * Path of a tool binary: the env override (NATS_SERVER_BIN, KUBE_APISERVER_BIN, ETCD_BIN, NSC_BIN,
+ * KUBECTL_BIN) if set, else .cache/bin/<name>. Throws a clear error when the binary is missing.
  */
 export function toolBinary(name: ToolName): string {
   const envName = TOOL_ENV[name];

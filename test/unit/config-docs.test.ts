@@ -31,6 +31,12 @@ function documentFields(value: unknown, path = ""): string[] {
   return Object.entries(value).flatMap(([k, v]) => documentFields(v, path ? `${path}.${k}` : k));
 }
 
+/**
+ * Fields that exclude another (exactly one of the pair may be set): the example sets the second and
+ * shows the first as a comment; both have a table row.
+ */
+const ALTERNATIVES: Record<string, string> = { "nats.systemCreds": "nats.systemSigningKey" };
+
 describe("docs/configuration.md", async () => {
   const text = await readFile(DOC, "utf8");
   const example = /^```yaml\n([\s\S]*?)^```$/m.exec(text)?.[1];
@@ -40,19 +46,27 @@ describe("docs/configuration.md", async () => {
     const document = parse(example);
     const fields = schemaFields();
     assert.ok(fields.includes("credentials.callout.signingKeyFile") && fields.includes("http.tls.keyFile"));
-    assert.deepEqual(documentFields(document).sort(), [...fields].sort());
+    assert.deepEqual(documentFields(document).sort(), fields.filter((f) => !(f in ALTERNATIVES)).sort());
+    for (const [field, instead] of Object.entries(ALTERNATIVES)) {
+      assert.ok(fields.includes(field) && fields.includes(instead), `${field} and ${instead} are fields`);
+      const name = field.slice(field.lastIndexOf(".") + 1);
+      assert.match(example, new RegExp(`^ *# ${name}: `, "m"), `${field}: shown as a comment in the example`);
+      assert.ok(text.includes(`| \`${field}\``), `${field}: a table row`);
+    }
     const config = parseConfig(document, "docs/configuration.md", "/etc/natsbind");
     assert.equal(config.credentials?.maxTtl, 900_000);
     assert.equal(config.credentials?.callout?.credsFile, "/etc/natsbind/callout.creds");
   });
 
   it("names every field of credentials and http.tls in a table, with its default and bounds", () => {
-    for (const field of schemaFields().filter((f) => /^(credentials|http\.tls|rotation)\./.test(f))) {
+    for (const field of schemaFields().filter((f) =>
+      /^(credentials|http\.tls|rotation|revocations)\./.test(f),
+    )) {
       // credentials.* rows name the field without the section; others name it whole or by its last part.
       const name = field.startsWith("credentials.")
         ? field.slice("credentials.".length)
-        : field.startsWith("rotation.")
-          ? field.slice("rotation.".length)
+        : /^(rotation|revocations)\./.test(field)
+          ? field.slice(field.indexOf(".") + 1)
           : field;
       assert.ok(text.includes(`| \`${name}\``), `no table row for ${field}`);
     }

@@ -11,6 +11,7 @@ import { parseCreds } from "../../src/nats/creds.ts";
 import { KeyError, NKeyPair } from "../../src/nats/keys.ts";
 import { KeyDirectory, readSeedFile } from "../../src/store/key-directory.ts";
 import { connectResolver } from "../../src/nats/from-config.ts";
+import { ResolverUnavailableError } from "../../src/nats/resolver.ts";
 import { readCalloutFiles } from "../../src/credentials/callout.ts";
 
 let root: string;
@@ -68,6 +69,10 @@ describe("natsbind init", () => {
     const config = await loadConfig(join(out, INIT_LAYOUT.config));
     assert.deepEqual(config.nats.servers, ["nats://127.0.0.1:14222"]);
     assert.equal(config.nats.operatorSigningKey, join(out, INIT_LAYOUT.operatorSigningKey));
+    // natsbind issues itself short-lived system users; system.creds is for the operator's tools.
+    assert.equal(config.nats.systemSigningKey, join(out, INIT_LAYOUT.systemAccountSigningKey));
+    assert.equal(config.nats.systemCreds, undefined);
+    assert.equal(config.nats.systemUserLifetime, 3_600_000);
     assert.equal(config.keys.directory, join(out, INIT_LAYOUT.accountKeyDir));
     assert.equal(config.bindings.directory, join(out, INIT_LAYOUT.bindingsDir));
     assert.equal(config.http.listen, "127.0.0.1:8080");
@@ -254,6 +259,14 @@ describe("natsbind init", () => {
   });
 });
 
+const SYSTEM_ACCOUNT = NKeyPair.generate("account").publicKey;
+const signingKeyNats = {
+  servers: ["nats://127.0.0.1:4222"],
+  systemSigningKey: "operator/sys-signing.nk",
+  operatorSigningKey: "k.nk",
+  operatorJwt: "o.jwt",
+};
+
 describe("config", () => {
   const valid = {
     nats: {
@@ -263,6 +276,27 @@ describe("config", () => {
       operatorJwt: "o.jwt",
     },
   };
+
+  it("takes a system account signing key instead of creds, resolving its path", () => {
+    const config = parseConfig({ nats: signingKeyNats }, "natsbind.yaml", "/etc/natsbind");
+    assert.equal(config.nats.systemSigningKey, "/etc/natsbind/operator/sys-signing.nk");
+    assert.equal(config.nats.systemCreds, undefined);
+    assert.equal(config.nats.systemUserLifetime, undefined);
+    const explicit = parseConfig(
+      {
+        nats: {
+          ...signingKeyNats,
+          systemAccount: SYSTEM_ACCOUNT,
+          systemUserLifetime: "10s",
+          timeoutMs: 3000,
+        },
+      },
+      "natsbind.yaml",
+      "/",
+    );
+    assert.equal(explicit.nats.systemAccount, SYSTEM_ACCOUNT);
+    assert.equal(explicit.nats.systemUserLifetime, 10_000);
+  });
 
   it("fills defaults and resolves paths against the file's directory", () => {
     const config = parseConfig(valid, "natsbind.yaml", "/etc/natsbind");
@@ -286,6 +320,58 @@ describe("config", () => {
     ["an unknown field", { ...valid, colour: "blue" }, /\(top level\): Unrecognized key: "colour"/],
     ["a tiny timeout", { nats: { ...valid.nats, timeoutMs: 5 } }, /nats\.timeoutMs: /],
     ["an unknown mode", { ...valid, mode: "cloud" }, /mode: /],
+    [
+      "neither systemCreds nor systemSigningKey",
+      { nats: { servers: valid.nats.servers, operatorSigningKey: "k.nk" } },
+      /nats\.systemSigningKey: set nats\.systemSigningKey \(natsbind issues itself short-lived system users\) or nats\.systemCreds/,
+    ],
+    [
+      "both systemCreds and systemSigningKey",
+      { nats: { ...valid.nats, systemSigningKey: "sys.nk" } },
+      /nats\.systemCreds: set only one of nats\.systemCreds and nats\.systemSigningKey/,
+    ],
+    [
+      "systemAccount without systemSigningKey",
+      { nats: { ...valid.nats, systemAccount: "A".repeat(56) } },
+      /nats\.systemAccount: /,
+    ],
+    [
+      "systemUserLifetime without systemSigningKey",
+      { nats: { ...valid.nats, systemUserLifetime: "10m" } },
+      /nats\.systemUserLifetime: is used only with nats\.systemSigningKey/,
+    ],
+    [
+      "systemSigningKey without operatorJwt or systemAccount",
+      { nats: { servers: valid.nats.servers, operatorSigningKey: "k.nk", systemSigningKey: "sys.nk" } },
+      /nats\.systemAccount: is required with nats\.systemSigningKey when nats\.operatorJwt is not set/,
+    ],
+    [
+      "a systemAccount that is not an account key",
+      {
+        nats: {
+          servers: valid.nats.servers,
+          operatorSigningKey: "k.nk",
+          systemSigningKey: "s",
+          systemAccount: "SYS",
+        },
+      },
+      /nats\.systemAccount: must be an account public key \(A\.\.\.\)/,
+    ],
+    [
+      "a systemUserLifetime over an hour",
+      { nats: { ...signingKeyNats, systemUserLifetime: "61m" } },
+      /nats\.systemUserLifetime: /,
+    ],
+    [
+      "a systemUserLifetime under 10s",
+      { nats: { ...signingKeyNats, systemUserLifetime: "9s" } },
+      /nats\.systemUserLifetime: must be at least 10000 ms/,
+    ],
+    [
+      "a systemUserLifetime under 3 x timeoutMs",
+      { nats: { ...signingKeyNats, systemUserLifetime: "20s", timeoutMs: 7_000 } },
+      /nats\.systemUserLifetime: must be at least 3 x nats\.timeoutMs \(21000 ms\)/,
+    ],
   ];
   for (const [what, doc, message] of bad) {
     it(`rejects ${what} with the field path`, () => {
@@ -395,8 +481,12 @@ describe("files natsbind.yaml names (nats.systemCreds, nats.operatorJwt)", () =>
   it("are read bounded: an oversize or non-regular file is refused, naming the file, before connecting", async () => {
     const out = join(root, "bounded");
     await initOperator({ outDir: out, now: () => 1_700_000_000_000, natsPort: 1 });
-    const config = await loadConfig(join(out, "natsbind.yaml"));
-    const { systemCreds, operatorJwt } = config.nats;
+    const loaded = await loadConfig(join(out, "natsbind.yaml"));
+    // nats.systemCreds instead of init's nats.systemSigningKey (tested below).
+    const systemCreds = join(out, INIT_LAYOUT.systemCreds);
+    const { systemSigningKey: _signingKey, ...nats } = loaded.nats;
+    const config = { ...loaded, nats: { ...nats, systemCreds } };
+    const { operatorJwt } = config.nats;
     assert.ok(operatorJwt);
     const creds = await readFile(systemCreds, "utf8");
     const huge = `${creds}${"x".repeat(1024 * 1024)}`;
@@ -429,6 +519,62 @@ describe("files natsbind.yaml names (nats.systemCreds, nats.operatorJwt)", () =>
       connectResolver({ ...config.nats, operatorJwt: join(out, "missing.jwt") }),
       (err: unknown) =>
         err instanceof ConfigError && /nats\.operatorJwt file .*missing\.jwt: ENOENT/.test(err.message),
+    );
+  });
+
+  it("nats.systemSigningKey is read bounded and checked, its errors name the field and never the seed", async () => {
+    const out = join(root, "bounded-signing-key");
+    const result = await initOperator({ outDir: out, now: () => 1_700_000_000_000, natsPort: 1 });
+    const config = await loadConfig(join(out, "natsbind.yaml"));
+    const keyFile = config.nats.systemSigningKey;
+    assert.ok(keyFile);
+    const seed = (await readFile(keyFile, "utf8")).trim();
+    const operatorSeed = (await readFile(join(out, INIT_LAYOUT.operatorSigningKey), "utf8")).trim();
+    const noSecret = (err: unknown): boolean =>
+      err instanceof Error &&
+      !`${err.message} ${String((err.cause as Error | undefined)?.message)}`.includes(seed.slice(2, 20)) &&
+      !err.message.includes(operatorSeed.slice(2, 20));
+    const rejects = (nats: typeof config.nats, message: RegExp): Promise<void> =>
+      assert.rejects(
+        connectResolver(nats),
+        (err: unknown) => err instanceof ConfigError && message.test(err.message) && noSecret(err),
+      );
+
+    await writeFile(keyFile, `${seed}\n${"x".repeat(4096)}`);
+    await rejects(config.nats, /^nats\.systemSigningKey: key file .* is larger than 1024 bytes$/);
+    await rejects(
+      { ...config.nats, systemSigningKey: "/dev/zero" },
+      /^nats\.systemSigningKey: .*not a regular file/,
+    );
+    await rejects(
+      { ...config.nats, systemSigningKey: join(out, "absent.nk") },
+      /^nats\.systemSigningKey: .*ENOENT/,
+    );
+    await writeFile(keyFile, `${operatorSeed}\n`);
+    await rejects(config.nats, /^nats\.systemSigningKey: .*expected an account key, got an operator key/);
+    await writeFile(keyFile, `${seed.slice(0, -1)}A\n`);
+    await rejects(config.nats, /^nats\.systemSigningKey: .*is not a valid nkey seed/);
+    await writeFile(keyFile, `${seed}\n`);
+
+    // The system account: the operator JWT's, or nats.systemAccount, which must agree with it.
+    const other = NKeyPair.generate("account").publicKey;
+    await rejects(
+      { ...config.nats, systemAccount: other },
+      new RegExp(
+        `^nats\\.systemAccount ${other} is not the system account of nats\\.operatorJwt \\(${result.systemAccount}\\)$`,
+      ),
+    );
+    const { operatorJwt: _jwt, ...withoutJwt } = config.nats;
+    // Without the operator JWT, nats.systemAccount is taken as given: the connect (port 1) fails,
+    // and its error names the issued user and signing key, never a seed.
+    await assert.rejects(
+      connectResolver({ ...withoutJwt, systemAccount: result.systemAccount }),
+      (err: unknown) =>
+        err instanceof ResolverUnavailableError &&
+        /^cannot connect to NATS at nats:\/\/127\.0\.0\.1:1 as natsbind's system user U[A-Z2-7]{55} \(signed by A[A-Z2-7]{55}\)/.test(
+          err.message,
+        ) &&
+        noSecret(err),
     );
   });
 });

@@ -31,6 +31,11 @@ describe("lazy imports", () => {
     assert.equal(loadsClientNode("src/main.ts"), false);
   });
 
+  it("natsbind credentials revoke loads its Kubernetes half only in Kubernetes mode", () => {
+    assert.equal(loadsClientNode("src/cli/revoke.ts"), false);
+    assert.equal(loadsClientNode("src/cli/revoke-kubernetes.ts"), true);
+  });
+
   it("Kubernetes mode does (the check can tell)", () => {
     assert.equal(loadsClientNode("src/k8s/mode.ts"), true);
   });

@@ -538,7 +538,7 @@ const rotationProperties: { [K in keyof RotationStatus]-?: JsonSchema } = {
   },
   waitingConnections: integer("Live connections on replaced keys kept past their overlap (gracePeriod)."),
   lastFailure: {
-    description: "The last rotation step that failed.",
+    description: "The last rotation step that failed (kept until another fails or natsbind restarts).",
     type: "object",
     properties: { time: string("When.", { format: "date-time" }), message: string("What failed.") },
   },
@@ -547,7 +547,7 @@ const rotationProperties: { [K in keyof RotationStatus]-?: JsonSchema } = {
     type: "object",
     properties: {
       time: string("When.", { format: "date-time" }),
-      accounts: integer("Accounts whose role keys were replaced at once."),
+      accounts: integer("Role keys replaced at once, counted per account and role."),
       connectionsClosed: integer("Connections the servers reported on the removed keys just before."),
     },
   },

@@ -360,18 +360,22 @@ const RotationSchema = z
     every: rotationDuration("every", true)
       .optional()
       .describe(
-        'Rotate each role signing key once it is this old, e.g. "90d" (at least "1h"; "0": only when asked). ' +
-          "Default: rotation.every of natsbind.yaml.",
+        'Rotate each role signing key once it is this old, e.g. "90d" (at least "1h"), less a jitter fixed per ' +
+          'account and role (up to a tenth, at most 7 days); "0": only when asked. Default: rotation.every of natsbind.yaml.',
       ),
     gracePeriod: rotationDuration("gracePeriod", false)
       .optional()
       .describe(
-        "How long a replaced key stays listed while servers still show connections it issued, counted from " +
-          "when it stopped issuing (at least 1h). Default: rotation.gracePeriod of natsbind.yaml.",
+        "A replaced key stays listed until what natsbind issued with it expired; while servers still show " +
+          "connections it issued, at most this long after it stopped issuing, then it is removed and they are cut " +
+          "off (at least 1h). Default: rotation.gracePeriod of natsbind.yaml.",
       ),
   })
   .optional()
-  .describe("Scheduled rotation of the accounts' role signing keys (docs/rotation.md).");
+  .describe(
+    "Scheduled rotation of the accounts' role signing keys. To rotate now, annotate the binding with " +
+      "natsbind.io/rotate=<RFC 3339 time> (natsbind.io/rotate-emergency after a leak); see docs/rotation.md.",
+  );
 
 export const NatsBindingSpecSchema = z
   .strictObject({

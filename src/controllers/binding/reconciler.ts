@@ -108,9 +108,9 @@ export interface BindingReconcilerOptions {
   keyConcurrency?: number;
   /**
    * Keys whose account JWTs natsbind takes as its own (with its tags): default the signer alone.
-   * Add the operator's other keys only if they never sign accounts natsbind must not touch.
+   * A live set (src/operator/live-keys.ts: the operator JWT's signing keys, re-read on change).
    */
-  trustedIssuers?: readonly string[];
+  trustedIssuers?: ReadonlySet<string>;
   events?: ReconcilerEvents;
   /**
    * Asks for another reconcile of a binding soon (wired to the work queue): a binding that left
@@ -165,7 +165,7 @@ export class BindingReconciler implements Reconciler<string> {
 
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
-    this.#issuers = new Set(o.trustedIssuers ?? [o.signer.getPublicKey()]);
+    this.#issuers = o.trustedIssuers ?? new Set([o.signer.getPublicKey()]);
   }
 
   #nowIso(): string {
@@ -254,6 +254,9 @@ export class BindingReconciler implements Reconciler<string> {
           requests,
         );
         nextAt = before.nextAt;
+        // A failed step (the key store or the servers said no) is tried again soon, not at the
+        // next drift check.
+        if (before.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
         if (before.changed) {
           untrusted = [];
           slots = await this.#o.keys.list(key, untrusted);
@@ -267,6 +270,7 @@ export class BindingReconciler implements Reconciler<string> {
         if (after.changed) slots = await this.#o.keys.list(key);
         if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
           nextAt = after.nextAt;
+        if (after.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
       }
       this.#reportRefusals(key, current);
       const status = this.#status(key, generation, projects, projects.length, conflicts, current);
@@ -788,6 +792,9 @@ function problemReason(p: Plan): string {
   if (p.untrusted.length > 0) return REASON.UntrustedKeys;
   return REASON.AccountProblems;
 }
+
+/** How soon a binding whose rotation step failed is reconciled again. */
+const ROTATION_RETRY_MS = 30_000;
 
 /** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
 function managedSlots(slots: readonly StoredAccount[], p: Plan): StoredAccount[] {

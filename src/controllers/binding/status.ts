@@ -65,9 +65,9 @@ export interface RotationStatus {
   accounts: { active: number; prepared: number; retiring: number };
   /** Live connections on replaced keys kept past their overlap (see gracePeriod). */
   waitingConnections: number;
-  /** The last rotation step that failed, if the last reconcile had one. */
+  /** The last rotation step that failed (kept until another fails or natsbind restarts). */
   lastFailure?: { time: string; message: string };
-  /** The last emergency rotation: when, how many accounts, how many connections it cut off. */
+  /** The last emergency rotation: when, how many role keys (per account and role), connections cut off. */
   lastEmergency?: { time: string; accounts: number; connectionsClosed: number };
 }
 
