@@ -38,6 +38,8 @@ export const RESOLVER_REQUEST_SUBJECTS: readonly string[] = [
   "$SYS.REQ.CLAIMS.LIST",
   "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
   "$SYS.REQ.ACCOUNT.*.CONNZ",
+  // connections() asks which servers have an account loaded with connections before CONNZ.
+  "$SYS.REQ.ACCOUNT.PING.STATZ",
 ];
 
 /** What one kind of natsbind system connection may do. */

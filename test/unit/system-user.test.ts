@@ -59,6 +59,7 @@ describe("natsbind's system users", () => {
         "$SYS.REQ.CLAIMS.LIST",
         "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
         "$SYS.REQ.ACCOUNT.*.CONNZ",
+        "$SYS.REQ.ACCOUNT.PING.STATZ",
       ],
     });
     assert.deepEqual(claims.nats.sub, { allow: [`${user.inboxPrefix}.>`] });
