@@ -702,12 +702,14 @@ describe(
     }
 
     /**
-     * TODO(operator signing-key rotation, branch h2): run the operator signing-key rotation once here
-     * (`natsbind operator add-signing-key` -> rolling restart of cluster.servers with the new operator
-     * JWT -> `activate` -> `retire` -> rolling restart), each restart wrapped so its URL is in
+     * TODO(operator signing-key rotation, from branch h2): run the operator signing-key rotation
+     * once here, as test/integration/operator-rotation.test.ts drives it (`natsbind operator
+     * add-signing-key` -> rolling restart of cluster.servers with the new operator JWT ->
+     * `activate` -> `retire` -> rolling restart), each restart wrapped so its URL is in
      * `plannedRestarts` while the server is down (those disconnects are the planned ones; the
      * long-lived connections on it must be reopened afterwards, and the lookups of that node skipped
-     * while it restarts). The soak's counters and assertions then cover it unchanged.
+     * while it restarts). It runs while the jobs do; the soak's counters and assertions then cover
+     * it unchanged.
      */
     async function operatorSigningKeyRotation(): Promise<void> {}
   },
