@@ -675,7 +675,9 @@ describe("token exchange door (POST /v1/credentials)", () => {
         [{ publicKey: seed }, "publicKey", /must be a user public nkey/],
         [{ publicKey: NKeyPair.generate("account").publicKey }, "publicKey", /must be a user public nkey/],
         [
-          { publicKey: NKeyPair.generate("user").publicKey.slice(0, -1) + "A" },
+          // The last character carries checksum bits: any other character breaks the checksum (a
+          // fixed "A" left 1 key in 32 unchanged, and that run expected 400 for a valid key).
+          { publicKey: corruptLast(NKeyPair.generate("user").publicKey) },
           "publicKey",
           /must be a user public nkey/,
         ],
@@ -759,3 +761,8 @@ describe("token exchange door (POST /v1/credentials)", () => {
     assert.throws(() => assertNoSecret(`x${one!}x`, "probe"));
   });
 });
+
+/** The key with its last character replaced by a different one. */
+function corruptLast(key: string): string {
+  return key.slice(0, -1) + (key.endsWith("A") ? "B" : "A");
+}
