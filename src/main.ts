@@ -458,6 +458,8 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
       },
     };
     const keys = new DirectoryKeyStore(config.keys.directory, { owner: true });
+    // Rotation and revocation requests of the CLI: read at each reconcile, watched below.
+    const requests = new RequestFiles(config.keys.directory);
     const reconciler = new BindingReconciler({
       bindings: lookup,
       projects: inventories,
@@ -470,7 +472,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
       driftCheckMs: config.gitlab!.resyncInterval,
       events: ctx.events,
       requeue: (key) => queue.add(key),
-      rotator: ctx.makeRotator(keys, new RequestFiles(config.keys.directory)),
+      rotator: ctx.makeRotator(keys, requests),
     });
     // The watcher scanned already: take its snapshot rather than reading the directory again.
     const watcher = files.watch(async (keys, scanned) => {
@@ -486,7 +488,7 @@ async function startLocalMode(ctx: ModeContext): Promise<RunningMode> {
     });
     // `natsbind rotate` and `natsbind credentials revoke` hand their requests over in files: a
     // change there is looked at at once (the binding is named inside the file).
-    const requestWatcher = await new RequestFiles(config.keys.directory).watch(
+    const requestWatcher = await requests.watch(
       (key) => queue.add(key),
       (err) => ctx.log.warn({ err }, "request files"),
     );
