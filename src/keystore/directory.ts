@@ -75,8 +75,11 @@ export function bindingFileName(value: string): string {
   return `${readable}-${createHash("sha256").update(value).digest("hex").slice(0, 12)}`;
 }
 
+/** A slot names a key whose seed file is not there. */
+class MissingSeedError extends KeyStoreError {}
+
 function missingSeed(path: string, key: string): never {
-  throw new KeyStoreError(
+  throw new MissingSeedError(
     `key store: ${path} names ${key}, whose seed is missing: restore it from backup (a JWT may name it)`,
   );
 }
@@ -157,7 +160,10 @@ export class DirectoryKeyStore implements KeyStore {
       if (slot.ref.binding !== binding || this.#slotPath(slot.ref) !== path)
         throw new KeyStoreError(`key store: ${path} names a slot that does not belong in this file`);
       ref = slot.ref;
-      for (const key of namedKeys(slot)) if (!seeds.has(key)) missingSeed(path, key);
+      // `seeds` is a listing taken before the slot was read: a key saved since (a rotation
+      // running beside the listing) is looked up before it is called missing.
+      for (const key of namedKeys(slot))
+        if (!seeds.has(key) && !(await this.#seeds.load(key, "account"))) missingSeed(path, key);
       return slot;
     } catch (err) {
       if (!(err instanceof KeyStoreError || err instanceof KeyError)) throw err;
@@ -205,10 +211,22 @@ export class DirectoryKeyStore implements KeyStore {
 
   async get(ref: AccountRef): Promise<AccountKeys | undefined> {
     const path = this.#slotPath(ref);
-    const slot = await this.#readSlot(path);
-    if (!slot) return undefined;
-    if (!sameRef(slot.ref, ref)) throw new KeyStoreError(`key store: ${path} belongs to another slot`);
-    return this.#load(slot, path);
+    // Reads take no lock: a write between reading the slot and loading its seeds (an emergency
+    // rotation drops an active key, and forget() deletes its seed once the push is acked) leaves a
+    // slot read that names a deleted seed. Such a read is retried on the slot as it is now; a
+    // missing seed the current slot still names is a real loss.
+    for (let attempt = 1; ; attempt++) {
+      const slot = await this.#readSlot(path);
+      if (!slot) return undefined;
+      if (!sameRef(slot.ref, ref)) throw new KeyStoreError(`key store: ${path} belongs to another slot`);
+      try {
+        return await this.#load(slot, path);
+      } catch (err) {
+        if (!(err instanceof MissingSeedError) || attempt >= 3) throw err;
+        const now = await this.#readSlot(path);
+        if (now && JSON.stringify(now) === JSON.stringify(slot)) throw err;
+      }
+    }
   }
 
   /** Runs `fn` after every earlier write of the slot at `path` settled. */

@@ -667,7 +667,7 @@ describe(
       assert.equal(
         figures.authFailures.length,
         0,
-        `authorization failures:\n${detail(figures.authFailures)}`,
+        `authorization failures:\n${detail(figures.authFailures)}\nnatsbind's warnings:\n${detail(warnings)}`,
       );
       assert.equal(
         figures.unexpectedDisconnects.length,

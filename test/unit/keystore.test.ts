@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { DirectoryKeyStore, KeyStoreError } from "../../src/keystore/directory.ts";
 import { accountSecretLabels, accountSecretName, labelValue } from "../../src/k8s/secret-keystore.ts";
 import { keyStoreContract } from "../support/keystore-contract.ts";
-import { changeActivate, changePrepare, changeRetire } from "../../src/rotation/phases.ts";
+import { changeActivate, changeEmergency, changePrepare, changeRetire } from "../../src/rotation/phases.ts";
 import { KeyDirectory, KeyDirectoryModeError, secureKeyDirectory } from "../../src/store/key-directory.ts";
 
 let root: string;
@@ -88,6 +88,42 @@ describe("DirectoryKeyStore", () => {
     assert.equal(await storedSeed(dir, old), undefined, "the retired key's seed is gone");
     const [after] = await new DirectoryKeyStore(dir).list(ref.binding);
     assert.ok(!("discard" in after!));
+  });
+
+  it("get() beside emergency rotations never reports a seed missing (a read raced a forget)", async () => {
+    // The rotation soak failed once in CI: an exchange read the slot, an emergency rotation of
+    // another role dropped that role's key and forget() deleted its seed, and the read then found
+    // the seed gone ("issuance failed", 503). Readers and a rotating writer run side by side here.
+    const dir = freshDir();
+    const store = new DirectoryKeyStore(dir, { owner: true });
+    await store.ensure(ref, ["ci", "spare"], 1_000);
+    let stop = false;
+    let reads = 0;
+    const failures: string[] = [];
+    const reader = async (): Promise<void> => {
+      while (!stop) {
+        try {
+          const keys = await store.get(ref);
+          assert.ok(keys?.roleKeys.get("spare"));
+          reads += 1;
+        } catch (err) {
+          failures.push((err as Error).message);
+        }
+      }
+    };
+    const readers = [reader(), reader(), reader(), reader()];
+    for (let i = 0; i < 150; i++) {
+      const slot = await store.update(ref, changeEmergency("spare", 2_000 + i));
+      await store.forget(ref, slot.discard ?? []);
+    }
+    stop = true;
+    await Promise.all(readers);
+    assert.deepEqual(
+      failures.slice(0, 3),
+      [],
+      `${failures.length} of ${reads + failures.length} reads failed`,
+    );
+    assert.ok(reads > 150, `the readers ran beside the writer (${reads} reads)`);
   });
 
   it("writes three seed files for an account with two roles, and nothing when the keys exist", async () => {
