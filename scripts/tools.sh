@@ -3,7 +3,7 @@
 # steps), from the Go module proxy, and links them into .cache/bin. Builds are cached per version
 # outside the repo (NATSBIND_TOOLS_CACHE, default ~/.cache/natsbind/<tool>-<version>) so a fresh
 # clone on the same machine reuses them.
-# Usage: scripts/tools.sh [nats-server|nsc|etcd|kube-apiserver|kubectl|jq ...]   (default: all)
+# Usage: scripts/tools.sh [TOOL ...]   (default: all; TOOL is one of the names in `known` below)
 set -euo pipefail
 
 NATS_SERVER_VERSION="${NATS_SERVER_VERSION:-v2.15.2}"
@@ -11,6 +11,12 @@ NSC_VERSION="${NSC_VERSION:-v2.12.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-v1.37.2}"
 GOJQ_VERSION="${GOJQ_VERSION:-v0.12.17}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+# The oldest nats-server releases natsbind supports (README, "Supported nats-server versions"):
+# 2.10 for the resolver, provisioning and the exchange; 2.11 for the auth callout.
+NATS_SERVER_2_10_VERSION="${NATS_SERVER_2_10_VERSION:-v2.10.29}"
+NATS_SERVER_2_11_VERSION="${NATS_SERVER_2_11_VERSION:-v2.11.17}"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${NATSBIND_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/natsbind}"
@@ -70,7 +76,8 @@ build_kubernetes_cmd() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(nats-server nsc etcd kube-apiserver kubectl jq)
+known=(nats-server nsc etcd kube-apiserver kubectl jq nats-server-2.10 nats-server-2.11 helm promtool)
+[[ ${#tools[@]} -gt 0 ]] || tools=("${known[@]}")
 for tool in "${tools[@]}"; do
   case "$tool" in
     nats-server) build_module nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" ;;
@@ -80,6 +87,10 @@ for tool in "${tools[@]}"; do
     kubectl) build_kubernetes_cmd kubectl ;;
     # The runbooks use jq; gojq (jq in Go) so a machine without Debian's jq runs them too.
     jq) build_module jq github.com/itchyny/gojq "$GOJQ_VERSION" github.com/itchyny/gojq/cmd/gojq ;;
-    *) echo "tools.sh: unknown tool '$tool' (known: nats-server nsc etcd kube-apiserver kubectl jq)" >&2; exit 2 ;;
+    nats-server-2.10) build_module nats-server-2.10 github.com/nats-io/nats-server/v2 "$NATS_SERVER_2_10_VERSION" ;;
+    nats-server-2.11) build_module nats-server-2.11 github.com/nats-io/nats-server/v2 "$NATS_SERVER_2_11_VERSION" ;;
+    helm) build_module helm helm.sh/helm/v4 "$HELM_VERSION" helm.sh/helm/v4/cmd/helm ;;
+    promtool) build_module promtool github.com/prometheus/prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool ;;
+    *) echo "tools.sh: unknown tool '$tool' (known: ${known[*]})" >&2; exit 2 ;;
   esac
 done
