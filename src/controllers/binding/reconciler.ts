@@ -212,6 +212,14 @@ export class BindingReconciler implements Reconciler<string> {
     // Only an authorized spec is remembered: it is what applies when the binding goes.
     this.#lastSpec.set(key, binding.spec);
 
+    // What the resolver holds for the stored slots does not depend on the projects: it is read
+    // beside the GitLab listing (after a restart, 100,000 accounts took ~15 s to list and as long
+    // to look up, one after the other). Only reads; a failure shows again when planning below.
+    const prefetched = this.#o.keys
+      .list(key)
+      .then((slots) => this.#resolverHashes(slots, new Set()))
+      .catch(() => undefined);
+
     let projects: readonly GitLabProject[];
     const environments = new Map<number, readonly string[]>();
     try {
@@ -220,6 +228,7 @@ export class BindingReconciler implements Reconciler<string> {
         for (const p of projects) environments.set(p.id, await this.#o.projects.environments(p.id));
       }
     } catch (err) {
+      await prefetched; // no reads left running after the reconcile
       return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
     }
 
@@ -229,6 +238,7 @@ export class BindingReconciler implements Reconciler<string> {
     try {
       conflicts = await this.#conflicts(key, projects);
     } catch (err) {
+      await prefetched; // no reads left running after the reconcile
       return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
     }
     this.#yielded.set(key, conflicts);
@@ -236,6 +246,7 @@ export class BindingReconciler implements Reconciler<string> {
     const held = new Set(conflicts.keys());
 
     try {
+      await prefetched;
       let untrusted: UntrustedSlot[] = [];
       let slots = await this.#o.keys.list(key, untrusted);
       let current = await this.#plan(key, binding, owned, environments, slots, untrusted, undefined, held);
