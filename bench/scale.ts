@@ -6,7 +6,7 @@
  * process (root group + 3 levels of 5 subgroups, projects spread over all 156 groups). Each figure
  * is reported next to a baseline measured in the same run on the same machine.
  *
- *  0. Baselines, on a second, fresh nats-server of the same configuration (stopped afterwards, so
+ *  0. Baselines, on a second, fresh nats-server of the same configuration (idle afterwards;
  *     natsbind's server starts as empty as the baseline's did):
  *     a. push: PROJECTS pre-signed account JWTs of the controller's shape (desiredAccount() of the
  *        bench binding for the listed projects, a fresh account key each) pushed with
@@ -42,7 +42,7 @@
  *   SCALE_STEP_TIMEOUT_S   how long one step may take before the bench gives up (default 900)
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { stat } from "node:fs";
+import { closeSync, openSync, stat } from "node:fs";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -300,8 +300,8 @@ async function baselines(w: World, s: Started): Promise<Baselines> {
 
   await resolver.close();
   s.resolvers.splice(s.resolvers.indexOf(resolver), 1);
-  await server.stop();
-  s.servers.splice(s.servers.indexOf(server), 1);
+  // The server stays (idle) until the end: removing its 100,000 files now would slow every file
+  // natsbind creates next (ext4 scans recently deleted inodes when it allocates one).
   return {
     listingMs: round(listingMs),
     push: {
@@ -337,6 +337,10 @@ interface Child {
   exited(): string | undefined;
   /** Highest VmRSS sampled every 100 ms, bytes. */
   sampledPeak(): number;
+  /** Highest VmRSS sampled since the last call (MB): a phase's peak. */
+  phase(): number;
+  /** Warnings and errors in its log: how many, and the first ten. */
+  problems(): Promise<{ count: number; first: string[] }>;
   stop(): Promise<{
     hwmMb: number | undefined;
     sampledPeakMb: number;
@@ -345,7 +349,12 @@ interface Child {
   }>;
 }
 
+let children = 0;
+
+/** natsbind run as a child; its log (stdout, JSON lines) goes to a file in the bench directory. */
 function spawnNatsbind(w: World, s: Started): Child {
+  const logFile = join(w.dir, `natsbind-${++children}.log`);
+  const logFd = openSync(logFile, "w");
   const startedAt = performance.now();
   const proc = (s.child = spawn(
     process.execPath,
@@ -357,16 +366,22 @@ function spawnNatsbind(w: World, s: Started): Child {
       "--config",
       w.configFile,
     ],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    { stdio: ["ignore", logFd, "pipe"] },
   ));
+  closeSync(logFd);
   let stderr = "";
   let exited: string | undefined;
   let peak = 0;
+  let phasePeak = 0;
   proc.stderr!.setEncoding("utf8");
   proc.stderr!.on("data", (chunk: string) => void (stderr = (stderr + chunk).slice(-8_192)));
   proc.once("exit", (code, signal) => void (exited = `code ${code}, signal ${signal}`));
   const pid = proc.pid!;
-  const sample = (): void => void (peak = Math.max(peak, procMemory(pid)?.rss ?? 0));
+  const sample = (): void => {
+    const rss = procMemory(pid)?.rss ?? 0;
+    peak = Math.max(peak, rss);
+    phasePeak = Math.max(phasePeak, rss);
+  };
   const sampler = setInterval(sample, 100);
   return {
     proc,
@@ -375,6 +390,17 @@ function spawnNatsbind(w: World, s: Started): Child {
     stderr: () => stderr,
     exited: () => exited,
     sampledPeak: () => peak,
+    phase() {
+      sample();
+      const mbPeak = mb(phasePeak);
+      phasePeak = 0;
+      return mbPeak;
+    },
+    async problems() {
+      const lines = (await readFile(logFile, "utf8")).split("\n");
+      const bad = lines.filter((l) => /"level":"(warn|error)"/.test(l));
+      return { count: bad.length, first: bad.slice(0, 10).map((l) => l.slice(0, 400)) };
+    },
     async stop() {
       sample();
       clearInterval(sampler);
@@ -454,6 +480,8 @@ interface ColdResult {
   sample: { checked: number; ok: number };
   /** Accounts $SYS.REQ.CLAIMS.LIST returned afterwards (or why it failed). */
   claimsList: number | string;
+  /** Warnings and errors natsbind logged. */
+  problems: { count: number; first: string[] };
 }
 
 async function coldStart(
@@ -499,6 +527,7 @@ async function coldStart(
   const { updates, lookups } = await wire.read();
   const firstPushAt = wire.firstUpdateAt;
   const stopped = await child.stop();
+  const problems = await child.problems();
   const sample = await checkSample(w, resolver);
   // `natsbind accounts list` and operator rotation read $SYS.REQ.CLAIMS.LIST: one reply of every id.
   let claimsList: number | string;
@@ -521,6 +550,7 @@ async function coldStart(
     ...(stopped.io ? { childIo: stopped.io } : {}),
     counts,
     sample,
+    problems,
   };
 }
 
@@ -562,7 +592,10 @@ interface WarmResult {
   };
   hwmMb: number | undefined;
   sampledPeakMb: number;
+  /** Highest RSS sampled in each section, MB. */
+  phasePeakMb: { restart: number; webhook: number; periodic: number };
   childCpu?: { user: number; sys: number };
+  problems: { count: number; first: string[] };
 }
 
 async function warmChild(
@@ -584,6 +617,7 @@ async function warmChild(
     counts: await readStatusCounts(w),
   };
   log(`[restart]   ${fmtMs(restart.ms)}, ${restart.pushes} pushes, ${fmt(restart.lookups)} lookups`);
+  const restartPeakMb = child.phase();
 
   // 3. Webhooks, before the drift check comes (RESYNC_MS after the restart's reconcile).
   const pushedAt = new Map<number, { account: string; at: number }>();
@@ -641,6 +675,7 @@ async function warmChild(
     pushes: hookWire.updates,
   };
   log(`[webhook]   ${liveMs.length} creations in ${fmtMs(performance.now() - hooksStart)}`);
+  const webhookPeakMb = child.phase();
 
   // 4. The drift check: its first lookup on the wire starts it; the status file ends it.
   log(`[periodic] waiting for the drift check (${fmt(RESYNC_MS / 1000)} s after the restart's reconcile)`);
@@ -667,11 +702,14 @@ async function warmChild(
     fromLastReconcileMs: round(firstLookup - lastReconcile),
   };
   log(`[periodic]   ${fmtMs(periodic.ms)}, ${periodic.pushes} pushes, ${fmt(periodic.lookups)} lookups`);
+  const periodicPeakMb = child.phase();
   const stopped = await child.stop();
   return {
     restart,
     webhook,
     periodic,
+    phasePeakMb: { restart: restartPeakMb, webhook: webhookPeakMb, periodic: periodicPeakMb },
+    problems: await child.problems(),
     hwmMb: stopped.hwmMb,
     sampledPeakMb: stopped.sampledPeakMb,
     ...(stopped.cpu ? { childCpu: stopped.cpu } : {}),
@@ -837,6 +875,14 @@ async function main(): Promise<void> {
           `< ${fmt(RSS_TARGET_MB)} MB`,
           verdict(warmRssMb < RSS_TARGET_MB),
         ],
+        [
+          "     peak RSS sampled in 2 / 3 / 4",
+          `${fmt(warm.phasePeakMb.restart)} / ${fmt(warm.phasePeakMb.webhook)} / ${fmt(warm.phasePeakMb.periodic)} MB`,
+          "",
+          "",
+          "",
+          "",
+        ],
         ["2-4. child CPU (sys)", cpuCell(warm.childCpu), "", "", "", ""],
       ],
     ),
@@ -846,6 +892,15 @@ async function main(): Promise<void> {
       `${PUSH_CONCURRENCY} in flight (${fmt(base.push.perSec)}/s); ${fmt(PROJECTS)} lookups, ${LOOKUP_CONCURRENCY} in flight ` +
       `(${fmt(base.lookup.perSec)}/s); push + lookup until live, p50 of ${base.floor.runs}; GitLab listing of ${fmt(PROJECTS)} projects alone: ${fmtMs(base.listingMs)}.`,
   );
+  for (const [what, p] of [
+    ["cold start", cold.problems],
+    ["sections 2-4", warm.problems],
+  ] as const) {
+    if (p.count > 0)
+      log(
+        `natsbind logged ${p.count} warning(s)/error(s) in the ${what}; first ones:\n${p.first.join("\n")}`,
+      );
+  }
   if (warm.webhook.stoppedEarly)
     log(`section 3 stopped after ${warm.webhook.done} creations: it must end before the drift check`);
   const totalS = (performance.now() - started) / 1000;

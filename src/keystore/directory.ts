@@ -81,6 +81,24 @@ export function bindingFileName(value: string): string {
   return `${readable}-${createHash("sha256").update(value).digest("hex").slice(0, 12)}`;
 }
 
+/** list()'s order: by project id, then environment. */
+function bySlotOrder(a: StoredAccount, b: StoredAccount): number {
+  return (
+    a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? "")
+  );
+}
+
+/** Two arrays in bySlotOrder as one. */
+function mergeSorted(a: readonly StoredAccount[], b: readonly StoredAccount[]): StoredAccount[] {
+  if (b.length === 0) return [...a];
+  const out = new Array<StoredAccount>(a.length + b.length);
+  let i = 0;
+  let j = 0;
+  for (let k = 0; k < out.length; k++)
+    out[k] = j >= b.length || (i < a.length && bySlotOrder(a[i]!, b[j]!) <= 0) ? a[i++]! : b[j++]!;
+  return out;
+}
+
 /** A slot names a key whose seed file is not there. */
 class MissingSeedError extends KeyStoreError {}
 
@@ -102,8 +120,10 @@ function sameRef(a: AccountRef, b: AccountRef): boolean {
 interface Listing {
   slots: Map<string, StoredAccount>;
   untrusted: Map<string, UntrustedSlot>;
-  /** `slots` in list() order, kept until a write changes them. */
+  /** `slots` in list() order: one array until a write changes them. */
   sorted?: StoredAccount[];
+  /** Writes since `sorted` was made: merged into a new array at the next list(). */
+  changes?: { added: StoredAccount[]; dropped: Set<StoredAccount> };
 }
 
 /** What one ensure(), update() or forget() writes: new seeds, then the slot file naming them. */
@@ -221,11 +241,20 @@ export class DirectoryKeyStore implements KeyStore {
       this.#cache?.set(binding, listing);
     }
     untrusted?.push(...[...listing.untrusted.values()].sort((a, b) => a.source.localeCompare(b.source)));
-    listing.sorted ??= [...listing.slots.values()].sort(
-      (a, b) =>
-        a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
-    );
-    return [...listing.sorted];
+    // The same (frozen) array until a write changes the slots: callers can tell nothing changed.
+    // Writes since are merged in (a pass, not a sort of 100,000 slots after every new one).
+    if (listing.sorted && listing.changes) {
+      const { added, dropped } = listing.changes;
+      listing.sorted = Object.freeze(
+        mergeSorted(
+          listing.sorted.filter((slot) => !dropped.has(slot)),
+          added.filter((slot) => !dropped.has(slot)).sort(bySlotOrder),
+        ),
+      ) as StoredAccount[];
+    }
+    listing.changes = undefined;
+    listing.sorted ??= Object.freeze([...listing.slots.values()].sort(bySlotOrder)) as StoredAccount[];
+    return listing.sorted;
   }
 
   /** The slot's seeds, each checked to derive the key it is stored under. */
@@ -280,9 +309,13 @@ export class DirectoryKeyStore implements KeyStore {
     await this.#commits.add({ seeds, slot: { path, text: `${JSON.stringify(slot, null, 2)}\n` } });
     const listing = this.#cache?.get(slot.ref.binding);
     if (!listing) return;
+    const before = listing.slots.get(path);
     listing.slots.set(path, slot);
     listing.untrusted.delete(path);
-    listing.sorted = undefined;
+    if (!listing.sorted) return;
+    listing.changes ??= { added: [], dropped: new Set() };
+    if (before) listing.changes.dropped.add(before);
+    listing.changes.added.push(slot);
   }
 
   /** The slot at `path` as the owner's cache knows it: undefined when known absent, else read it. */
@@ -395,7 +428,11 @@ export class DirectoryKeyStore implements KeyStore {
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
     const listing = this.#cache?.get(ref.binding);
-    if (listing?.slots.delete(path)) listing.sorted = undefined;
+    const before = listing?.slots.get(path);
+    if (listing && before) {
+      listing.slots.delete(path);
+      if (listing.sorted) (listing.changes ??= { added: [], dropped: new Set() }).dropped.add(before);
+    }
     for (const pub of [...namedKeys(slot), ...(slot.discard ?? [])]) await this.#seeds.remove(pub);
   }
 }

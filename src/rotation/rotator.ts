@@ -143,7 +143,7 @@ export class KeyRotator {
     binding: string,
     spec: NatsBindingSpec,
     managed: readonly StoredAccount[],
-    inSync: ReadonlySet<string>,
+    inSync: { has(account: string): boolean },
     requests: BindingRequests,
   ): Promise<Outcome> {
     const now = this.#o.clock.now();
@@ -178,13 +178,27 @@ export class KeyRotator {
       const nextAts: number[] = [];
       for (const role of roles) {
         if (slot.roles[role] === undefined) continue;
+        const state = slot.rotation?.[role];
+        if (
+          requests.triggers.length === 0 &&
+          state?.activeSince !== undefined &&
+          !state.prepared &&
+          (state.retiring ?? []).length === 0
+        ) {
+          // What decide() says of a role with one key, unasked: prepare when due, else wait for it.
+          const due = dueAt(slot, role, policy);
+          if (due !== undefined && now >= due) return false;
+          if (due !== undefined) nextAts.push(due);
+          continue;
+        }
         const d = decide({
           slot,
           role,
           now,
           policy,
           triggers: requests.triggers,
-          inSync: inSync.has(slot.account),
+          // Read only for a prepared key (whether it may issue yet).
+          inSync: state?.prepared !== undefined && inSync.has(slot.account),
           overlapMs: this.#o.limits.overlapMs,
         });
         if (d.steps.length > 0 || d.needConnections.length > 0 || d.waiting.length > 0) return false;

@@ -106,30 +106,33 @@ export interface Plan {
   untrusted: UntrustedSlot[];
 }
 
-function desiredRefs(input: PlanInput): Array<{ ref: AccountRef; project: GitLabProject }> {
+/** Builds the account's claims when called (made only for pushes and memo misses). */
+function claimsBuilder(input: PlanInput, project: GitLabProject, slot: StoredAccount): () => JwtClaims {
+  return () => accountClaims(desiredAccount(input, project, slot), input.issuer);
+}
+
+/** Calls `visit` for each desired ref and its project, by project id (and environment). */
+function forEachDesired(input: PlanInput, visit: (ref: AccountRef, project: GitLabProject) => void): void {
   const spec = input.binding.spec;
   const held = input.heldElsewhere;
-  const projects =
-    held && held.size > 0 ? input.projects.filter((p) => !held.has(p.id)) : [...input.projects];
-  // An inventory listing is in id order already: sorting is then one pass.
-  if (!projects.every((p, i) => i === 0 || projects[i - 1]!.id < p.id)) projects.sort((a, b) => a.id - b.id);
+  let projects: readonly GitLabProject[] =
+    held && held.size > 0 ? input.projects.filter((p) => !held.has(p.id)) : input.projects;
+  // An inventory listing is in id order already: checking that is one pass, sorting is not.
+  if (!projects.every((p, i) => i === 0 || projects[i - 1]!.id < p.id))
+    projects = [...projects].sort((a, b) => a.id - b.id);
   if (spec.accountPer === "project") {
-    return projects.map((project) => ({
-      ref: { binding: input.bindingKey, projectId: project.id },
-      project,
-    }));
+    for (const project of projects) visit({ binding: input.bindingKey, projectId: project.id }, project);
+    return;
   }
-  const out: Array<{ ref: AccountRef; project: GitLabProject }> = [];
   for (const project of projects) {
     const names =
       spec.environments?.kind === "list"
         ? spec.environments.names
         : (input.environments.get(project.id) ?? []);
     for (const environment of [...new Set(names)].sort()) {
-      out.push({ ref: { binding: input.bindingKey, projectId: project.id, environment }, project });
+      visit({ binding: input.bindingKey, projectId: project.id, environment }, project);
     }
   }
-  return out;
 }
 
 /** What the account of `project` (and environment) should say, with the slot's keys. */
@@ -217,8 +220,8 @@ export function plan(input: PlanInput): Plan {
   const untrusted = new Set(result.untrusted.flatMap((u) => (u.ref ? [refKey(u.ref)] : [])));
   const slots = indexSlots(input.slots);
   const roleNames = input.binding.spec.roles.map((r) => r.name);
-  /** Slots of desired refs (by object: no key strings for 100,000 slots). */
-  const wanted = new Set<StoredAccount>();
+  /** How many slots desired refs found: all of them (the usual case) leaves none unwanted. */
+  let matched = 0;
   let specKey = `${input.issuer}\u0000${input.bindingKey}\u0000${JSON.stringify(input.binding.spec)}`;
   // The memo's own copy, when equal: its entries then match by reference, not character by character.
   const remembered = input.memo?.values().next().value?.spec;
@@ -230,16 +233,15 @@ export function plan(input: PlanInput): Plan {
     return notOwnedProblem(account, input.bindingKey, ref, owner);
   };
 
-  for (const { ref, project } of desiredRefs(input)) {
+  forEachDesired(input, (ref, project) => {
     const slot = slots.get(ref);
-    if (slot) wanted.add(slot);
+    if (slot) matched += 1;
     // A forged or broken slot in this place: its keys are not used, and none are made to replace it.
-    if (untrusted.size > 0 && untrusted.has(refKey(ref))) continue;
+    if (untrusted.size > 0 && untrusted.has(refKey(ref))) return;
     if (!slot || roleNames.some((r) => !slot.roles[r])) {
       result.ensureKeys.push({ ref, roles: roleNames });
-      continue;
+      return;
     }
-    const build = (): JwtClaims => accountClaims(desiredAccount(input, project, slot), input.issuer);
     const known = input.memo?.get(slot.account);
     let hash =
       known && known.spec === specKey && known.project === project && known.slot === slot
@@ -262,11 +264,11 @@ export function plan(input: PlanInput): Plan {
       if (known?.inputs === inputs) hash = known.hash;
       else {
         try {
-          hash = claimsHash(build());
+          hash = claimsHash(claimsBuilder(input, project, slot)());
         } catch (err) {
           input.memo?.delete(slot.account);
           result.problems.push({ ref, message: describeError(err) });
-          continue;
+          return;
         }
       }
       input.memo?.set(slot.account, { inputs, hash, spec: specKey, project, slot });
@@ -279,14 +281,23 @@ export function plan(input: PlanInput): Plan {
       result.push.push({
         ref,
         account: slot.account,
-        claims: build,
+        claims: claimsBuilder(input, project, slot),
         hash,
         reason: held === undefined ? "missing" : "stale",
       });
-  }
+  });
 
-  // Only slots no longer wanted are left: sorted (few, usually none), not every slot.
-  const unwanted = input.slots.filter((slot) => !wanted.has(slots.get(slot.ref)!));
+  // Only slots no longer wanted are left: sorted (few, usually none), not every slot. A desired
+  // ref finds one slot (the last of any with its ref), so `matched` counts distinct slots.
+  let unwanted: StoredAccount[] = [];
+  if (matched < input.slots.length) {
+    const wanted = new Set<StoredAccount>();
+    forEachDesired(input, (ref) => {
+      const slot = slots.get(ref);
+      if (slot) wanted.add(slot);
+    });
+    unwanted = input.slots.filter((slot) => !wanted.has(slots.get(slot.ref)!));
+  }
   for (const slot of unwanted.sort((a, b) => refKey(a.ref).localeCompare(refKey(b.ref)))) {
     if (input.heldElsewhere?.has(slot.ref.projectId)) {
       result.conflict.push(slot);

@@ -150,6 +150,12 @@ export class BindingReconciler implements Reconciler<string> {
    * (ownership.ts); cleared by drift checks.
    */
   readonly #held = new Map<string, HeldAccount>();
+  /** Entries removed from #held so far: a slots array checked before a removal is checked again. */
+  #forgotten = 0;
+  /** Slots arrays (as the key store handed them out) whose entries were all current, until when. */
+  readonly #checked = new WeakMap<readonly StoredAccount[], { until: number; forgotten: number }>();
+  /** Per binding, what its last full reconcile saw and planned, while that stays current. */
+  readonly #steady = new Map<string, Steady>();
   /** Refusals reported per binding by its last reconcile: each is reported once, not every time. */
   readonly #refusals = new Map<string, Set<string>>();
   readonly #issuers: ReadonlySet<string>;
@@ -168,6 +174,10 @@ export class BindingReconciler implements Reconciler<string> {
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
     this.#issuers = o.trustedIssuers ?? new Set([o.signer.getPublicKey()]);
+  }
+
+  #forget(account: string): void {
+    if (this.#held.delete(account)) this.#forgotten += 1;
   }
 
   /**
@@ -211,6 +221,8 @@ export class BindingReconciler implements Reconciler<string> {
     }
     // Only an authorized spec is remembered: it is what applies when the binding goes.
     this.#lastSpec.set(key, binding.spec);
+    const quick = await this.#reconcileChanges(key, binding, generation);
+    if (quick) return quick;
 
     // What the resolver holds for the stored slots does not depend on the projects: it is read
     // beside the GitLab listing (after a restart, 100,000 accounts took ~15 s to list and as long
@@ -253,8 +265,9 @@ export class BindingReconciler implements Reconciler<string> {
       // Accounts created and pushed before the final plan (which finds them up to date).
       const early = new Set<string>();
       // The slots the plan manages, worked out once per (slots, plan) pair.
-      let managedOf: { slots: readonly StoredAccount[]; plan: Plan; managed: StoredAccount[] } | undefined;
-      const managed = (): StoredAccount[] => {
+      let managedOf:
+        { slots: readonly StoredAccount[]; plan: Plan; managed: readonly StoredAccount[] } | undefined;
+      const managed = (): readonly StoredAccount[] => {
         if (managedOf?.slots !== slots || managedOf.plan !== current)
           managedOf = { slots, plan: current, managed: managedSlots(slots, current) };
         return managedOf.managed;
@@ -270,13 +283,7 @@ export class BindingReconciler implements Reconciler<string> {
       let nextAt: number | undefined;
       if (rotator) {
         const requests = await rotator.requests(key);
-        const before = await rotator.beforePush(
-          key,
-          binding.spec,
-          managed(),
-          new Set(current.upToDate.map((x) => x.account)),
-          requests,
-        );
+        const before = await rotator.beforePush(key, binding.spec, managed(), inSyncOf(current), requests);
         nextAt = before.nextAt;
         // A failed step (the key store or the servers said no) is tried again soon, not at the
         // next drift check.
@@ -297,28 +304,22 @@ export class BindingReconciler implements Reconciler<string> {
         if (after.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
       }
       this.#reportRefusals(key, current);
-      const status = this.#status(key, generation, projects, projects.length, conflicts, current, early);
-      if (rotator) {
-        status.rotation = rotator.status(key, binding.spec, managed());
-        const listed = new Set(status.accounts.map((a) => a.account));
-        const byAccount = new Map(
-          managed()
-            .filter((slot) => listed.has(slot.account))
-            .map((slot) => [slot.account, slot]),
-        );
-        for (const summary of status.accounts) {
-          const slot = byAccount.get(summary.account);
-          if (!slot) continue;
-          const since = Object.keys(slot.roles)
-            .map((role) => slot.rotation?.[role]?.activeSince)
-            .filter((t): t is number => t !== undefined);
-          if (since.length > 0) summary.keysActiveSince = new Date(Math.min(...since)).toISOString();
-          summary.keyPhase = phaseOf(slot);
-        }
-      }
-      await this.#o.statuses.write(key, status);
+      await this.#writeReconciled(key, generation, binding, projects, conflicts, current, early, managed());
       this.#overlapsChanged(key, owned);
       const now = this.#o.clock.now();
+      // Until then (every account's lookup current, no rotation step due), a reconcile that only
+      // finds a few projects changed can plan for those alone (#reconcileChanges).
+      const resolverUntil = this.#checked.get(slots)?.until;
+      if (conflicts.size === 0 && untrusted.length === 0 && resolverUntil !== undefined)
+        this.#steady.set(key, {
+          spec: binding.spec,
+          generation,
+          issuers: this.#issuersKey(),
+          projects,
+          slots,
+          plan: current,
+          until: Math.min(resolverUntil, nextAt ?? Infinity),
+        });
       const untilNext = nextAt !== undefined ? Math.max(1_000, nextAt - now) : Infinity;
       return { requeueAfterMs: Math.min(this.#o.driftCheckMs, untilNext) };
     } catch (err) {
@@ -494,13 +495,21 @@ export class BindingReconciler implements Reconciler<string> {
       const held = this.#held.get(account);
       return held && now - held.checkedAt < this.#o.driftCheckMs ? held : undefined;
     };
+    const views = {
+      hashes: { get: (a: string) => current(a)?.hash, has: (a: string) => current(a) !== undefined },
+      owners: { get: (a: string) => current(a)?.owner },
+    };
+    // The same slots (the key store hands out one array until it changes), every one of them current
+    // when last asked and none forgotten since: nothing to look up, and no pass over 100,000 slots.
+    const known = this.#checked.get(slots);
+    if (known && now < known.until && known.forgotten === this.#forgotten) return views;
     const stale = slots.filter((s) => !current(s.account) && !fresh.has(s.account));
     const issuers = this.#issuersKey();
     try {
       await mapLimit(stale, 32, async (s) => {
         const jwt = await this.#o.resolver.lookup(s.account);
         if (jwt === undefined) {
-          this.#held.delete(s.account);
+          this.#forget(s.account);
           return;
         }
         // The very JWT seen (or pushed) before, under the same issuers: the same hash and owner,
@@ -527,10 +536,18 @@ export class BindingReconciler implements Reconciler<string> {
     } catch (err) {
       throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
     }
-    return {
-      hashes: { get: (a) => current(a)?.hash, has: (a) => current(a) !== undefined },
-      owners: { get: (a) => current(a)?.owner },
-    };
+    let until = Infinity;
+    for (const s of slots) {
+      const held = this.#held.get(s.account);
+      // An account the resolver lacks (or one just made, not pushed yet) is asked again next time.
+      if (!held) {
+        until = -Infinity;
+        break;
+      }
+      until = Math.min(until, held.checkedAt + this.#o.driftCheckMs);
+    }
+    if (until > now) this.#checked.set(slots, { until, forgotten: this.#forgotten });
+    return views;
   }
 
   async #plan(
@@ -546,7 +563,7 @@ export class BindingReconciler implements Reconciler<string> {
     // Slots of projects an older binding holds are left alone: not even looked up.
     const managed = heldElsewhere.size > 0 ? slots.filter((s) => !heldElsewhere.has(s.ref.projectId)) : slots;
     const held = await this.#resolverHashes(managed, fresh);
-    return plan({
+    const planned = plan({
       bindingKey: key,
       binding,
       projects,
@@ -559,6 +576,8 @@ export class BindingReconciler implements Reconciler<string> {
       issuer: this.#o.signer.getPublicKey(),
       memo: this.#memoFor(key),
     });
+    planInputs.set(planned, slots);
+    return planned;
   }
 
   #memoFor(key: string): Map<string, PlanMemoEntry> {
@@ -637,6 +656,172 @@ export class BindingReconciler implements Reconciler<string> {
     return fresh;
   }
 
+  /** Status of a reconcile that succeeded (with the rotation of its managed slots), written. */
+  async #writeReconciled(
+    key: string,
+    generation: number,
+    binding: NatsBinding,
+    projects: readonly GitLabProject[],
+    conflicts: ReadonlyMap<number, string>,
+    p: Plan,
+    early: ReadonlySet<string>,
+    managed: readonly StoredAccount[],
+  ): Promise<void> {
+    const status = this.#status(key, generation, projects, projects.length, conflicts, p, early);
+    if (this.#o.rotator) {
+      status.rotation = this.#o.rotator.status(key, binding.spec, managed);
+      const listed = new Set(status.accounts.map((a) => a.account));
+      const byAccount = new Map(
+        managed.filter((slot) => listed.has(slot.account)).map((slot) => [slot.account, slot]),
+      );
+      for (const summary of status.accounts) {
+        const slot = byAccount.get(summary.account);
+        if (!slot) continue;
+        const since = Object.keys(slot.roles)
+          .map((role) => slot.rotation?.[role]?.activeSince)
+          .filter((t): t is number => t !== undefined);
+        if (since.length > 0) summary.keysActiveSince = new Date(Math.min(...since)).toISOString();
+        summary.keyPhase = phaseOf(slot);
+      }
+    }
+    await this.#o.statuses.write(key, status);
+  }
+
+  /**
+   * A reconcile that finds only a few projects changed (created, renamed: a webhook) since the
+   * last full one, with nothing else to do, plans for those projects alone and keeps the last
+   * plan for the others: their inputs are the same objects (projects, slots, spec), their lookups
+   * current and no rotation step due, so a full plan would find them as they were. A binding of
+   * 100,000 accounts took ~1 s of CPU per webhook to plan them all again. Returns undefined when
+   * anything else may have changed (then the full reconcile runs): another binding, another spec
+   * or issuer, a drift check or rotation step due, a slot changed or distrusted, a request for
+   * the binding, a project gone, environments from GitLab, or too many changes.
+   */
+  async #reconcileChanges(
+    key: string,
+    binding: NatsBinding,
+    generation: number,
+  ): Promise<ReconcileResult | undefined> {
+    const steady = this.#steady.get(key);
+    this.#steady.delete(key);
+    const now = this.#o.clock.now();
+    if (
+      !steady ||
+      steady.spec !== binding.spec ||
+      steady.generation !== generation ||
+      now >= steady.until ||
+      steady.issuers !== this.#issuersKey() ||
+      (binding.spec.accountPer === "environment" && binding.spec.environments?.kind === "gitlab") ||
+      this.#o.bindings.validKeys().some((other) => other !== key)
+    )
+      return undefined;
+    const untrusted: UntrustedSlot[] = [];
+    const slots = await this.#o.keys.list(key, untrusted);
+    if (slots !== steady.slots || untrusted.length > 0) return undefined;
+    const requests = this.#o.rotator ? await this.#o.rotator.requests(key) : undefined;
+    if (
+      requests &&
+      (requests.triggers.length > 0 || requests.revocations.length > 0 || requests.problems?.length)
+    )
+      return undefined;
+    let projects: readonly GitLabProject[];
+    try {
+      projects = await this.#o.projects.projects(key, binding.spec);
+    } catch {
+      return undefined;
+    }
+    const changed = changedProjects(steady.projects, projects, MAX_CHANGES);
+    if (!changed) return undefined;
+
+    // From here on this reconcile writes: any failure is reported as the full reconcile's would be.
+    try {
+      const ids = new Set(changed.map((p) => p.id));
+      const slotsOf = (all: readonly StoredAccount[]): StoredAccount[] =>
+        all.filter((s) => ids.has(s.ref.projectId));
+      const environments = new Map<number, readonly string[]>();
+      const early = new Set<string>();
+      let current = await this.#plan(key, binding, changed, environments, slotsOf(slots), [], undefined);
+      let latest = slots;
+      if (current.ensureKeys.length > 0) {
+        const fresh = await this.#createAndPush(
+          key,
+          binding,
+          changed,
+          environments,
+          current.ensureKeys,
+          early,
+        );
+        latest = await this.#o.keys.list(key);
+        current = await this.#plan(key, binding, changed, environments, slotsOf(latest), [], fresh);
+      }
+      const rotator = this.#o.rotator;
+      let nextAt: number | undefined;
+      if (rotator && requests) {
+        const before = await rotator.beforePush(
+          key,
+          binding.spec,
+          managedSlots(slotsOf(latest), current),
+          inSyncOf(current),
+          requests,
+        );
+        nextAt = before.nextAt;
+        if (before.failed) nextAt = Math.min(nextAt ?? Infinity, now + ROTATION_RETRY_MS);
+        if (before.changed) {
+          latest = await this.#o.keys.list(key);
+          current = await this.#plan(key, binding, changed, environments, slotsOf(latest), []);
+        }
+      }
+      if (current.remove.length > 0 || current.retain.length > 0 || current.conflict.length > 0)
+        throw new TypeError("a plan of changed projects found slots of projects it was not given");
+      await this.#apply(key, current);
+      if (rotator) {
+        const pushed = new Set([...early, ...current.push.map((x) => x.account)]);
+        const after = await rotator.afterPush(
+          key,
+          binding.spec,
+          managedSlots(slotsOf(latest), current),
+          pushed,
+        );
+        if (after.changed) latest = await this.#o.keys.list(key);
+        if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
+          nextAt = after.nextAt;
+        if (after.failed) nextAt = Math.min(nextAt ?? Infinity, now + ROTATION_RETRY_MS);
+      }
+      const merged = mergePlans(steady.plan, current, ids);
+      planInputs.set(merged, latest);
+      this.#yielded.set(key, new Map());
+      this.#reportRefusals(key, merged);
+      await this.#writeReconciled(
+        key,
+        generation,
+        binding,
+        projects,
+        new Map(),
+        merged,
+        early,
+        managedSlots(latest, merged),
+      );
+      // The others' lookups are as they were; the changed projects' accounts were just looked up
+      // or pushed (one the resolver lacks is asked again by the next full reconcile).
+      let until = Math.min(steady.until, nextAt ?? Infinity);
+      for (const slot of slotsOf(latest)) {
+        const held = this.#held.get(slot.account);
+        until = held ? Math.min(until, held.checkedAt + this.#o.driftCheckMs) : -Infinity;
+        if (!held) break;
+      }
+      if (until > this.#o.clock.now())
+        this.#steady.set(key, { ...steady, projects, slots: latest, plan: merged, until });
+      // As a full reconcile would: the drift check its requeue scheduled stays due (the earlier
+      // of two requeues wins), and then finds the lookups stale (`until`).
+      const untilNext = nextAt !== undefined ? Math.max(1_000, nextAt - this.#o.clock.now()) : Infinity;
+      return { requeueAfterMs: Math.min(this.#o.driftCheckMs, untilNext) };
+    } catch (err) {
+      if (err instanceof StepError) return this.#fail(key, generation, err);
+      const reason = err instanceof KeyStoreError ? REASON.KeyStoreError : REASON.ResolverError;
+      return this.#fail(key, generation, new StepError(reason, CONDITION.ResolverSynced, err));
+    }
+  }
+
   /** Signs and pushes `pushes` (pushConcurrency in flight); records each one pushed in `done`. */
   async #push(key: string, pushes: readonly PlannedPush[], done?: Set<string>): Promise<void> {
     const iat = Math.floor(this.#o.clock.now() / 1000);
@@ -683,14 +868,14 @@ export class BindingReconciler implements Reconciler<string> {
       const owner = heldOwner(jwt, slot.account, this.#issuers);
       const refused = notOwnedProblem(slot.account, key, slot.ref, owner);
       if (refused) {
-        this.#held.delete(slot.account);
+        this.#forget(slot.account);
         return refused;
       }
     }
     // Resolver first: if that fails the keys stay, and the next reconcile tries again.
     await this.#o.resolver.delete([slot.account]);
     await this.#o.keys.remove(slot.ref);
-    this.#held.delete(slot.account);
+    this.#forget(slot.account);
     this.#pushedAt.delete(slot.account);
     this.#o.events?.deleted?.(key, slot.account, slot.ref);
     return undefined;
@@ -737,6 +922,7 @@ export class BindingReconciler implements Reconciler<string> {
       await this.#o.keys.release?.(key);
     }
     this.#lastSpec.delete(key);
+    this.#steady.delete(key);
     this.#o.rotator?.forgetBinding(key);
     this.#refusals.delete(key);
     this.#statuses.delete(key);
@@ -967,6 +1153,75 @@ export class BindingReconciler implements Reconciler<string> {
   }
 }
 
+/** What a binding's last full reconcile saw and planned (see #reconcileChanges). */
+interface Steady {
+  spec: NatsBinding["spec"];
+  generation: number;
+  issuers: string;
+  /** The projects and slots as handed out (the same arrays mean nothing changed). */
+  projects: readonly GitLabProject[];
+  slots: readonly StoredAccount[];
+  plan: Plan;
+  /** Until then every account's lookup is current and no rotation step is due. */
+  until: number;
+}
+
+/** Changed projects one reconcile plans for alone; more (a listing) get a full plan. */
+const MAX_CHANGES = 256;
+
+/**
+ * The projects of `after` that are new or changed since `before` (the inventory's snapshots, in
+ * its order: a refreshed project keeps its place, a new one comes last); undefined when a project
+ * is gone, the order differs, or more than `max` changed.
+ */
+function changedProjects(
+  before: readonly GitLabProject[],
+  after: readonly GitLabProject[],
+  max: number,
+): GitLabProject[] | undefined {
+  if (after.length < before.length) return undefined;
+  const changed: GitLabProject[] = [];
+  for (let i = 0; i < after.length; i++) {
+    const next = after[i]!;
+    if (i < before.length) {
+      if (before[i] === next) continue;
+      if (before[i]!.id !== next.id) return undefined;
+    }
+    changed.push(next);
+    if (changed.length > max) return undefined;
+  }
+  return changed;
+}
+
+/**
+ * The last full plan with the entries of the projects `ids` replaced by `delta`'s (a plan of
+ * those projects alone). What it pushed then is up to date now, as a full plan would find it.
+ */
+function mergePlans(last: Plan, delta: Plan, ids: ReadonlySet<number>): Plan {
+  const keep = <T extends { ref?: AccountRef }>(list: readonly T[]): T[] =>
+    list.filter((x) => !x.ref || !ids.has(x.ref.projectId));
+  const byRef = <T extends { ref: AccountRef }>(list: T[]): T[] =>
+    list.sort(
+      (a, b) =>
+        a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
+    );
+  return {
+    ensureKeys: delta.ensureKeys,
+    push: delta.push,
+    upToDate: byRef([
+      ...keep(last.upToDate),
+      ...keep(last.push).map(({ ref, account, hash }) => ({ ref, account, hash })),
+      ...delta.upToDate,
+    ]),
+    remove: [],
+    retain: last.retain,
+    conflict: last.conflict,
+    problems: byRef([...keep(last.problems), ...delta.problems]),
+    notOwned: byRef([...keep(last.notOwned), ...delta.notOwned]),
+    untrusted: last.untrusted,
+  };
+}
+
 /** What the resolver was last seen (or made) to hold for an account. */
 interface HeldAccount {
   /** Claims hash of that JWT ("" when it did not decode). */
@@ -981,6 +1236,15 @@ interface HeldAccount {
 
 function jwtDigest(jwt: string): string {
   return createHash("sha256").update(jwt).digest("base64");
+}
+
+/**
+ * Accounts of the plan whose JWT on the resolver is what their slot says, made into a set only
+ * when asked (the rotator asks of slots with a prepared key or discarded seeds: few, usually none).
+ */
+function inSyncOf(p: Plan): { has(account: string): boolean } {
+  let accounts: Set<string> | undefined;
+  return { has: (account) => (accounts ??= new Set(p.upToDate.map((x) => x.account))).has(account) };
 }
 
 /**
@@ -1054,7 +1318,13 @@ const CREATE_CHUNK = 1_000;
 const ROTATION_RETRY_MS = 30_000;
 
 /** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
-function managedSlots(slots: readonly StoredAccount[], p: Plan): StoredAccount[] {
+/** The slots each plan was made from (see managedSlots). */
+const planInputs = new WeakMap<Plan, readonly StoredAccount[]>();
+
+function managedSlots(slots: readonly StoredAccount[], p: Plan): readonly StoredAccount[] {
+  // Each pushed or up-to-date account is a distinct slot of those the plan was made from: as many
+  // as there are slots means all of them (the usual case), without a pass over them.
+  if (planInputs.get(p) === slots && p.push.length + p.upToDate.length === slots.length) return slots;
   // By account, then ref (an entry's account is its slot's): no key strings for 100,000 slots.
   const refs = new Map<string, AccountRef>();
   for (const x of [p.push, p.upToDate].flat()) {
