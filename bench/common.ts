@@ -33,8 +33,7 @@ export const mb = (bytes: number): number => bytes / (1024 * 1024);
 export const fmt = (v: number, digits = 0): string =>
   v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 
-export const fmtMs = (ms: number): string =>
-  ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`;
+export const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
 
 export const verdict = (ok: boolean): string => (ok ? "PASS" : "MISS");
 
