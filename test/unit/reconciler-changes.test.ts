@@ -85,6 +85,15 @@ class FakeResolver implements AccountResolver {
   }
 }
 
+/** A key store whose list() can let time pass (a slow cold start). */
+class SlowStore extends DirectoryKeyStore {
+  beforeList: () => void = () => undefined;
+  override async list(...args: Parameters<DirectoryKeyStore["list"]>): ReturnType<DirectoryKeyStore["list"]> {
+    this.beforeList();
+    return super.list(...args);
+  }
+}
+
 function harness(projects: GitLabProject[]) {
   const dir = join(root, `keys-${++n}`);
   const resolver = new FakeResolver();
@@ -92,6 +101,7 @@ function harness(projects: GitLabProject[]) {
   const statuses = new Map<string, BindingStatus>();
   let entry: BindingEntry = { kind: "valid", binding: binding(), generation: 1 };
   let selected: readonly GitLabProject[] = Object.freeze([...projects]);
+  const store = new SlowStore(dir, { owner: true });
   const reconcilerOn = (keys: DirectoryKeyStore): BindingReconciler =>
     new BindingReconciler({
       bindings: { get: () => entry, validKeys: () => [KEY], createdAt: () => undefined },
@@ -110,9 +120,10 @@ function harness(projects: GitLabProject[]) {
       clock,
       driftCheckMs: DRIFT_MS,
     });
-  const reconciler = reconcilerOn(new DirectoryKeyStore(dir, { owner: true }));
+  const reconciler = reconcilerOn(store);
   return {
     resolver,
+    store,
     clock,
     reconcile: async (): Promise<string[]> => {
       const from = resolver.calls.length;
@@ -131,6 +142,28 @@ function harness(projects: GitLabProject[]) {
     respec: (b: NatsBinding) => void (entry = { kind: "valid", binding: b, generation: 2 }),
   };
 }
+
+describe("a cold start", () => {
+  it("pushes every new account once, also when it takes longer than the drift interval", async () => {
+    // Issue 12's 100,000-project run pushed 16,000 accounts twice: those pushed more than
+    // resyncInterval before the cold start's final plan were taken for missing, not looked up.
+    const h = harness([1, 2, 3, 4].map((id) => project(id)));
+    // The slots are listed again once the new accounts were pushed: a drift interval later.
+    h.store.beforeList = () => {
+      if (h.resolver.calls.length > 0) h.clock.advance(DRIFT_MS);
+      if (h.resolver.calls.length > 0) h.store.beforeList = () => undefined;
+    };
+    const calls = await h.reconcile();
+    assert.deepEqual(calls.filter((c) => c.startsWith("push")).sort(), [
+      "push 1",
+      "push 2",
+      "push 3",
+      "push 4",
+    ]);
+    assert.ok(calls.includes("lookup"), "accounts pushed a drift interval ago are checked, not pushed again");
+    assert.equal(h.status().counts.pushed, 4);
+  });
+});
 
 /** Status accounts without what differs by who pushed (pushedAt). */
 const summaries = (s: BindingStatus): unknown[] => s.accounts.map(({ pushedAt: _p, ...rest }) => rest);

@@ -503,7 +503,11 @@ export class BindingReconciler implements Reconciler<string> {
     // when last asked and none forgotten since: nothing to look up, and no pass over 100,000 slots.
     const known = this.#checked.get(slots);
     if (known && now < known.until && known.forgotten === this.#forgotten) return views;
-    const stale = slots.filter((s) => !current(s.account) && !fresh.has(s.account));
+    // Accounts just made are not looked up (the resolver cannot hold them) unless they were pushed
+    // longer than a drift interval ago (a cold start slower than that): then they are checked.
+    const stale = slots.filter(
+      (s) => !current(s.account) && !(fresh.has(s.account) && !this.#held.has(s.account)),
+    );
     const issuers = this.#issuersKey();
     try {
       await mapLimit(stale, 32, async (s) => {
