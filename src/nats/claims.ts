@@ -540,13 +540,31 @@ export function assertIssuedBy(claims: JwtClaims, operator: TrustedOperator, wha
   }
 }
 
+/**
+ * JSON with object keys sorted (by UTF-16 code units) and undefined members left out. Built by
+ * concatenation: a restart of 100,000 accounts hashes 200,000 claims (desired and held).
+ */
 function canonical(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) {
+      if (i > 0) out += ",";
+      // As JSON.stringify in an array: undefined (or a function) is written as nothing.
+      out += canonical(value[i]) ?? "";
+    }
+    return `${out}]`;
+  }
   if (value !== null && typeof value === "object") {
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonical(v)}`).join(",")}}`;
+    const record = value as Record<string, unknown>;
+    let out = "{";
+    let first = true;
+    for (const key of Object.keys(record).sort()) {
+      const member = record[key];
+      if (member === undefined) continue;
+      out += `${first ? "" : ","}${JSON.stringify(key)}:${canonical(member)}`;
+      first = false;
+    }
+    return `${out}}`;
   }
   return JSON.stringify(value);
 }

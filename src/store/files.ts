@@ -4,7 +4,7 @@
  * one at a time or many at once (writeFilesDurably: one directory sync per directory).
  */
 import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { link, mkdir, open, rename, rm, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { mapLimit } from "../runtime/concurrency.ts";
@@ -149,7 +149,10 @@ export async function readBoundedFile(path: string, maxBytes: number): Promise<B
     let total = 0;
     for (;;) {
       const { bytesRead } = await handle.read(buffer, total, buffer.length - total, total);
-      if (bytesRead === 0) return { kind: "ok", data: buffer.subarray(0, total) };
+      // Less than asked for from a regular file: its end (a restart reads 100,000 slot files; a
+      // second read of each only to get 0 bytes back was a fifth of the file system calls).
+      if (bytesRead === 0 || (total === 0 && bytesRead <= stats.size))
+        return { kind: "ok", data: buffer.subarray(0, total + bytesRead) };
       total += bytesRead;
       // The file may grow while it is read: grow the buffer, within the bound.
       if (total > maxBytes) return { kind: "too-large" };
@@ -161,6 +164,42 @@ export async function readBoundedFile(path: string, maxBytes: number): Promise<B
     }
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * readBoundedFile without the thread pool: for many small files whose reading would otherwise
+ * cost more in four asynchronous round trips each than in the reads themselves (a restart lists
+ * 100,000 slot files). Blocks while it reads: callers take a bounded number at a time.
+ */
+export function readBoundedFileSync(path: string, maxBytes: number): BoundedRead {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { kind: "missing" };
+    throw err;
+  }
+  try {
+    const stats = fstatSync(fd);
+    if (!stats.isFile()) return { kind: "not-a-file" };
+    if (stats.size > maxBytes) return { kind: "too-large" };
+    let buffer = Buffer.alloc(stats.size + 1);
+    let total = 0;
+    for (;;) {
+      const bytesRead = readSync(fd, buffer, total, buffer.length - total, total);
+      if (bytesRead === 0 || (total === 0 && bytesRead <= stats.size))
+        return { kind: "ok", data: buffer.subarray(0, total + bytesRead) };
+      total += bytesRead;
+      if (total > maxBytes) return { kind: "too-large" };
+      if (total === buffer.length) {
+        const bigger = Buffer.alloc(Math.min(maxBytes + 1, buffer.length * 2));
+        buffer.copy(bigger);
+        buffer = bigger;
+      }
+    }
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -10,6 +10,7 @@ import { NatsbindError } from "../errors.ts";
 import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
 import {
   readBoundedFile,
+  readBoundedFileSync,
   readRequiredTextFile,
   writeFilesDurably,
   type BoundedRead,
@@ -28,6 +29,23 @@ export async function readKeyStoreFile(path: string, maxBytes: number): Promise<
       cause: err,
     });
   }
+  return keyStoreText(path, read, maxBytes);
+}
+
+/** readKeyStoreFile, blocking (see readBoundedFileSync). */
+export function readKeyStoreFileSync(path: string, maxBytes: number): string | undefined {
+  let read: BoundedRead;
+  try {
+    read = readBoundedFileSync(path, maxBytes);
+  } catch (err) {
+    throw new KeyStoreError(`key store: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, {
+      cause: err,
+    });
+  }
+  return keyStoreText(path, read, maxBytes);
+}
+
+function keyStoreText(path: string, read: BoundedRead, maxBytes: number): string | undefined {
   if (read.kind === "missing") return undefined;
   if (read.kind === "not-a-file") throw new KeyStoreError(`key store: ${path} is not a regular file`);
   if (read.kind === "too-large")
