@@ -158,11 +158,12 @@ export class DirectoryKeyStore implements KeyStore {
         writes.flatMap((w) => w.seeds.map((key) => this.#seeds.seedFile(key))),
         writes.map((w) => ({ path: w.slot.path, data: w.slot.text, mode: 0o600 })),
       ),
-    { maxBatch: MAX_SLOTS_PER_COMMIT },
+    // Two batches at once: one creates its files while the other waits for its syncs.
+    { maxBatch: MAX_SLOTS_PER_COMMIT, inFlight: 2 },
   );
 
-  /** Two batches' worth: one is written while the next one's keys are generated. */
-  readonly ensureConcurrency = 2 * MAX_SLOTS_PER_COMMIT;
+  /** Three batches' worth: two are written while the next one's keys are generated. */
+  readonly ensureConcurrency = 3 * MAX_SLOTS_PER_COMMIT;
 
   constructor(dir: string, opts: { owner?: boolean } = {}) {
     this.#seeds = new KeyDirectory(dir);

@@ -46,43 +46,55 @@ export class Coalescer<K, T> {
 }
 
 /**
- * Group commit: items added while a batch is being written wait and go together into the next
- * batch (at most `maxBatch` items); each add() resolves when its batch was written, or rejects
- * with the batch's error. A batch starts on the next turn of the event loop after the first add,
- * so callers running side by side (mapLimit) share it.
+ * Group commit: items added while batches are being written wait and go together into the next
+ * batch (at most `maxBatch` items, at most `inFlight` batches at once: the next one is written
+ * while the last one waits for its syncs); each add() resolves when its batch was written, or
+ * rejects with the batch's error. A batch starts on the next turn of the event loop after the
+ * first add, so callers running side by side (mapLimit) share it. Batches are independent: a
+ * write that must follow another waits for that one's add() first.
  */
 export class GroupCommit<T> {
   readonly #write: (items: T[]) => Promise<void>;
   readonly #maxBatch: number;
+  readonly #inFlight: number;
   #pending: Array<{ item: T; resolve: () => void; reject: (err: unknown) => void }> = [];
-  #running = false;
+  #running = 0;
+  #scheduled = false;
 
-  constructor(write: (items: T[]) => Promise<void>, opts: { maxBatch: number }) {
+  constructor(write: (items: T[]) => Promise<void>, opts: { maxBatch: number; inFlight?: number }) {
     if (!(opts.maxBatch >= 1)) throw new RangeError("GroupCommit needs maxBatch >= 1");
     this.#write = write;
     this.#maxBatch = opts.maxBatch;
+    this.#inFlight = Math.max(1, opts.inFlight ?? 1);
   }
 
   add(item: T): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.#pending.push({ item, resolve, reject });
-      if (!this.#running) {
-        this.#running = true;
-        setImmediate(() => void this.#drain());
-      }
+      this.#schedule();
     });
   }
 
-  async #drain(): Promise<void> {
-    while (this.#pending.length > 0) {
-      const batch = this.#pending.splice(0, this.#maxBatch);
-      try {
-        await this.#write(batch.map((b) => b.item));
-        for (const b of batch) b.resolve();
-      } catch (err) {
-        for (const b of batch) b.reject(err);
-      }
+  #schedule(): void {
+    if (this.#scheduled || this.#running >= this.#inFlight || this.#pending.length === 0) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      while (this.#running < this.#inFlight && this.#pending.length > 0) void this.#run();
+    });
+  }
+
+  async #run(): Promise<void> {
+    const batch = this.#pending.splice(0, this.#maxBatch);
+    this.#running += 1;
+    try {
+      await this.#write(batch.map((b) => b.item));
+      for (const b of batch) b.resolve();
+    } catch (err) {
+      for (const b of batch) b.reject(err);
+    } finally {
+      this.#running -= 1;
+      this.#schedule();
     }
-    this.#running = false;
   }
 }

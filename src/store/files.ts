@@ -4,8 +4,18 @@
  * one at a time or many at once (writeFilesDurably: one directory sync per directory).
  */
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
-import { link, mkdir, open, rename, rm, type FileHandle } from "node:fs/promises";
+import {
+  close as closeCb,
+  closeSync,
+  constants,
+  fstatSync,
+  fsync as fsyncCb,
+  open as openCb,
+  openSync,
+  readSync,
+  write as writeCb,
+} from "node:fs";
+import { link, mkdir, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { mapLimit } from "../runtime/concurrency.ts";
 
@@ -97,18 +107,30 @@ export async function writeFilesDurably(
 
 /** Creates each file (exclusively) at `at(file)`, writes it, then fsyncs all of them; closes all. */
 async function writeAndSync(files: readonly DurableFile[], at: (f: DurableFile) => string): Promise<void> {
-  const handles: FileHandle[] = [];
-  try {
-    await mapLimit(files, DURABLE_CONCURRENCY, async (f) => {
-      const handle = await open(at(f), "wx", f.mode);
-      handles.push(handle);
-      await handle.writeFile(f.data);
+  // Many in flight: their fsyncs share the file system's commits.
+  await mapLimit(files, DURABLE_CONCURRENCY, (f) => createSynced(at(f), f.data, f.mode));
+}
+
+/**
+ * Creates `path` (exclusively), writes `data`, fsyncs and closes it: one promise over the
+ * callback API, no FileHandle (30,000 files for a cold start of 10,000 projects).
+ */
+function createSynced(path: string, data: string | Uint8Array, mode: number): Promise<void> {
+  const bytes = typeof data === "string" ? Buffer.from(data) : data;
+  return new Promise((resolve, reject) => {
+    openCb(path, "wx", mode, (openErr, fd) => {
+      if (openErr) return reject(openErr);
+      const finish = (err: Error | null): void =>
+        closeCb(fd, (closeErr) => (err || closeErr ? reject(err ?? closeErr) : resolve()));
+      const writeFrom = (offset: number): void =>
+        writeCb(fd, bytes, offset, bytes.length - offset, null, (writeErr, written) => {
+          if (writeErr) return finish(writeErr);
+          if (offset + written < bytes.length) return writeFrom(offset + written);
+          fsyncCb(fd, (syncErr) => finish(syncErr));
+        });
+      writeFrom(0);
     });
-    // Every file is written before the first fsync: issued together, the fsyncs share commits.
-    await mapLimit(handles, DURABLE_CONCURRENCY, (h) => h.sync());
-  } finally {
-    await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
-  }
+  });
 }
 
 /** fsync of each directory the files are in: their new directory entries are durable. */
