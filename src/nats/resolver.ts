@@ -122,6 +122,8 @@ export interface ResolverOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 5_000;
+/** At least this long for $SYS.REQ.CLAIMS.LIST, whose one reply grows with the accounts held. */
+const LIST_TIMEOUT_MS = 60_000;
 const DEFAULT_DISCOVERY_TTL_MS = 30_000;
 const PING_STALL_MS = 250;
 const DEFAULT_CONNZ_PAGE_SIZE = 100;
@@ -299,12 +301,13 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     subject: string,
     payload: string | undefined,
     strategy: { strategy: "count"; maxMessages: number } | { strategy: "stall"; stall: number },
+    maxWait = this.#timeoutMs,
   ): Promise<Msg[]> {
     const out: Msg[] = [];
     try {
       // The request stays on one connection, which a renewal keeps open until the replies are in.
       await this.#connection.use(async (nc) => {
-        const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait: this.#timeoutMs });
+        const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait });
         for await (const msg of replies) {
           // A no-responders status arrives as an empty message with a 503 header.
           if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
@@ -455,12 +458,16 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   /** Every account any resolver server holds (union over servers), sorted. */
   async list(): Promise<string[]> {
     const expected = await this.#expectedServers();
-    const msgs = await this.#collect("$SYS.REQ.CLAIMS.LIST", "", {
-      strategy: "count",
-      maxMessages: expected,
-    });
+    // One reply holds every account id: 100,000 accounts took a server ~15 s to answer (2.15.2).
+    const maxWait = Math.max(this.#timeoutMs, LIST_TIMEOUT_MS);
+    const msgs = await this.#collect(
+      "$SYS.REQ.CLAIMS.LIST",
+      "",
+      { strategy: "count", maxMessages: expected },
+      maxWait,
+    );
     if (msgs.length === 0)
-      throw new ResolverTimeoutError(`list accounts: no resolver answered within ${this.#timeoutMs} ms`);
+      throw new ResolverTimeoutError(`list accounts: no resolver answered within ${maxWait} ms`);
     const accounts = new Set<string>();
     for (const msg of msgs) {
       const reply = parseReply(msg);

@@ -760,6 +760,8 @@ export class BindingReconciler implements Reconciler<string> {
       }
       const rotator = this.#o.rotator;
       let nextAt: number | undefined;
+      // A rotation step changed slots: the next reconcile is a full one.
+      let rotated = false;
       if (rotator && requests) {
         const before = await rotator.beforePush(
           key,
@@ -771,6 +773,7 @@ export class BindingReconciler implements Reconciler<string> {
         nextAt = before.nextAt;
         if (before.failed) nextAt = Math.min(nextAt ?? Infinity, now + ROTATION_RETRY_MS);
         if (before.changed) {
+          rotated = true;
           latest = await this.#o.keys.list(key);
           current = await this.#plan(key, binding, changed, environments, slotsOf(latest), []);
         }
@@ -786,7 +789,10 @@ export class BindingReconciler implements Reconciler<string> {
           managedSlots(slotsOf(latest), current),
           pushed,
         );
-        if (after.changed) latest = await this.#o.keys.list(key);
+        if (after.changed) {
+          rotated = true;
+          latest = await this.#o.keys.list(key);
+        }
         if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
           nextAt = after.nextAt;
         if (after.failed) nextAt = Math.min(nextAt ?? Infinity, now + ROTATION_RETRY_MS);
@@ -813,7 +819,7 @@ export class BindingReconciler implements Reconciler<string> {
         until = held ? Math.min(until, held.checkedAt + this.#o.driftCheckMs) : -Infinity;
         if (!held) break;
       }
-      if (until > this.#o.clock.now())
+      if (!rotated && until > this.#o.clock.now())
         this.#steady.set(key, { ...steady, projects, slots: latest, plan: merged, until });
       // As a full reconcile would: the drift check its requeue scheduled stays due (the earlier
       // of two requeues wins), and then finds the lookups stale (`until`).
