@@ -16,7 +16,6 @@ import {
 import { ProjectInventories } from "./controllers/binding/projects.ts";
 import { NatsbindError } from "./errors.ts";
 import { GitbeakerGitLab } from "./gitlab/client.ts";
-import type { GitLabPort } from "./gitlab/port.ts";
 import type { GitLabSignal } from "./gitlab/signals.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
@@ -26,44 +25,26 @@ import { setupCredentials } from "./credentials/start.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectLiveResolver } from "./nats/from-config.ts";
 import { SigningGate } from "./operator/live-keys.ts";
-import type { AccountResolver } from "./nats/resolver.ts";
-import type { KeyPair } from "@nats-io/nkeys";
-import { createLogger, type Logger } from "./observability/logger.ts";
+import { createLogger } from "./observability/logger.ts";
 import { Registry, metricsHandler } from "./observability/metrics.ts";
 import { systemClock, type Clock } from "./runtime/clock.ts";
-import { Controller, type Reconciler } from "./runtime/controller.ts";
+import { Controller } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
 import { BindingFirstSeen } from "./store/binding-first-seen.ts";
 import { secureKeyDirectory } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
 import { acquireRunLock, RunLockHeldError } from "./store/run-lock.ts";
-import type { KeyStore } from "./keystore/port.ts";
-import { KeyRotator, type RequestSource, type RotationEvent } from "./rotation/rotator.ts";
+import { KeyRotator } from "./rotation/rotator.ts";
 import { RequestFiles } from "./rotation/request-files.ts";
 
 export class StartupError extends NatsbindError {}
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+import type { ModeContext, RunningMode, RunOptions } from "./mode.ts";
 
-export interface RunOptions {
-  clock?: Clock;
-  log?: Logger;
-  workers?: number;
-  /** Kubernetes mode: this replica's name in the Lease and in Events (default: host name + random). */
-  identity?: string;
-  /** Called after every reconcile: for tests and the demo. */
-  onReconciled?: (key: string, outcome: string) => void;
-  /** Called when an account was pushed: for tests and the demo. */
-  onPushed?: (key: string, account: string, projectId: number) => void;
-  /**
-   * false: no CI credential doors (a CLI running the controller briefly); the rotation overlap still
-   * follows config.credentials. Default: as configured.
-   */
-  credentials?: boolean;
-  /** Called on every rotation phase change (src/rotation/rotator.ts): for tests and the CLI. */
-  onRotation?: (key: string, event: RotationEvent) => void;
-}
+export type { RunOptions };
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export interface RunningController {
   url: string;
@@ -73,57 +54,6 @@ export interface RunningController {
    * lease was lost); `natsbind run` then exits non-zero so the pod restarts as a follower.
    */
   stopped: Promise<string>;
-}
-
-/** What runController hands a mode: the parts both modes share. */
-export interface ModeContext {
-  config: Config;
-  clock: Clock;
-  log: Logger;
-  opts: RunOptions;
-  queue: WorkQueue<string>;
-  inventories: ProjectInventories;
-  /** GitLab, for what the inventories do not cover (Kubernetes mode: the NatsBindingPolicy gate). */
-  gitlab: GitLabPort;
-  resolver: AccountResolver;
-  signer: KeyPair;
-  /** Keys whose account JWTs are natsbind's (with its tags): the operator JWT's, kept current. */
-  trustedIssuers: ReadonlySet<string>;
-  events: ReconcilerEvents;
-  metrics: Registry;
-  /** Builds and starts the controller around a reconciler; returns its stop. */
-  startController(reconciler: Reconciler<string>): { stop(): Promise<void> };
-  /** The HTTP listener's base URL (its real port when the config said 0). */
-  url: string;
-  /** Called by the mode when it starts or stops reconciling (signals are applied only while it does). */
-  setReconciling(on: boolean): void;
-  /**
-   * Kubernetes mode: the key of the replica-to-replica webhook relay (derived from the webhook
-   * secret); absent without a webhook secret.
-   */
-  relayKey: Buffer | undefined;
-  /** Where a replica that does not reconcile puts the signals of deliveries it accepted. */
-  setFollowerSignals(sink: (signal: GitLabSignal) => void): void;
-  /** Called by the mode when it stopped on its own. */
-  stoppedOnItsOwn(reason: string): void;
-  /**
-   * Where CI credential issuance finds bindings and keys (src/credentials/): every replica issues,
-   * leader or not, so a mode sets this whether or not it reconciles.
-   */
-  setCredentialSources(sources: CredentialSources): void;
-  /**
-   * The rotation step over a mode's key store and request source (local: request files;
-   * Kubernetes: annotations); `onEvent` adds the mode's own reporting (Kubernetes Events).
-   */
-  makeRotator(
-    keys: KeyStore,
-    requests: RequestSource,
-    onEvent?: (key: string, event: RotationEvent) => void,
-  ): KeyRotator;
-}
-
-export interface RunningMode {
-  stop(): Promise<void>;
 }
 
 export async function runController(config: Config, opts: RunOptions = {}): Promise<RunningController> {
@@ -148,7 +78,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   });
   const signer = operatorKeys.signer;
 
-  const metrics = new Registry();
+  const metrics = new Registry({ processMetrics: true });
   const reconciles = metrics.counter({
     name: "natsbind_reconcile_total",
     help: "Reconciles by outcome.",

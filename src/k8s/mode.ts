@@ -11,7 +11,7 @@ import { isDeepStrictEqual } from "node:util";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { BindingReconciler } from "../controllers/binding/reconciler.ts";
 import { ConfigError, MAX_KUBECONFIG_BYTES, readConfigReferencedFile } from "../config/config.ts";
-import type { ModeContext, RunningMode } from "../main.ts";
+import type { ModeContext, RunningMode } from "../mode.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { systemClock } from "../runtime/clock.ts";
 import { Controller, type ReconcileResult, type Reconciler } from "../runtime/controller.ts";

@@ -84,7 +84,7 @@ import { jsonNestingProblem } from "../nesting.ts";
 import type { Logger } from "../observability/logger.ts";
 import { nullLogger } from "../observability/logger.ts";
 import type { Clock } from "../runtime/clock.ts";
-import { KeyStoreError } from "../store/key-directory.ts";
+import { KeyStoreError } from "../keystore/port.ts";
 import { isAlreadyExists, isConflict, isNotFound, KubernetesApiError } from "./api-errors.ts";
 import { GROUP, KIND, VERSION } from "./bindings.ts";
 import { Informer } from "./informer.ts";

@@ -26,11 +26,11 @@ import { z } from "zod";
 import { KeyError, NKeyPair } from "../nats/keys.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import { mapLimit } from "../runtime/concurrency.ts";
-import { KeyDirectory, KeyStoreError, readKeyStoreFile } from "../store/key-directory.ts";
+import { KeyDirectory, readKeyStoreFile } from "../store/key-directory.ts";
 import { writeFileAtomic } from "../store/files.ts";
 import { MAX_REVOCATIONS } from "../nats/claims.ts";
 import type { AccountKeys, AccountRef, KeyStore, SlotChange, StoredAccount, UntrustedSlot } from "./port.ts";
-import { checkSlotChange, namedKeys } from "./port.ts";
+import { checkSlotChange, KeyStoreError, namedKeys } from "./port.ts";
 
 export { KeyStoreError };
 

@@ -18,7 +18,7 @@ import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
-import { KeyStoreError } from "../../store/key-directory.ts";
+import { KeyStoreError } from "../../keystore/port.ts";
 import { claimsHash, readJwt, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
