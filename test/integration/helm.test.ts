@@ -278,6 +278,27 @@ describe(
       assert.match(annotations["checksum/config"]!, /^[0-9a-f]{64}$/);
     });
 
+    it("the values examples of docs/install.md and charts/natsbind/README.md render a valid natsbind.yaml", async () => {
+      const examples: [string, string][] = [];
+      // install.md's my-values.yaml; the chart README's example starts with config: (install.md
+      // has another such block: the NATS chart's values).
+      for (const [doc, start] of [
+        ["docs/install.md", "# my-values.yaml"],
+        ["charts/natsbind/README.md", "config:"],
+      ] as const) {
+        const text = await readFile(join(REPO_ROOT, doc), "utf8");
+        for (const [, block] of text.matchAll(/```yaml\n([\s\S]*?)```/g))
+          if (block!.startsWith(start)) examples.push([doc, block!]);
+      }
+      assert.equal(examples.length, 2, "one example in each");
+      for (const [i, [doc, block]] of examples.entries()) {
+        const { objects } = await renderChart({ valuesFiles: [await valuesFile(`example-${i}`, block)] });
+        const config = configOf(objects);
+        assert.equal(config.mode, "kubernetes", doc);
+        assert.ok(config.nats.systemSigningKey, `${doc}: natsbind's own system users`);
+      }
+    });
+
     it("another release name prefixes every name, and the Lease, its Role and the relay labels follow", async () => {
       const { objects } = await renderChart({ release: "acme", namespace: "platform" });
       const names = objects.map(describeObject).sort();
@@ -386,6 +407,26 @@ describe(
           [2, "deployed"],
         ],
       );
+
+      // helm upgrade leaves crds/ alone; docs/install.md's command updates them. Helm applied them
+      // as field manager "helm": applying as the same manager also drops a field the new CRD no
+      // longer has (as another manager, with --force-conflicts, the field would stay).
+      const crdFile = join(CHART_DIR, "crds", "natsbinding.yaml");
+      const original = await readFile(crdFile, "utf8");
+      const categories = "    categories:\n      - natsbind\n";
+      assert.ok(original.includes(categories));
+      const upgradeCrds = ["apply", "--server-side", "--field-manager=helm", "--force-conflicts", "-f", "-"];
+      const crdNames = async (): Promise<string> =>
+        kubectl(["get", "crd", "natsbindings.natsbind.io", "-o", "jsonpath={.spec.names}"]);
+      await kubectl(
+        upgradeCrds,
+        original.replace(categories, "").replace("      - nb\n", "      - nb\n      - nbx\n"),
+      );
+      const changed = JSON.parse(await crdNames()) as { shortNames: string[]; categories?: string[] };
+      assert.deepEqual(changed.shortNames, ["nb", "nbx"], "the new CRD is in place");
+      assert.equal(changed.categories, undefined, "a field the new CRD dropped is gone");
+      await kubectl(upgradeCrds, original);
+      assert.deepEqual((JSON.parse(await crdNames()) as { categories: string[] }).categories, ["natsbind"]);
     });
 
     it("the CRDs from charts/natsbind/crds and the default render are accepted by the apiserver", async (t) => {
