@@ -296,6 +296,8 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       },
     ),
     events: {
+      // The shared events (status metrics, ...) as they are; these three add Kubernetes Events.
+      ...ctx.events,
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);
         accountEvents.note(key, "pushed", ref.projectId);

@@ -89,6 +89,11 @@ export interface ReconcilerEvents {
   deleted?(key: string, account: string, ref: AccountRef): void;
   /** A refusal not reported for this binding by its previous reconcile (a Warning, a log line). */
   refused?(key: string, refusal: Refusal): void;
+  /**
+   * The binding's status as this reconcile is about to write it (metrics), or undefined once the
+   * binding is gone and its status removed.
+   */
+  status?(key: string, status: BindingStatus | undefined): void;
 }
 
 export interface BindingReconcilerOptions {
@@ -288,7 +293,7 @@ export class BindingReconciler implements Reconciler<string> {
           summary.keyPhase = phaseOf(slot);
         }
       }
-      await this.#o.statuses.write(key, status);
+      await this.#publish(key, status);
       this.#overlapsChanged(key, new Set(owned.map((p) => p.id)));
       const now = this.#o.clock.now();
       const untilNext = nextAt !== undefined ? Math.max(1_000, nextAt - now) : Infinity;
@@ -340,7 +345,7 @@ export class BindingReconciler implements Reconciler<string> {
       accounts: [],
     };
     this.#statuses.set(key, status);
-    await this.#o.statuses.write(key, status);
+    await this.#publish(key, status);
     return { requeueAfterMs: this.#o.driftCheckMs };
   }
 
@@ -621,6 +626,7 @@ export class BindingReconciler implements Reconciler<string> {
     this.#yielded.delete(key);
     this.#allowed.delete(key);
     await this.#o.statuses.remove(key);
+    this.#o.events?.status?.(key, undefined);
     this.#overlapsChanged(key, undefined);
   }
 
@@ -656,6 +662,12 @@ export class BindingReconciler implements Reconciler<string> {
       accounts: previous?.accounts ?? [],
     };
     this.#statuses.set(key, status);
+    await this.#publish(key, status);
+  }
+
+  /** Reports the status (even if writing it fails: it is what natsbind knows), then writes it. */
+  async #publish(key: string, status: BindingStatus): Promise<void> {
+    this.#o.events?.status?.(key, status);
     await this.#o.statuses.write(key, status);
   }
 
