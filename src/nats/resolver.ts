@@ -19,6 +19,13 @@ import {
   type TrustedOperator,
 } from "./claims.ts";
 import { NKeyPair, parsePublicKey } from "./keys.ts";
+import {
+  FEATURE_VERSIONS,
+  describeServers,
+  functionsInsideTokens,
+  serversBelow,
+  type ServerVersion,
+} from "./server-versions.ts";
 import { fixedSystemConnection, type SystemConnection } from "./system-connection.ts";
 
 /** What a resolver can do for the controller: the narrow port the reconciler depends on. */
@@ -107,6 +114,8 @@ export class ResolverTimeoutError extends ResolverError {}
 export class ResolverRejectedError extends ResolverError {}
 /** Fewer servers answered than expected: the change may be on some servers only. */
 export class ResolverIncompleteError extends ResolverError {}
+/** Some server runs a nats-server too old for what was asked (server-versions.ts); nothing was sent. */
+export class ResolverUnsupportedError extends ResolverError {}
 
 export interface ResolverOptions {
   servers: string | string[];
@@ -273,11 +282,15 @@ interface Counted {
   at: number;
 }
 
+interface ServersSeen extends Counted {
+  versions: ServerVersion[];
+}
+
 export class NatsResolver implements AccountResolver, AccountConnectionReader {
   readonly #connection: SystemConnection;
   readonly #opts: ResolverOptions;
   #fullResolvers: Counted | undefined;
-  #serverCount: Counted | undefined;
+  #serverCount: ServersSeen | undefined;
   /** An account no server holds: looking it up makes every full resolver answer, with nothing. */
   readonly #probeAccount = NKeyPair.generate("account").publicKey;
 
@@ -321,11 +334,49 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
 
   /** Names of the servers answering on the system account right now. */
   async servers(): Promise<string[]> {
+    return (await this.serverVersions()).map((s) => s.server);
+  }
+
+  /**
+   * Every server answering on the system account right now, with its nats-server version (the
+   * `ver` each reply carries), sorted by name. Refreshes the cached server count.
+   */
+  async serverVersions(): Promise<ServerVersion[]> {
     const replies = await this.#collect("$SYS.REQ.SERVER.PING", undefined, {
       strategy: "stall",
       stall: PING_STALL_MS,
     });
-    return replies.map((m) => parseReply(m).server).sort();
+    const versions = replies
+      .map((m): ServerVersion => {
+        const reply = parseReply(m);
+        const ver = (m.json<{ server?: { ver?: unknown } }>().server?.ver ?? "") as unknown;
+        return { server: reply.server, version: typeof ver === "string" ? ver.slice(0, 64) : "" };
+      })
+      .sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+    if (versions.length > 0) this.#serverCount = { count: versions.length, versions, at: this.#now() };
+    return versions;
+  }
+
+  /** Cached server versions (refreshed after the discovery TTL). */
+  async #serversSeen(): Promise<ServersSeen> {
+    const ttl = this.#opts.discoveryTtlMs ?? DEFAULT_DISCOVERY_TTL_MS;
+    const seen = this.#serverCount;
+    if (seen && this.#now() - seen.at < ttl) return seen;
+    if ((await this.serverVersions()).length === 0)
+      throw new ResolverUnavailableError("no NATS server answered $SYS.REQ.SERVER.PING");
+    return this.#serverCount!;
+  }
+
+  /**
+   * Throws ResolverUnsupportedError naming every server older than `minimum`: `what` cannot work
+   * there, and natsbind says so instead of sending it.
+   */
+  async #requireVersion(minimum: string, what: string, fix: string): Promise<void> {
+    const old = serversBelow((await this.#serversSeen()).versions, minimum);
+    if (old.length > 0)
+      throw new ResolverUnsupportedError(
+        `${what}, which needs nats-server >= ${minimum}; older: ${describeServers(old)}. ${fix}`,
+      );
   }
 
   /**
@@ -335,9 +386,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
    */
   async topology(): Promise<ResolverTopology> {
     const [servers, fullResolvers] = await Promise.all([this.servers(), this.#discoverFullResolvers()]);
-    const at = this.#now();
-    if (servers.length > 0) this.#serverCount = { count: servers.length, at };
-    this.#fullResolvers = { count: fullResolvers, at };
+    this.#fullResolvers = { count: fullResolvers, at: this.#now() };
     return { servers: servers.length, fullResolvers };
   }
 
@@ -377,12 +426,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
 
   /** Servers that answer the monitoring requests (VARZ, STATZ, CONNZ): all of them (cached). */
   async #expectedServers(): Promise<number> {
-    const cached = this.#fresh(this.#serverCount);
-    if (cached !== undefined) return cached;
-    const count = (await this.servers()).length;
-    if (count === 0) throw new ResolverUnavailableError("no NATS server answered $SYS.REQ.SERVER.PING");
-    this.#serverCount = { count, at: this.#now() };
-    return count;
+    return (await this.#serversSeen()).count;
   }
 
   /** Forget the counts: fewer servers answered than expected, so ask again next time. */
@@ -515,6 +559,14 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     if (claims.nats.type !== "account")
       throw new ResolverError(`push: JWT for ${claims.sub} is a ${claims.nats.type} JWT, not an account JWT`);
     if (this.#opts.trustedOperator) assertIssuedBy(claims, this.#opts.trustedOperator);
+    const inside = functionsInsideTokens(claims.nats);
+    if (inside.length > 0)
+      await this.#requireVersion(
+        FEATURE_VERSIONS.functionInsideToken,
+        `push account ${claims.sub}: role "${inside[0]!.role}" subject "${inside[0]!.subject}" has a NATS ` +
+          `function inside a subject token (older servers keep it as literal text and deny the role's users)`,
+        "Make the function a whole subject token, or upgrade those servers.",
+      );
     return this.#broadcast("$SYS.REQ.CLAIMS.UPDATE", jwt, [claims.sub], "push", "marked");
   }
 
