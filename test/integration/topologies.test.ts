@@ -248,6 +248,25 @@ describe("leaf nodes sharing the super-cluster's system account", TIMEOUT, () =>
     assert.deepEqual(await edge.topology(), { servers: 9, fullResolvers: 7 });
   });
 
+  it("natsbind may connect through a leaf node that shares the system account", async () => {
+    const throughLeaf = await natsbindResolver(leafCache);
+    try {
+      assert.deepEqual(await throughLeaf.topology(), { servers: 9, fullResolvers: 7 });
+      const acc = projectAccount(op, "group/via-the-leaf");
+      const outcome = await throughLeaf.push(acc.jwt);
+      assert.deepEqual(
+        outcome.replies
+          .filter((r) => !r.cache)
+          .map((r) => r.server)
+          .sort(),
+        names([...superCluster.servers, leafFull]),
+      );
+      assert.equal(await throughLeaf.lookup(acc.account.publicKey), acc.jwt);
+    } finally {
+      await throughLeaf.close();
+    }
+  });
+
   it("a push is acked by the 7 full resolvers; the account works on the full and the cache leaf", async () => {
     const acc = projectAccount(op, "group/at-the-edge");
     const outcome = await edge.push(acc.jwt);

@@ -9,6 +9,8 @@ import {
   parseVersion,
   serversBelow,
 } from "../../src/nats/server-versions.ts";
+import { warnUnsupportedServers } from "../../src/nats/from-config.ts";
+import { createLogger } from "../../src/observability/logger.ts";
 
 describe("nats-server versions", () => {
   it("parses what servers report, with a v, a pre-release or a build suffix", () => {
@@ -87,5 +89,26 @@ describe("functionsInsideTokens", () => {
   it("ignores accounts without scoped keys and odd shapes", () => {
     assert.deepEqual(functionsInsideTokens({ type: "account" }), []);
     assert.deepEqual(functionsInsideTokens({ type: "account", signing_keys: [null, 7, { role: "x" }] }), []);
+  });
+});
+
+describe("warnUnsupportedServers", () => {
+  it("logs the servers older than the supported minimum, and nothing when there are none", async () => {
+    const lines: string[] = [];
+    const log = createLogger({ write: (l) => void lines.push(l) });
+    await warnUnsupportedServers(
+      {
+        serverVersions: async () => [
+          { server: "old-0", version: "2.9.25" },
+          { server: "new-0", version: "2.10.29" },
+        ],
+      },
+      log,
+    );
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /nats-server older than 2\.10\.0 is not supported: old-0 \(2\.9\.25\)/);
+    lines.length = 0;
+    await warnUnsupportedServers({ serverVersions: async () => [{ server: "s", version: "2.15.2" }] }, log);
+    assert.deepEqual(lines, []);
   });
 });
