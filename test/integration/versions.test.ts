@@ -21,6 +21,7 @@ import { ResolverUnsupportedError, type NatsResolver } from "../../src/nats/reso
 import { atLeast, FEATURE_VERSIONS } from "../../src/nats/server-versions.ts";
 import { createLogger } from "../../src/observability/logger.ts";
 import { runController, type RunningController } from "../../src/main.ts";
+import { StatusFiles } from "../../src/store/status-files.ts";
 import { GitLabSimulator } from "../support/gitlab-sim.ts";
 import {
   natsServerBinary,
@@ -332,6 +333,58 @@ for (const tool of ["nats-server-2.10", "nats-server-2.11"] satisfies NatsServer
         } finally {
           await nc.close();
         }
+      },
+    );
+
+    it(
+      atLeast(version, FEATURE_VERSIONS.functionInsideToken)
+        ? "a binding whose role puts a function inside a token is provisioned"
+        : "a binding whose role puts a function inside a token is not provisioned, and its status says why",
+      async (t) => {
+        const tools = sim.createGroup({ name: "Tools", path: "tools" });
+        const lint = sim.createProject({ name: "lint", groupId: tools.id });
+        await writeFile(
+          join(dir, "bindings", "tools.yaml"),
+          BINDING.replace("name: acme", "name: tools")
+            .replace("group: acme", "group: tools")
+            .replace('"build.{{project.id}}.{{tag(pipeline)}}.>"', '"kv.p{{tag(pipeline)}}.>"'),
+        );
+        const status = () => new StatusFiles(config.state.directory).read("tools");
+        if (atLeast(version, FEATURE_VERSIONS.functionInsideToken)) {
+          await waitFor(
+            async () => {
+              const slot = await new DirectoryKeyStore(config.keys.directory).get({
+                binding: "tools",
+                projectId: lint.id,
+              });
+              return slot !== undefined && (await resolver.lookup(slot.account)) !== undefined;
+            },
+            { what: "the tools project's account on the servers", timeoutMs: 15_000, intervalMs: 25 },
+          );
+          return;
+        }
+        await waitFor(
+          async () =>
+            (await status())?.conditions.some(
+              (c) =>
+                c.type === "ResolverSynced" &&
+                c.status === "False" &&
+                /needs nats-server >= 2\.11\.0/.test(c.message),
+            ) ?? false,
+          { what: "ResolverSynced False naming the version", timeoutMs: 15_000, intervalMs: 25 },
+        );
+        const synced = (await status())!.conditions.find((c) => c.type === "ResolverSynced")!;
+        t.diagnostic(`status.conditions ResolverSynced: ${synced.message}`);
+        assert.match(
+          synced.message,
+          /subject "kv\.p\{\{tag\(pipeline\)\}\}\.>" has a NATS function inside a subject token/,
+        );
+        assert.ok(synced.message.includes(`${cluster.servers[0]!.name} (${version})`), synced.message);
+        const slot = await new DirectoryKeyStore(config.keys.directory).get({
+          binding: "tools",
+          projectId: lint.id,
+        });
+        if (slot) assert.equal(await resolver.lookup(slot.account), undefined, "nothing pushed");
       },
     );
 
