@@ -219,11 +219,12 @@ async function waitUntil(
   while (!done()) {
     child.check();
     const now = performance.now();
+    const state = progress(); // throws when the bench cannot measure any more
     if (now - t0 > RUN_TIMEOUT_MS)
-      throw new Error(`${what}: timed out after ${fmt(RUN_TIMEOUT_MS)} ms (${progress()})`);
+      throw new Error(`${what}: timed out after ${fmt(RUN_TIMEOUT_MS)} ms (${state})`);
     if (now - lastLog >= 10_000) {
       lastLog = now;
-      log(`  ${fmt((now - t0) / 1000)} s: ${progress()}`);
+      log(`  ${fmt((now - t0) / 1000)} s: ${state}`);
     }
     await sleep(20);
   }
@@ -368,6 +369,11 @@ async function main(): Promise<void> {
           let readyAt: number | undefined;
           let secretsAt: number | undefined;
           const watch = new Watch(kc);
+          // client-node drops a watch after 30 s without bytes; the binding is quiet that long.
+          (watch as unknown as { requestTimeoutMs: number }).requestTimeoutMs = RUN_TIMEOUT_MS;
+          let watchEnded: string | undefined;
+          const ended = (what: string) => (err: unknown) =>
+            void (watchEnded ??= `the bench's watch of ${what} ended: ${err instanceof Error ? err.message : String(err)}`);
           watches.push(
             await watch.watch(
               `/api/v1/namespaces/${ns}/secrets`,
@@ -377,7 +383,7 @@ async function main(): Promise<void> {
                 secretNames.add(obj.metadata.name);
                 if (secretNames.size >= PROJECTS && secretsAt === undefined) secretsAt = performance.now();
               },
-              () => undefined,
+              ended("the account Secrets"),
             ),
           );
           watches.push(
@@ -393,7 +399,7 @@ async function main(): Promise<void> {
                 )
                   readyAt = performance.now();
               },
-              () => undefined,
+              ended("the binding"),
             ),
           );
 
@@ -415,7 +421,10 @@ async function main(): Promise<void> {
               spec: { gitlab: { group }, roles: [role()] },
             },
           });
-          const progress = (): string => `${fmt(secretNames.size)} Secrets, ${fmt(wire.count(ids))} pushed`;
+          const progress = (): string => {
+            if (watchEnded !== undefined) throw new Error(watchEnded);
+            return `${fmt(secretNames.size)} Secrets, ${fmt(wire.count(ids))} pushed`;
+          };
           await waitUntil("k8s: all Secrets", child, t0, () => secretsAt !== undefined, progress);
           await waitUntil("k8s: all pushed", child, t0, () => wire.count(ids) >= ids.length, progress);
           const allPushedMs = performance.now() - t0;
