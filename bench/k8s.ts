@@ -298,6 +298,8 @@ interface LocalRun {
   allPushedMs: number;
   peakMb: number;
   cpuMs: number | undefined;
+  /** apiserver requests meanwhile: no client talks to it then, so they are its own (background). */
+  apiserverOwn: Map<string, number>;
 }
 
 interface K8sRun {
@@ -369,6 +371,7 @@ async function main(): Promise<void> {
         const configFile = join(runDir, "natsbind.yaml");
         await writeFile(configFile, stringify({ nats, gitlab, http: { listen: "127.0.0.1:0" } }));
         log(`[local ${run}] natsbind run (local mode), ${fmt(LOCAL_PROJECTS)} projects`);
+        const own0 = await requestCounts(kube);
         const t0 = performance.now();
         const child = new NatsbindChild(configFile);
         try {
@@ -380,7 +383,8 @@ async function main(): Promise<void> {
             () => `${fmt(wire.count(ids))} pushed`,
           );
           const { peakMb, cpuMs } = child.usage();
-          local.push({ allPushedMs, peakMb, cpuMs });
+          const apiserverOwn = delta(await requestCounts(kube), own0);
+          local.push({ allPushedMs, peakMb, cpuMs, apiserverOwn });
           log(`[local ${run}] all pushed ${fmt(allPushedMs)} ms, peak RSS ${fmt(peakMb)} MB`);
         } finally {
           await child.stop();
@@ -534,7 +538,7 @@ async function main(): Promise<void> {
     await writeResults("k8s.json", {
       date: new Date().toISOString(),
       env: benchEnv({ projects: PROJECTS, localProjects: LOCAL_PROJECTS, runs: RUNS }),
-      local,
+      local: local.map((r) => ({ ...r, apiserverOwn: Object.fromEntries(r.apiserverOwn) })),
       k8s: k8s.map((r) => ({
         ...r,
         requests: Object.fromEntries(r.requests),
@@ -629,6 +633,16 @@ function report(local: LocalRun[], k8s: K8sRun[]): void {
     ),
   );
   log(`total: ${fmt(sum(last.requests))} = ${fmt(sum(last.requests) / PROJECTS, 3)} per account`);
+  // What the apiserver asks of itself (OpenAPI aggregation, ...) while no client talks to it, from the
+  // local-mode run of the same round: in the total above, not the controller's.
+  const own = local.at(-1)!;
+  const ownPerSecond = (sum(own.apiserverOwn) * 1000) / own.allPushedMs;
+  log(
+    `of which the apiserver's own, about ${fmt(ownPerSecond * 60, 1)} per minute when nobody talks to it ` +
+      `(${[...own.apiserverOwn].map(([k, v]) => `${v} ${k}`).join(", ") || "none"} during the local-mode run): ` +
+      `~${fmt((ownPerSecond * last.readyMs) / 1000)} of the total; the controller's own then ` +
+      `~${fmt((sum(last.requests) - (ownPerSecond * last.readyMs) / 1000) / PROJECTS, 3)} per account`,
+  );
   log(
     `in the ${fmt(SETTLE_MS / 1000)} s after Ready: ${fmt(sum(last.afterReady))} request(s)` +
       (last.afterReady.size > 0 ? ` (${[...last.afterReady].map(([k, v]) => `${v} ${k}`).join(", ")})` : ""),
