@@ -27,6 +27,7 @@ import {
   splitBindingKey,
   type NatsBindingObject,
 } from "./bindings.ts";
+import { reuseConnections } from "./connections.ts";
 import { EventRecorder } from "./events.ts";
 import { ANNOTATION_ROTATE, ANNOTATION_ROTATE_EMERGENCY, AnnotationRequests } from "./rotation-requests.ts";
 import { fencedKeyStore, fencedResolver, type Fence } from "./fence.ts";
@@ -50,6 +51,8 @@ import type { SignalRelay } from "./relay-sender.ts";
  */
 export async function kubeConfigFrom(path: string | undefined): Promise<KubeConfig> {
   const kc = new KubeConfig();
+  // Keep-alive connections shared by every client, watch and list (src/k8s/connections.ts).
+  reuseConnections(kc);
   if (!path) {
     kc.loadFromDefault();
     return kc;
