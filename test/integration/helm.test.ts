@@ -173,13 +173,13 @@ describe(
 
     it("a drift fails naming the object and the field, either side", async () => {
       const { objects } = await renderChart({
-        set: { "resources.limits.memory": "1Gi", "config.gitlab.resyncInterval": "5m", replicas: 3 },
+        set: { "resources.limits.memory": "2Gi", "config.gitlab.resyncInterval": "5m", replicas: 3 },
       });
       const drifts = chartDrift(objects, base, { notInChart: NOT_IN_CHART, chartOnly: CHART_ONLY });
       assert.deepEqual(drifts.sort(), [
         'ConfigMap natsbind/natsbind-config: data["natsbind.yaml"].gitlab.resyncInterval: chart 300000, deploy/ 600000',
         "Deployment natsbind/natsbind: spec.replicas: chart 3, deploy/ 2",
-        'Deployment natsbind/natsbind: spec.template.spec.containers[natsbind].resources.limits.memory: chart "1Gi", deploy/ "512Mi"',
+        'Deployment natsbind/natsbind: spec.template.spec.containers[natsbind].resources.limits.memory: chart "2Gi", deploy/ "1Gi"',
       ]);
       // deploy/ changed instead: a verb more in its ClusterRole, a volume less, a new object.
       const changed = structuredClone(base);
