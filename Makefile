@@ -86,6 +86,7 @@ bench: deps tools
 	node bench/run.ts
 	node bench/inventory.ts
 	node bench/controller.ts
+	node bench/scale.ts
 	node bench/k8s.ts
 	node bench/credentials.ts
 	node bench/callout.ts

@@ -8,6 +8,8 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { availableParallelism, cpus } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
+import { connectWithCreds } from "../test/support/operator.ts";
 import { toolBinary } from "../test/support/process.ts";
 
 /** BENCH_QUICK=1: fewer and smaller runs (a smoke test of a bench itself). */
@@ -19,8 +21,19 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/** Nearest-rank percentile (p in 0..100). */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+export const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
+export const mb = (bytes: number): number => bytes / (1024 * 1024);
+
 export const fmt = (v: number, digits = 0): string =>
   v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+
+export const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
 
 export const verdict = (ok: boolean): string => (ok ? "PASS" : "MISS");
 
@@ -68,6 +81,91 @@ export function processCpuMs(...pids: number[]): { user: number; sys: number } |
     return { user: (user * 1000) / CLK_TCK, sys: (sys * 1000) / CLK_TCK };
   } catch {
     return undefined;
+  }
+}
+
+/** read/write-family system calls a process made so far (/proc/<pid>/io); undefined off Linux. */
+export function ioSyscalls(pid: number | "self" = "self"): { reads: number; writes: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/io`, "utf8");
+    const field = (name: string): number => Number(new RegExp(`^${name}: (\\d+)$`, "m").exec(text)?.[1]);
+    return { reads: field("syscr"), writes: field("syscw") };
+  } catch {
+    return undefined;
+  }
+}
+
+/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
+export function procMemory(pid: number): { rss: number; hwm: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (name: string): number =>
+      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
+    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Counts resolver requests on the wire (system account): pushes and lookups, from any client,
+ * without answering them. `onUpdate` sees every pushed JWT (e.g. to tell which projects went out).
+ */
+export class WireCounter {
+  updates = 0;
+  lookups = 0;
+  /** performance.now() of the first and last push and lookup seen since reset(). */
+  firstUpdateAt: number | undefined;
+  lastUpdateAt: number | undefined;
+  firstLookupAt: number | undefined;
+  lastLookupAt: number | undefined;
+  onUpdate: ((jwt: string) => void) | undefined;
+  readonly #nc: NatsConnection;
+
+  private constructor(nc: NatsConnection) {
+    this.#nc = nc;
+    nc.subscribe("$SYS.REQ.CLAIMS.UPDATE", {
+      callback: (_err: unknown, msg: Msg) => {
+        this.updates += 1;
+        const now = performance.now();
+        this.firstUpdateAt ??= now;
+        this.lastUpdateAt = now;
+        this.onUpdate?.(msg.string());
+      },
+    });
+    nc.subscribe("$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP", {
+      callback: () => {
+        this.lookups += 1;
+        const now = performance.now();
+        this.firstLookupAt ??= now;
+        this.lastLookupAt = now;
+      },
+    });
+  }
+
+  static async start(url: string, creds: Uint8Array): Promise<WireCounter> {
+    const counter = new WireCounter(await connectWithCreds(url, creds));
+    await counter.#nc.flush();
+    return counter;
+  }
+
+  /** Counts since `reset()`, after a round trip so that everything sent before is counted. */
+  async read(): Promise<{ updates: number; lookups: number }> {
+    await this.#nc.flush();
+    return { updates: this.updates, lookups: this.lookups };
+  }
+
+  reset(): void {
+    this.updates = 0;
+    this.lookups = 0;
+    this.firstUpdateAt = undefined;
+    this.lastUpdateAt = undefined;
+    this.firstLookupAt = undefined;
+    this.lastLookupAt = undefined;
+  }
+
+  close(): Promise<void> {
+    return this.#nc.close();
   }
 }
 

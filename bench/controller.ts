@@ -67,14 +67,13 @@
  */
 import { mapLimit } from "../src/runtime/concurrency.ts";
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Session } from "node:inspector/promises";
 import { stringify } from "yaml";
 import { performance } from "node:perf_hooks";
-import type { NatsConnection } from "@nats-io/transport-node";
 import type { NatsBinding } from "../src/api/v1alpha1/types.ts";
 import { INIT_LAYOUT } from "../src/cli/init.ts";
 import { NODE_FLAGS } from "../src/cli/node-flags.ts";
@@ -102,11 +101,18 @@ import {
 import { removeDir, tempDir } from "../test/support/process.ts";
 import {
   QUICK,
+  WireCounter,
   benchEnv,
   fmt,
+  fmtMs,
+  ioSyscalls,
   log,
+  mb,
   median,
+  percentile,
+  procMemory,
   processCpuMs,
+  round,
   sleep,
   table,
   timed,
@@ -145,27 +151,6 @@ const WEBHOOK_P99_TARGET_MS = 500;
 
 // --- helpers -----------------------------------------------------------------------------------
 
-/** Nearest-rank percentile (p in 0..100). */
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-const round = (v: number, digits = 1): number => Math.round(v * 10 ** digits) / 10 ** digits;
-const fmtMs = (ms: number): string => (ms >= 10_000 ? `${fmt(ms / 1000, 2)} s` : `${fmt(ms, 1)} ms`);
-const mb = (bytes: number): number => bytes / (1024 * 1024);
-
-/** read/write-family system calls this process made so far (/proc/self/io); undefined off Linux. */
-function ioSyscalls(): { reads: number; writes: number } | undefined {
-  try {
-    const text = readFileSync("/proc/self/io", "utf8");
-    const field = (name: string): number => Number(new RegExp(`^${name}: (\\d+)$`, "m").exec(text)?.[1]);
-    return { reads: field("syscr"), writes: field("syscw") };
-  } catch {
-    return undefined;
-  }
-}
-
 interface CpuUse {
   /** This process (controller + simulator + bench), ms. */
   nodeMs: number;
@@ -196,18 +181,6 @@ async function withCpu<T>(serverPid: number, fn: () => Promise<T>): Promise<{ ou
       serverMs: server0 && server1 ? server1.user + server1.sys - server0.user - server0.sys : undefined,
     },
   };
-}
-
-/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
-function procMemory(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (name: string): number =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
-    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-  } catch {
-    return undefined;
-  }
 }
 
 /** Peak RSS while running: sampled every 50 ms, and the kernel's high-water mark (VmHWM). */
@@ -252,48 +225,6 @@ class RssMeter {
     this.#sample();
     const hwm = this.hwmReset ? procMemory(process.pid)?.hwm : undefined;
     return { baseline: this.baseline, sampledPeak: this.peak, hwm, samples: this.samples };
-  }
-}
-
-/** Counts resolver requests on the wire (system account): pushes and lookups, from any client. */
-class WireCounter {
-  updates = 0;
-  lookups = 0;
-  /** performance.now() when the first lookup since reset() was seen. */
-  firstLookupAt: number | undefined;
-  readonly #nc: NatsConnection;
-
-  private constructor(nc: NatsConnection) {
-    this.#nc = nc;
-    nc.subscribe("$SYS.REQ.CLAIMS.UPDATE", { callback: () => void (this.updates += 1) });
-    nc.subscribe("$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP", {
-      callback: () => {
-        this.lookups += 1;
-        this.firstLookupAt ??= performance.now();
-      },
-    });
-  }
-
-  static async start(url: string, creds: Uint8Array): Promise<WireCounter> {
-    const counter = new WireCounter(await connectWithCreds(url, creds));
-    await counter.#nc.flush();
-    return counter;
-  }
-
-  /** Counts since `reset()`, after a round trip so that everything sent before is counted. */
-  async read(): Promise<{ updates: number; lookups: number }> {
-    await this.#nc.flush();
-    return { updates: this.updates, lookups: this.lookups };
-  }
-
-  reset(): void {
-    this.updates = 0;
-    this.lookups = 0;
-    this.firstLookupAt = undefined;
-  }
-
-  close(): Promise<void> {
-    return this.#nc.close();
   }
 }
 

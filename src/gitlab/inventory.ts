@@ -47,27 +47,35 @@ export function changedProjectIds(d: InventoryDiff): number[] {
   return [...ids].sort((a, b) => a - b);
 }
 
+/** Adds to `diff` what changed from `prev` to `next` (one project id; either may be absent). */
+function diffProject(
+  prev: GitLabProject | undefined,
+  next: GitLabProject | undefined,
+  diff: InventoryDiff,
+): void {
+  if (!next) {
+    if (prev) diff.deleted.push(prev);
+  } else if (!prev) diff.created.push(next);
+  else if (prev.namespaceId !== next.namespaceId) diff.transferred.push({ before: prev, after: next });
+  else if (
+    prev.path !== next.path ||
+    prev.name !== next.name ||
+    prev.pathWithNamespace !== next.pathWithNamespace
+  ) {
+    diff.renamed.push({ before: prev, after: next });
+  } else if (
+    prev.visibility !== next.visibility ||
+    prev.archived !== next.archived ||
+    prev.namespaceFullPath !== next.namespaceFullPath
+  ) {
+    diff.updated.push({ before: prev, after: next });
+  }
+}
+
 /** Pure: what changed from `before` to `after`. Entries are ordered by project id. */
 export function diffSnapshots(before: Snapshot, after: Snapshot): InventoryDiff {
   const diff = emptyDiff();
-  for (const [id, next] of after) {
-    const prev = before.get(id);
-    if (!prev) diff.created.push(next);
-    else if (prev.namespaceId !== next.namespaceId) diff.transferred.push({ before: prev, after: next });
-    else if (
-      prev.path !== next.path ||
-      prev.name !== next.name ||
-      prev.pathWithNamespace !== next.pathWithNamespace
-    ) {
-      diff.renamed.push({ before: prev, after: next });
-    } else if (
-      prev.visibility !== next.visibility ||
-      prev.archived !== next.archived ||
-      prev.namespaceFullPath !== next.namespaceFullPath
-    ) {
-      diff.updated.push({ before: prev, after: next });
-    }
-  }
+  for (const [id, next] of after) diffProject(before.get(id), next, diff);
   for (const [id, prev] of before) if (!after.has(id)) diff.deleted.push(prev);
   const byId = (a: { id: number }, b: { id: number }): number => a.id - b.id;
   const byAfterId = (a: ProjectChange, b: ProjectChange): number => a.after.id - b.after.id;
@@ -235,16 +243,22 @@ export class ProjectInventory {
   }
 
   #apply(projectId: number, project: GitLabProject | undefined): InventoryDiff {
-    const next = new Map(this.#snapshot);
     const inScope =
       project !== undefined &&
       (this.#directIds.has(project.id) ||
         this.#roots.some((g) => within(project, g, this.#scope.directOnly ?? false)));
-    if (project && inScope) {
-      next.set(project.id, project);
-      this.#groupIds.add(project.namespaceId);
+    const after = project && inScope ? project : undefined;
+    // Only this id can differ: diffed alone, and the snapshot copied only when it changed.
+    const before = this.#snapshot.get(projectId);
+    const diff = emptyDiff();
+    diffProject(before, after, diff);
+    // Unchanged (webUrl is not a change the diff reports, but the claims carry it): nothing to copy.
+    if (isEmptyDiff(diff) && before?.webUrl === after?.webUrl) return diff;
+    const next = new Map(this.#snapshot);
+    if (after) {
+      next.set(after.id, after);
+      this.#groupIds.add(after.namespaceId);
     } else next.delete(projectId);
-    const diff = diffSnapshots(this.#snapshot, next);
     this.#snapshot = next;
     return diff;
   }

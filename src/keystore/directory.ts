@@ -4,11 +4,17 @@
  *   <dir>/<PUBKEY>.nk                          one seed per key, 0600 (KeyDirectory)
  *   <dir>/accounts/<binding>/<slot>.json       the slot's public keys (no secrets), 0600
  *
- * Order on ensure(): new seeds are written (atomically, fsynced) BEFORE the slot file that names
- * them, and the slot file before anything is pushed. A crash in between leaves at worst seed files
- * no slot names; the next ensure() generates fresh ones and pushes only those. Seeds named by a
- * slot are never regenerated: a slot whose seed is missing is an error, not a new key, because a
- * JWT may already name it.
+ * Order on ensure(): new seeds are durable (data and directory entry) BEFORE the slot file that
+ * names them is renamed into place, and the slot file is durable before ensure() resolves, hence
+ * before anything is pushed. A crash in between leaves at worst seed files no slot names (maybe
+ * one partly written); the next ensure() generates fresh ones and pushes only those. Seeds named
+ * by a slot are never regenerated: a slot whose seed is missing is an error, not a new key,
+ * because a JWT may already name it.
+ *
+ * Group commit: the writes of ensure(), update() and forget() calls made side by side (the
+ * reconciler creates many slots at once) go to disk together, seeds first, then slots, with one
+ * directory sync per directory per batch (store/files.ts writeFilesDurably); each call resolves
+ * when its batch is durable. A cold start of 10,000 projects writes 30,000 files this way.
  *
  * A slot is listed only when it is where its ref puts it (the binding's directory, the slot's file
  * name) and every key it names has a seed file; list() leaves other slots out and reports them
@@ -20,14 +26,14 @@
  * deletes in both modes.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import { KeyError, NKeyPair } from "../nats/keys.ts";
 import { jsonNestingProblem } from "../nesting.ts";
-import { mapLimit } from "../runtime/concurrency.ts";
+import { GroupCommit, mapLimit } from "../runtime/concurrency.ts";
 import { KeyDirectory, readKeyStoreFile } from "../store/key-directory.ts";
-import { writeFileAtomic } from "../store/files.ts";
+import { writeFilesDurably } from "../store/files.ts";
 import { MAX_REVOCATIONS } from "../nats/claims.ts";
 import type { AccountKeys, AccountRef, KeyStore, SlotChange, StoredAccount, UntrustedSlot } from "./port.ts";
 import { checkSlotChange, KeyStoreError, namedKeys } from "./port.ts";
@@ -96,7 +102,18 @@ function sameRef(a: AccountRef, b: AccountRef): boolean {
 interface Listing {
   slots: Map<string, StoredAccount>;
   untrusted: Map<string, UntrustedSlot>;
+  /** `slots` in list() order, kept until a write changes them. */
+  sorted?: StoredAccount[];
 }
+
+/** What one ensure(), update() or forget() writes: new seeds, then the slot file naming them. */
+interface SlotWrite {
+  seeds: readonly NKeyPair[];
+  slot: { path: string; text: string };
+}
+
+/** Slot writes per group commit (3 files each for a one-role binding): bounds a batch's latency. */
+const MAX_SLOTS_PER_COMMIT = 128;
 
 export class DirectoryKeyStore implements KeyStore {
   readonly #seeds: KeyDirectory;
@@ -107,6 +124,17 @@ export class DirectoryKeyStore implements KeyStore {
   // a key directory is its only writer, so after the first list() the files change only through
   // this object. Other readers (status tools, tests, the demo) must see the files as they are.
   readonly #cache: Map<string, Listing> | undefined;
+  readonly #commits = new GroupCommit<SlotWrite>(
+    (writes) =>
+      writeFilesDurably(
+        writes.flatMap((w) => w.seeds.map((key) => this.#seeds.seedFile(key))),
+        writes.map((w) => ({ path: w.slot.path, data: w.slot.text, mode: 0o600 })),
+      ),
+    { maxBatch: MAX_SLOTS_PER_COMMIT },
+  );
+
+  /** Two batches' worth: one is written while the next one's keys are generated. */
+  readonly ensureConcurrency = 2 * MAX_SLOTS_PER_COMMIT;
 
   constructor(dir: string, opts: { owner?: boolean } = {}) {
     this.#seeds = new KeyDirectory(dir);
@@ -193,10 +221,11 @@ export class DirectoryKeyStore implements KeyStore {
       this.#cache?.set(binding, listing);
     }
     untrusted?.push(...[...listing.untrusted.values()].sort((a, b) => a.source.localeCompare(b.source)));
-    return [...listing.slots.values()].sort(
+    listing.sorted ??= [...listing.slots.values()].sort(
       (a, b) =>
         a.ref.projectId - b.ref.projectId || (a.ref.environment ?? "").localeCompare(b.ref.environment ?? ""),
     );
+    return [...listing.sorted];
   }
 
   /** The slot's seeds, each checked to derive the key it is stored under. */
@@ -246,11 +275,23 @@ export class DirectoryKeyStore implements KeyStore {
     return this.#serialised(path, () => this.#ensure(ref, roles, path, at));
   }
 
-  async #writeSlot(path: string, slot: StoredAccount): Promise<void> {
-    await mkdir(this.#bindingDir(slot.ref.binding), { recursive: true, mode: 0o700 });
-    await writeFileAtomic(path, `${JSON.stringify(slot, null, 2)}\n`, 0o600);
-    this.#cache?.get(slot.ref.binding)?.slots.set(path, slot);
-    this.#cache?.get(slot.ref.binding)?.untrusted.delete(path);
+  /** Writes `seeds`, then the slot file naming them (one group commit); then updates the cache. */
+  async #writeSlot(path: string, slot: StoredAccount, seeds: readonly NKeyPair[] = []): Promise<void> {
+    await this.#commits.add({ seeds, slot: { path, text: `${JSON.stringify(slot, null, 2)}\n` } });
+    const listing = this.#cache?.get(slot.ref.binding);
+    if (!listing) return;
+    listing.slots.set(path, slot);
+    listing.untrusted.delete(path);
+    listing.sorted = undefined;
+  }
+
+  /** The slot at `path` as the owner's cache knows it: undefined when known absent, else read it. */
+  async #currentSlot(ref: AccountRef, path: string): Promise<StoredAccount | undefined> {
+    const listing = this.#cache?.get(ref.binding);
+    // The owner is the directory's only writer: a slot its listing lacks (and did not distrust) is
+    // not there, and the read of a new slot (one per project on a cold start) is saved.
+    if (listing && !listing.slots.has(path) && !listing.untrusted.has(path)) return undefined;
+    return this.#readSlot(path);
   }
 
   async #ensure(
@@ -259,7 +300,7 @@ export class DirectoryKeyStore implements KeyStore {
     path: string,
     at: number | undefined,
   ): Promise<AccountKeys> {
-    const existing = await this.#readSlot(path);
+    const existing = await this.#currentSlot(ref, path);
     if (existing && !sameRef(existing.ref, ref))
       throw new KeyStoreError(`key store: ${path} belongs to another slot`);
     const current = existing ? await this.#load(existing, path) : undefined;
@@ -287,9 +328,8 @@ export class DirectoryKeyStore implements KeyStore {
     if (fresh.length === 0) return result;
     if (!current) result.created = true;
     // Seeds first, then the slot file that names them.
-    for (const key of fresh) await this.#seeds.save(key);
     const { accountKey: _a, roleKeys: _r, created: _c, ...slot } = result;
-    await this.#writeSlot(path, slot);
+    await this.#writeSlot(path, slot, fresh);
     return result;
   }
 
@@ -321,8 +361,11 @@ export class DirectoryKeyStore implements KeyStore {
           );
       // Only generated keys the new slot names are saved; seeds first, then the slot.
       const named = new Set(namedKeys(next));
-      for (const key of made) if (named.has(key.publicKey)) await this.#seeds.save(key);
-      await this.#writeSlot(path, next);
+      await this.#writeSlot(
+        path,
+        next,
+        made.filter((key) => named.has(key.publicKey)),
+      );
       return next;
     });
   }
@@ -351,7 +394,8 @@ export class DirectoryKeyStore implements KeyStore {
     if (!slot) return;
     // The slot file goes first: a crash then leaves unnamed seeds, never a slot without seeds.
     await rm(path, { force: true });
-    this.#cache?.get(ref.binding)?.slots.delete(path);
+    const listing = this.#cache?.get(ref.binding);
+    if (listing?.slots.delete(path)) listing.sorted = undefined;
     for (const pub of [...namedKeys(slot), ...(slot.discard ?? [])]) await this.#seeds.remove(pub);
   }
 }

@@ -146,6 +146,12 @@ export interface KeyStore {
    * Stores whose slots do not depend on the binding's existence leave this out.
    */
   release?(binding: string): Promise<unknown>;
+  /**
+   * How many ensure() calls the store takes in flight at best (the reconciler's default is 32):
+   * a store that commits side-by-side writes together asks for more, so one batch is written
+   * while the next one's keys are made.
+   */
+  readonly ensureConcurrency?: number;
 }
 
 /**

@@ -91,7 +91,22 @@ export function jitterMs(account: string, role: string, everyMs: number): number
 export function dueAt(slot: StoredAccount, role: string, policy: RotationPolicy): number | undefined {
   const since = slot.rotation?.[role]?.activeSince;
   if (policy.everyMs <= 0 || since === undefined) return undefined;
-  return since + policy.everyMs - jitterMs(slot.account, role, policy.everyMs);
+  return since + policy.everyMs - slotJitterMs(slot, role, policy.everyMs);
+}
+
+/**
+ * jitterMs of a slot's role, kept per slot object: every reconcile asks it of every slot (twice),
+ * and a SHA-256 per slot and role was a large part of a reconcile of 100,000 slots.
+ */
+const jitters = new WeakMap<StoredAccount, Array<{ role: string; everyMs: number; jitter: number }>>();
+function slotJitterMs(slot: StoredAccount, role: string, everyMs: number): number {
+  let known = jitters.get(slot);
+  if (!known) jitters.set(slot, (known = []));
+  const hit = known.find((j) => j.role === role && j.everyMs === everyMs);
+  if (hit) return hit.jitter;
+  const jitter = jitterMs(slot.account, role, everyMs);
+  known.push({ role, everyMs, jitter });
+  return jitter;
 }
 
 /** Does `trigger` cover this slot and role? */

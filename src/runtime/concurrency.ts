@@ -44,3 +44,45 @@ export class Coalescer<K, T> {
     return new Set([...this.#running.keys(), ...this.#queued.keys()]).size;
   }
 }
+
+/**
+ * Group commit: items added while a batch is being written wait and go together into the next
+ * batch (at most `maxBatch` items); each add() resolves when its batch was written, or rejects
+ * with the batch's error. A batch starts on the next turn of the event loop after the first add,
+ * so callers running side by side (mapLimit) share it.
+ */
+export class GroupCommit<T> {
+  readonly #write: (items: T[]) => Promise<void>;
+  readonly #maxBatch: number;
+  #pending: Array<{ item: T; resolve: () => void; reject: (err: unknown) => void }> = [];
+  #running = false;
+
+  constructor(write: (items: T[]) => Promise<void>, opts: { maxBatch: number }) {
+    if (!(opts.maxBatch >= 1)) throw new RangeError("GroupCommit needs maxBatch >= 1");
+    this.#write = write;
+    this.#maxBatch = opts.maxBatch;
+  }
+
+  add(item: T): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#pending.push({ item, resolve, reject });
+      if (!this.#running) {
+        this.#running = true;
+        setImmediate(() => void this.#drain());
+      }
+    });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending.length > 0) {
+      const batch = this.#pending.splice(0, this.#maxBatch);
+      try {
+        await this.#write(batch.map((b) => b.item));
+        for (const b of batch) b.resolve();
+      } catch (err) {
+        for (const b of batch) b.reject(err);
+      }
+    }
+    this.#running = false;
+  }
+}

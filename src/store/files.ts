@@ -1,11 +1,13 @@
 /**
  * Files natsbind reads and writes: bounded reads (a file is measured before it is read, never read
- * whole and then measured) and crash-safe writes (temp file in the same directory, fsync, rename).
+ * whole and then measured) and crash-safe writes (temp file in the same directory, fsync, rename),
+ * one at a time or many at once (writeFilesDurably: one directory sync per directory).
  */
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { link, open, rename, rm } from "node:fs/promises";
+import { link, mkdir, open, rename, rm, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { mapLimit } from "../runtime/concurrency.ts";
 
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
   const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
@@ -41,6 +43,86 @@ export async function writeNewFileAtomic(
   } finally {
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
+  }
+}
+
+/** One file of writeFilesDurably. */
+export interface DurableFile {
+  path: string;
+  data: string | Uint8Array;
+  mode: number;
+}
+
+/** File system calls in flight at once (libuv runs them on its 4 threads). */
+const DURABLE_CONCURRENCY = 16;
+
+/**
+ * Writes many files so that all of them are durable when the promise resolves, with one fsync of
+ * each directory they are in (a group commit: a journaling file system commits the files' fsyncs,
+ * issued together, in few transactions, and their directory entries in one).
+ *
+ * `created` are new files (exclusive create: an existing file fails the batch), written in place:
+ * a crash can leave one partly written, so they must be files nothing names until this resolves
+ * (seed files, named later by a slot). `replaced` files are replaced atomically (temp file,
+ * fsync, rename), so a reader or a crash sees the old or the new file, never a part. Every
+ * `created` file is durable (data and directory entry) before the first `replaced` one is renamed
+ * into place: a slot that names new seeds never outlives them. Directories are made (0700) when
+ * missing. On failure, temp files are removed; created files stay (nothing names them).
+ */
+export async function writeFilesDurably(
+  created: readonly DurableFile[],
+  replaced: readonly DurableFile[] = [],
+): Promise<void> {
+  const dirs = new Set([...created, ...replaced].map((f) => dirname(f.path)));
+  for (const dir of dirs) await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeAndSync(created, (f) => f.path);
+  await syncDirectories(created);
+  const temps = new Map(
+    replaced.map((f) => [
+      f,
+      join(dirname(f.path), `.${basename(f.path)}.${randomBytes(6).toString("hex")}.tmp`),
+    ]),
+  );
+  try {
+    await writeAndSync(replaced, (f) => temps.get(f)!);
+    await mapLimit(replaced, DURABLE_CONCURRENCY, async (f) => {
+      await rename(temps.get(f)!, f.path);
+      temps.delete(f);
+    });
+  } finally {
+    await Promise.all([...temps.values()].map((temp) => rm(temp, { force: true })));
+  }
+  await syncDirectories(replaced);
+}
+
+/** Creates each file (exclusively) at `at(file)`, writes it, then fsyncs all of them; closes all. */
+async function writeAndSync(files: readonly DurableFile[], at: (f: DurableFile) => string): Promise<void> {
+  const handles: FileHandle[] = [];
+  try {
+    await mapLimit(files, DURABLE_CONCURRENCY, async (f) => {
+      const handle = await open(at(f), "wx", f.mode);
+      handles.push(handle);
+      await handle.writeFile(f.data);
+    });
+    // Every file is written before the first fsync: issued together, the fsyncs share commits.
+    await mapLimit(handles, DURABLE_CONCURRENCY, (h) => h.sync());
+  } finally {
+    await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+  }
+}
+
+/** fsync of each directory the files are in: their new directory entries are durable. */
+async function syncDirectories(files: readonly DurableFile[]): Promise<void> {
+  for (const dir of new Set(files.map((f) => dirname(f.path)))) {
+    const handle = await open(dir, "r");
+    try {
+      await handle.sync();
+    } catch (err) {
+      // Some file systems cannot sync a directory (EINVAL); their entries are as durable as they get.
+      if ((err as NodeJS.ErrnoException).code !== "EINVAL") throw err;
+    } finally {
+      await handle.close();
+    }
   }
 }
 

@@ -1,13 +1,21 @@
 /**
  * Local-mode key store: one seed file per key, named by its public key (`<PUBKEY>.nk`, mode 0600),
- * in a directory of mode 0700. Writes are atomic, so a crash leaves either the old or the new file.
+ * in a directory of mode 0700. A seed file is created once and never replaced; it is durable (data
+ * and directory entry) before save() resolves, and nothing may name a key before that, so a seed
+ * file a crash left partly written is one nothing names.
  */
 import { chmod as fsChmod, lstat, mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { NatsbindError } from "../errors.ts";
 import { KeyStoreError } from "../keystore/port.ts";
 import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
-import { readBoundedFile, readRequiredTextFile, writeFileAtomic, type BoundedRead } from "./files.ts";
+import {
+  readBoundedFile,
+  readRequiredTextFile,
+  writeFilesDurably,
+  type BoundedRead,
+  type DurableFile,
+} from "./files.ts";
 
 /** A key store file's text, or undefined when it does not exist; bounded in size. */
 export async function readKeyStoreFile(path: string, maxBytes: number): Promise<string | undefined> {
@@ -120,10 +128,18 @@ export class KeyDirectory {
     return join(this.dir, `${publicKey}.nk`);
   }
 
-  /** Persists the seed; durable when the promise resolves. */
-  async save(key: NKeyPair): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(this.#path(key.publicKey), `${new TextDecoder().decode(key.getSeed())}\n`, 0o600);
+  /** Persists the seeds; durable when the promise resolves (one directory sync for all). */
+  async save(...keys: NKeyPair[]): Promise<void> {
+    await writeFilesDurably(keys.map((key) => this.seedFile(key)));
+  }
+
+  /** The new seed file of `key`, for writeFilesDurably (as `created`: it is never replaced). */
+  seedFile(key: NKeyPair): DurableFile {
+    return {
+      path: this.#path(key.publicKey),
+      data: `${new TextDecoder().decode(key.getSeed())}\n`,
+      mode: 0o600,
+    };
   }
 
   /** The key pair for `publicKey`, or undefined when the store has no seed for it. */

@@ -43,6 +43,8 @@ const INTEGER_ID = /^-?\d+$/;
 const TRUE_VALUES = new Set(["true", "1", "yes", "t", "y", "on"]);
 const FALSE_VALUES = new Set(["false", "0", "no", "f", "n", "off"]);
 const READ_SCOPES = ["api", "read_api"];
+/** Listings kept for their next pages (a listing of another query or store version drops the oldest). */
+const MAX_CACHED_LISTINGS = 8;
 const INSUFFICIENT_SCOPE = "The request requires higher privileges than provided by the access token.";
 
 /** Extra params Grape puts into `params`, hence into GitLab's Link URLs (route id + declared defaults). */
@@ -144,6 +146,8 @@ export class GitLabSimulator {
   private readonly oidcFaults: Array<{ remaining: number; spec: SimOidcFault }> = [];
   private readonly hookSettings: { instanceUrl: string; version: string; timeoutMs: number };
   private readonly counters = { pipeline: 0, job: 0 };
+  /** Sorted group-project listings by query (and store version), oldest first. */
+  private readonly listings = new Map<string, SimProject[]>();
   private latencyMs: number;
   private baseUrl = "";
   private stopped = false;
@@ -732,13 +736,31 @@ export class GitLabSimulator {
           return x.createdAt;
       }
     };
-    const projects = this.store
-      .projectsOf(g.id, includeSubgroups)
-      .filter((x) => this.canSee(p, x.visibility))
-      .filter((x) => archived === undefined || x.archived === archived)
-      .filter((x) => visibility === undefined || x.visibility === visibility)
-      .filter((x) => matchesSearch(x, search))
-      .sort(compareBy(key, (x) => x.id, desc));
+    // Every page of a listing filters and sorts the same projects: kept until the store changes,
+    // so listing 100,000 projects (1,000 pages) does not sort them 1,000 times.
+    const listingKey = JSON.stringify([
+      this.store.version,
+      p.kind,
+      g.id,
+      includeSubgroups,
+      archived ?? null,
+      visibility ?? null,
+      search,
+      orderBy,
+      desc,
+    ]);
+    let projects = this.listings.get(listingKey);
+    if (!projects) {
+      projects = this.store
+        .projectsOf(g.id, includeSubgroups)
+        .filter((x) => this.canSee(p, x.visibility))
+        .filter((x) => archived === undefined || x.archived === archived)
+        .filter((x) => visibility === undefined || x.visibility === visibility)
+        .filter((x) => matchesSearch(x, search))
+        .sort(compareBy(key, (x) => x.id, desc));
+      if (this.listings.size >= MAX_CACHED_LISTINGS) this.listings.delete(this.listings.keys().next().value!);
+      this.listings.set(listingKey, projects);
+    }
     const page = paginate(projects, {
       base: this.baseUrl,
       rawPath,

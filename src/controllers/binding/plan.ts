@@ -19,6 +19,7 @@ import type { AccountRef, StoredAccount, UntrustedSlot } from "../../keystore/po
 import { listedRoleKeys, refKey } from "../../keystore/port.ts";
 import { accountClaims, claimsHash, type DesiredAccount, type JwtClaims } from "../../nats/claims.ts";
 import { describeError } from "../../errors.ts";
+import { createHash } from "node:crypto";
 import { notOwnedProblem, type HeldOwner } from "./ownership.ts";
 
 export interface PlanInput {
@@ -37,13 +38,13 @@ export interface PlanInput {
   /** The binding's stored slots (public keys). */
   slots: readonly StoredAccount[];
   /** account public key -> claims hash the resolver holds (absent: the resolver has none). */
-  resolverHashes: ReadonlyMap<string, string>;
+  resolverHashes: Pick<ReadonlyMap<string, string>, "get" | "has">;
   /**
    * account public key -> whose the JWT the resolver holds is (ownership.ts heldOwner). An account
    * the resolver holds with a different hash is pushed over or removed only when this says it is
    * the slot's own; without an entry it counts as not natsbind's.
    */
-  resolverOwners?: ReadonlyMap<string, HeldOwner>;
+  resolverOwners?: Pick<ReadonlyMap<string, HeldOwner>, "get">;
   /** Slots the key store did not trust (KeyStore.list): reported, and no keys made in their place. */
   untrusted?: readonly UntrustedSlot[];
   /** Operator signing public key that issues the account JWTs. */
@@ -53,7 +54,22 @@ export interface PlanInput {
    * claims changed (building and hashing 10,000 accounts costs ~0.25 s). It only saves work: the
    * plan is the same with or without it.
    */
-  memo?: Map<string, { inputs: string; hash: string }>;
+  memo?: Map<string, PlanMemoEntry>;
+}
+
+/**
+ * What plan() remembers of an account's claims: their hash, and what they were built from. The
+ * project and slot are the objects themselves: the inventory and the key store replace them on a
+ * change and never change one in place, so the same objects (and spec) mean the same claims,
+ * without serialising anything; other objects are compared by a digest of their serialisation
+ * (a digest, not the text: ~1 KB per account is 100 MB for a binding of 100,000).
+ */
+export interface PlanMemoEntry {
+  inputs: string;
+  hash: string;
+  spec: string;
+  project: GitLabProject;
+  slot: StoredAccount;
 }
 
 export interface PlannedPush {
@@ -92,7 +108,11 @@ export interface Plan {
 
 function desiredRefs(input: PlanInput): Array<{ ref: AccountRef; project: GitLabProject }> {
   const spec = input.binding.spec;
-  const projects = input.projects.filter((p) => !input.heldElsewhere?.has(p.id)).sort((a, b) => a.id - b.id);
+  const held = input.heldElsewhere;
+  const projects =
+    held && held.size > 0 ? input.projects.filter((p) => !held.has(p.id)) : [...input.projects];
+  // An inventory listing is in id order already: sorting is then one pass.
+  if (!projects.every((p, i) => i === 0 || projects[i - 1]!.id < p.id)) projects.sort((a, b) => a.id - b.id);
   if (spec.accountPer === "project") {
     return projects.map((project) => ({
       ref: { binding: input.bindingKey, projectId: project.id },
@@ -168,13 +188,41 @@ export function emptyPlan(): Plan {
   };
 }
 
+/**
+ * A binding's slots by ref, keyed by project id (a number) rather than by a ref key string. Of
+ * two slots with the same ref the last wins, as a Map by ref key did.
+ */
+function indexSlots(list: readonly StoredAccount[]): { get(ref: AccountRef): StoredAccount | undefined } {
+  const byProject = new Map<number, StoredAccount[]>();
+  for (const slot of list) {
+    const same = byProject.get(slot.ref.projectId);
+    if (!same) byProject.set(slot.ref.projectId, [slot]);
+    else same.push(slot);
+  }
+  return {
+    get(ref) {
+      const same = byProject.get(ref.projectId);
+      if (!same) return undefined;
+      for (let i = same.length - 1; i >= 0; i--) {
+        const slot = same[i]!;
+        if (slot.ref.environment === ref.environment && slot.ref.binding === ref.binding) return slot;
+      }
+      return undefined;
+    },
+  };
+}
+
 export function plan(input: PlanInput): Plan {
   const result: Plan = { ...emptyPlan(), untrusted: [...(input.untrusted ?? [])] };
   const untrusted = new Set(result.untrusted.flatMap((u) => (u.ref ? [refKey(u.ref)] : [])));
-  const slots = new Map(input.slots.map((s) => [refKey(s.ref), s]));
+  const slots = indexSlots(input.slots);
   const roleNames = input.binding.spec.roles.map((r) => r.name);
-  const wanted = new Set<string>();
-  const specKey = `${input.issuer}\u0000${input.bindingKey}\u0000${JSON.stringify(input.binding.spec)}`;
+  /** Slots of desired refs (by object: no key strings for 100,000 slots). */
+  const wanted = new Set<StoredAccount>();
+  let specKey = `${input.issuer}\u0000${input.bindingKey}\u0000${JSON.stringify(input.binding.spec)}`;
+  // The memo's own copy, when equal: its entries then match by reference, not character by character.
+  const remembered = input.memo?.values().next().value?.spec;
+  if (remembered === specKey) specKey = remembered;
 
   const notOwned = (ref: AccountRef, account: string): string | undefined => {
     if (!input.resolverHashes.has(account)) return undefined; // absent: nobody's account to take
@@ -183,34 +231,45 @@ export function plan(input: PlanInput): Plan {
   };
 
   for (const { ref, project } of desiredRefs(input)) {
-    wanted.add(refKey(ref));
+    const slot = slots.get(ref);
+    if (slot) wanted.add(slot);
     // A forged or broken slot in this place: its keys are not used, and none are made to replace it.
-    if (untrusted.has(refKey(ref))) continue;
-    const slot = slots.get(refKey(ref));
-    const missingRoles = roleNames.filter((r) => !slot?.roles[r]);
-    if (!slot || missingRoles.length > 0) {
+    if (untrusted.size > 0 && untrusted.has(refKey(ref))) continue;
+    if (!slot || roleNames.some((r) => !slot.roles[r])) {
       result.ensureKeys.push({ ref, roles: roleNames });
       continue;
     }
-    const inputs = `${specKey}\u0000${JSON.stringify([
-      project,
-      slot.roles,
-      ref.environment ?? null,
-      slot.rotation ?? null,
-      slot.revocations ?? null,
-    ])}`;
     const build = (): JwtClaims => accountClaims(desiredAccount(input, project, slot), input.issuer);
+    const known = input.memo?.get(slot.account);
     let hash =
-      input.memo?.get(slot.account)?.inputs === inputs ? input.memo.get(slot.account)!.hash : undefined;
+      known && known.spec === specKey && known.project === project && known.slot === slot
+        ? known.hash
+        : undefined;
     if (hash === undefined) {
-      try {
-        hash = claimsHash(build());
-      } catch (err) {
-        input.memo?.delete(slot.account);
-        result.problems.push({ ref, message: describeError(err) });
-        continue;
+      const inputs = createHash("sha256")
+        .update(specKey)
+        .update("\u0000")
+        .update(
+          JSON.stringify([
+            project,
+            slot.roles,
+            ref.environment ?? null,
+            slot.rotation ?? null,
+            slot.revocations ?? null,
+          ]),
+        )
+        .digest("base64");
+      if (known?.inputs === inputs) hash = known.hash;
+      else {
+        try {
+          hash = claimsHash(build());
+        } catch (err) {
+          input.memo?.delete(slot.account);
+          result.problems.push({ ref, message: describeError(err) });
+          continue;
+        }
       }
-      input.memo?.set(slot.account, { inputs, hash });
+      input.memo?.set(slot.account, { inputs, hash, spec: specKey, project, slot });
     }
     const held = input.resolverHashes.get(slot.account);
     const foreign = held === hash ? undefined : notOwned(ref, slot.account);
@@ -226,8 +285,9 @@ export function plan(input: PlanInput): Plan {
       });
   }
 
-  for (const slot of [...input.slots].sort((a, b) => refKey(a.ref).localeCompare(refKey(b.ref)))) {
-    if (wanted.has(refKey(slot.ref))) continue;
+  // Only slots no longer wanted are left: sorted (few, usually none), not every slot.
+  const unwanted = input.slots.filter((slot) => !wanted.has(slots.get(slot.ref)!));
+  for (const slot of unwanted.sort((a, b) => refKey(a.ref).localeCompare(refKey(b.ref)))) {
     if (input.heldElsewhere?.has(slot.ref.projectId)) {
       result.conflict.push(slot);
       continue;

@@ -12,7 +12,7 @@
  */
 import type { GitLabSelector, NatsBinding } from "../../api/v1alpha1/types.ts";
 import { describeError } from "../../errors.ts";
-import { ProjectInventory, isEmptyDiff, type InventoryDiff } from "../../gitlab/inventory.ts";
+import { ProjectInventory, isEmptyDiff, type InventoryDiff, type Snapshot } from "../../gitlab/inventory.ts";
 import type { GitLabPort, GitLabProject } from "../../gitlab/port.ts";
 import { signalConcerns } from "../../gitlab/relevance.ts";
 import type { GitLabSignal } from "../../gitlab/signals.ts";
@@ -59,6 +59,7 @@ export class ProjectInventories implements ProjectSource {
   readonly #scopes = new Map<string, Scope>();
   readonly #bindingScope = new Map<string, string>();
   readonly #fetches = new Coalescer<number, Fetched | undefined>();
+  readonly #lists = new WeakMap<Snapshot, readonly GitLabProject[]>();
   #timer: TimerHandle | undefined;
   #stopped = false;
 
@@ -92,7 +93,14 @@ export class ProjectInventories implements ProjectSource {
   async projects(key: string, spec: NatsBinding["spec"]): Promise<readonly GitLabProject[]> {
     const scope = this.#scopeFor(key, spec);
     if (!scope.inventory.synced) await scope.inventory.resync();
-    return [...scope.inventory.snapshot().values()];
+    return this.#list(scope.inventory.snapshot());
+  }
+
+  /** A snapshot's projects as an array, made once per snapshot (snapshots are replaced, not changed). */
+  #list(snapshot: Snapshot): readonly GitLabProject[] {
+    let list = this.#lists.get(snapshot);
+    if (!list) this.#lists.set(snapshot, (list = Object.freeze([...snapshot.values()])));
+    return list;
   }
 
   /**
@@ -121,7 +129,7 @@ export class ProjectInventories implements ProjectSource {
 
   knownProjects(key: string): readonly GitLabProject[] | undefined {
     const scope = this.#scopes.get(this.#bindingScope.get(key) ?? "");
-    return scope?.inventory.synced ? [...scope.inventory.snapshot().values()] : undefined;
+    return scope?.inventory.synced ? this.#list(scope.inventory.snapshot()) : undefined;
   }
 
   environments(projectId: number): Promise<readonly string[]> {

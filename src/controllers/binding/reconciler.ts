@@ -14,6 +14,7 @@
  * trust change nothing: they show in status (Ready=False, AccountNotOwned / UntrustedKeys) and
  * are reported once through events.refused.
  */
+import { createHash } from "node:crypto";
 import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
@@ -27,7 +28,7 @@ import type { Clock } from "../../runtime/clock.ts";
 import { mapLimit } from "../../runtime/concurrency.ts";
 import { compareAge, conflictMessage, holderLabel } from "./overlap.ts";
 import { heldOwner, heldOwnerOfClaims, notOwnedProblem, ownerKey, type HeldOwner } from "./ownership.ts";
-import { emptyPlan, plan, type Plan } from "./plan.ts";
+import { emptyPlan, plan, type Plan, type PlanMemoEntry, type PlannedPush } from "./plan.ts";
 import type { KeyRotator } from "../../rotation/rotator.ts";
 import { phaseOf } from "../../rotation/phases.ts";
 import { refKey } from "../../keystore/port.ts";
@@ -153,16 +154,17 @@ export class BindingReconciler implements Reconciler<string> {
    * account -> claims hash the resolver was last seen or made to hold, and whose that JWT is
    * (ownership.ts); cleared by drift checks.
    */
-  readonly #held = new Map<string, { hash: string; checkedAt: number; owner: HeldOwner }>();
+  readonly #held = new Map<string, HeldAccount>();
   /** Refusals reported per binding by its last reconcile: each is reported once, not every time. */
   readonly #refusals = new Map<string, Set<string>>();
   readonly #issuers: ReadonlySet<string>;
+  #issuersSeen = "";
   readonly #pushedAt = new Map<string, string>();
   /** Last valid spec per binding: what to apply when the binding disappears. */
   readonly #lastSpec = new Map<string, NatsBinding["spec"]>();
   readonly #statuses = new Map<string, BindingStatus>();
   /** Built claims per binding and account, reused while their inputs are unchanged. */
-  readonly #memo = new Map<string, Map<string, { inputs: string; hash: string }>>();
+  readonly #memo = new Map<string, Map<string, PlanMemoEntry>>();
   /** binding -> (project id -> older binding holding it), as of the binding's last reconcile. */
   readonly #yielded = new Map<string, ReadonlyMap<number, string>>();
   /** binding -> the gate's last verdict (Kubernetes mode): a refused binding holds no project. */
@@ -171,6 +173,16 @@ export class BindingReconciler implements Reconciler<string> {
   constructor(o: BindingReconcilerOptions) {
     this.#o = o;
     this.#issuers = o.trustedIssuers ?? new Set([o.signer.getPublicKey()]);
+  }
+
+  /**
+   * The trusted issuers as one string, the same string while they do not change: a held JWT's owner
+   * was judged under them (the set is live: `natsbind operator activate` changes it).
+   */
+  #issuersKey(): string {
+    const now = [...this.#issuers].sort().join(",");
+    if (now !== this.#issuersSeen) this.#issuersSeen = now;
+    return this.#issuersSeen;
   }
 
   #nowIso(): string {
@@ -205,6 +217,14 @@ export class BindingReconciler implements Reconciler<string> {
     // Only an authorized spec is remembered: it is what applies when the binding goes.
     this.#lastSpec.set(key, binding.spec);
 
+    // What the resolver holds for the stored slots does not depend on the projects: it is read
+    // beside the GitLab listing (after a restart, 100,000 accounts took ~15 s to list and as long
+    // to look up, one after the other). Only reads; a failure shows again when planning below.
+    const prefetched = this.#o.keys
+      .list(key)
+      .then((slots) => this.#resolverHashes(slots, new Set()))
+      .catch(() => undefined);
+
     let projects: readonly GitLabProject[];
     const environments = new Map<number, readonly string[]>();
     try {
@@ -213,6 +233,7 @@ export class BindingReconciler implements Reconciler<string> {
         for (const p of projects) environments.set(p.id, await this.#o.projects.environments(p.id));
       }
     } catch (err) {
+      await prefetched; // no reads left running after the reconcile
       return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
     }
 
@@ -222,26 +243,29 @@ export class BindingReconciler implements Reconciler<string> {
     try {
       conflicts = await this.#conflicts(key, projects);
     } catch (err) {
+      await prefetched; // no reads left running after the reconcile
       return this.#fail(key, generation, new StepError(REASON.GitLabError, CONDITION.GitLabSynced, err));
     }
     this.#yielded.set(key, conflicts);
-    const owned = projects.filter((p) => !conflicts.has(p.id));
+    const owned = conflicts.size > 0 ? projects.filter((p) => !conflicts.has(p.id)) : projects;
     const held = new Set(conflicts.keys());
 
     try {
+      await prefetched;
       let untrusted: UntrustedSlot[] = [];
       let slots = await this.#o.keys.list(key, untrusted);
       let current = await this.#plan(key, binding, owned, environments, slots, untrusted, undefined, held);
+      // Accounts created and pushed before the final plan (which finds them up to date).
+      const early = new Set<string>();
+      // The slots the plan manages, worked out once per (slots, plan) pair.
+      let managedOf: { slots: readonly StoredAccount[]; plan: Plan; managed: StoredAccount[] } | undefined;
+      const managed = (): StoredAccount[] => {
+        if (managedOf?.slots !== slots || managedOf.plan !== current)
+          managedOf = { slots, plan: current, managed: managedSlots(slots, current) };
+        return managedOf.managed;
+      };
       if (current.ensureKeys.length > 0) {
-        // Accounts whose keys ensure() just generated cannot be on the resolver: no lookup for
-        // them. Keys it found (another writer's, maybe not natsbind's) are looked up as any.
-        const fresh = new Set<string>();
-        // Each ensure is durable before it resolves (fsync); many in flight share the disk's time.
-        const at = this.#o.clock.now();
-        await mapLimit(current.ensureKeys, this.#o.keyConcurrency ?? 32, async ({ ref, roles }) => {
-          const keys = await this.#o.keys.ensure(ref, roles, at);
-          if (keys.created) fresh.add(keys.account);
-        });
+        const fresh = await this.#createAndPush(key, binding, owned, environments, current.ensureKeys, early);
         untrusted = [];
         slots = await this.#o.keys.list(key, untrusted);
         current = await this.#plan(key, binding, owned, environments, slots, untrusted, fresh, held);
@@ -254,7 +278,7 @@ export class BindingReconciler implements Reconciler<string> {
         const before = await rotator.beforePush(
           key,
           binding.spec,
-          managedSlots(slots, current),
+          managed(),
           new Set(current.upToDate.map((x) => x.account)),
           requests,
         );
@@ -270,19 +294,23 @@ export class BindingReconciler implements Reconciler<string> {
       }
       await this.#apply(key, current);
       if (rotator) {
-        const pushed = new Set(current.push.map((x) => x.account));
-        const after = await rotator.afterPush(key, binding.spec, managedSlots(slots, current), pushed);
+        const pushed = new Set([...early, ...current.push.map((x) => x.account)]);
+        const after = await rotator.afterPush(key, binding.spec, managed(), pushed);
         if (after.changed) slots = await this.#o.keys.list(key);
         if (after.nextAt !== undefined && (nextAt === undefined || after.nextAt < nextAt))
           nextAt = after.nextAt;
         if (after.failed) nextAt = Math.min(nextAt ?? Infinity, this.#o.clock.now() + ROTATION_RETRY_MS);
       }
       this.#reportRefusals(key, current);
-      const status = this.#status(key, generation, projects, projects.length, conflicts, current);
+      const status = this.#status(key, generation, projects, projects.length, conflicts, current, early);
       if (rotator) {
-        const managed = managedSlots(slots, current);
-        status.rotation = rotator.status(key, binding.spec, managed);
-        const byAccount = new Map(managed.map((slot) => [slot.account, slot]));
+        status.rotation = rotator.status(key, binding.spec, managed());
+        const listed = new Set(status.accounts.map((a) => a.account));
+        const byAccount = new Map(
+          managed()
+            .filter((slot) => listed.has(slot.account))
+            .map((slot) => [slot.account, slot]),
+        );
         for (const summary of status.accounts) {
           const slot = byAccount.get(summary.account);
           if (!slot) continue;
@@ -294,7 +322,7 @@ export class BindingReconciler implements Reconciler<string> {
         }
       }
       await this.#publish(key, status);
-      this.#overlapsChanged(key, new Set(owned.map((p) => p.id)));
+      this.#overlapsChanged(key, owned);
       const now = this.#o.clock.now();
       const untilNext = nextAt !== undefined ? Math.max(1_000, nextAt - now) : Infinity;
       return { requeueAfterMs: Math.min(this.#o.driftCheckMs, untilNext) };
@@ -362,7 +390,6 @@ export class BindingReconciler implements Reconciler<string> {
   async #conflicts(key: string, projects: readonly GitLabProject[]): Promise<Map<number, string>> {
     const conflicts = new Map<number, string>();
     if (projects.length === 0) return conflicts;
-    const ids = new Set(projects.map((p) => p.id));
     const self = this.#age(key);
     const older = this.#o.bindings
       .validKeys()
@@ -370,6 +397,8 @@ export class BindingReconciler implements Reconciler<string> {
       .map((other) => this.#age(other))
       .filter((other) => compareAge(other, self) < 0)
       .sort(compareAge);
+    if (older.length === 0) return conflicts;
+    const ids = new Set(projects.map((p) => p.id));
     for (const { key: other } of older) {
       // Age counts only among bindings the gate allows: a refused binding (e.g. created early by
       // a tenant naming someone else's group) must not block the rightful one.
@@ -424,9 +453,13 @@ export class BindingReconciler implements Reconciler<string> {
    * whose overlap with it changed, so a younger binding takes projects over, or reports that it
    * leaves them, without waiting for its next drift check.
    */
-  #overlapsChanged(key: string, owned: ReadonlySet<number> | undefined): void {
+  #overlapsChanged(key: string, ownedProjects: readonly GitLabProject[] | undefined): void {
     const requeue = this.#o.requeue;
     if (!requeue) return;
+    // Alone (no other binding, none yielded): nothing to requeue, and no set of every project id.
+    const alone = (keys: Iterable<string>): boolean => [...keys].every((k) => k === key);
+    if (alone(this.#yielded.keys()) && alone(this.#o.bindings.validKeys())) return;
+    const owned = ownedProjects && new Set(ownedProjects.map((p) => p.id));
     const wanted = new Set<string>();
     for (const [other, held] of this.#yielded) {
       if (other === key) continue;
@@ -449,29 +482,38 @@ export class BindingReconciler implements Reconciler<string> {
     for (const other of [...wanted].sort()) requeue(other);
   }
 
-  /** What the resolver holds for `slots` (hash and owner), from lookups cached until the drift check. */
+  /**
+   * What the resolver holds for `slots` (hash and owner), from lookups cached until the drift
+   * check: views of the cache (every slot's entry is current once the stale ones were looked up),
+   * not maps copied per reconcile.
+   */
   async #resolverHashes(
     slots: readonly StoredAccount[],
     fresh: ReadonlySet<string>,
-  ): Promise<{ hashes: Map<string, string>; owners: Map<string, HeldOwner> }> {
+  ): Promise<{
+    hashes: Pick<ReadonlyMap<string, string>, "get" | "has">;
+    owners: Pick<ReadonlyMap<string, HeldOwner>, "get">;
+  }> {
     const now = this.#o.clock.now();
-    const hashes = new Map<string, string>();
-    const owners = new Map<string, HeldOwner>();
-    const stale = slots.filter((s) => {
-      if (fresh.has(s.account)) return false;
-      const held = this.#held.get(s.account);
-      if (held && now - held.checkedAt < this.#o.driftCheckMs) {
-        hashes.set(s.account, held.hash);
-        owners.set(s.account, held.owner);
-        return false;
-      }
-      return true;
-    });
+    const current = (account: string): HeldAccount | undefined => {
+      const held = this.#held.get(account);
+      return held && now - held.checkedAt < this.#o.driftCheckMs ? held : undefined;
+    };
+    const stale = slots.filter((s) => !current(s.account) && !fresh.has(s.account));
+    const issuers = this.#issuersKey();
     try {
       await mapLimit(stale, 32, async (s) => {
         const jwt = await this.#o.resolver.lookup(s.account);
         if (jwt === undefined) {
           this.#held.delete(s.account);
+          return;
+        }
+        // The very JWT seen (or pushed) before, under the same issuers: the same hash and owner,
+        // without decoding it again (a drift check of 100,000 accounts decoded 100,000 JWTs).
+        const digest = jwtDigest(jwt);
+        const before = this.#held.get(s.account);
+        if (before?.jwt === digest && before.issuers === issuers) {
+          this.#held.set(s.account, { ...before, checkedAt: now });
           return;
         }
         // One read of the JWT for both: its claims hash and whose account it is.
@@ -485,14 +527,15 @@ export class BindingReconciler implements Reconciler<string> {
           owner = { problem: describeError(err) };
           hash = "";
         }
-        this.#held.set(s.account, { hash, checkedAt: now, owner });
-        hashes.set(s.account, hash);
-        owners.set(s.account, owner);
+        this.#held.set(s.account, { hash, checkedAt: now, owner, jwt: digest, issuers });
       });
     } catch (err) {
       throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
     }
-    return { hashes, owners };
+    return {
+      hashes: { get: (a) => current(a)?.hash, has: (a) => current(a) !== undefined },
+      owners: { get: (a) => current(a)?.owner },
+    };
   }
 
   async #plan(
@@ -506,7 +549,7 @@ export class BindingReconciler implements Reconciler<string> {
     heldElsewhere: ReadonlySet<number> = new Set(),
   ): Promise<Plan> {
     // Slots of projects an older binding holds are left alone: not even looked up.
-    const managed = slots.filter((s) => !heldElsewhere.has(s.ref.projectId));
+    const managed = heldElsewhere.size > 0 ? slots.filter((s) => !heldElsewhere.has(s.ref.projectId)) : slots;
     const held = await this.#resolverHashes(managed, fresh);
     return plan({
       bindingKey: key,
@@ -523,25 +566,105 @@ export class BindingReconciler implements Reconciler<string> {
     });
   }
 
-  #memoFor(key: string): Map<string, { inputs: string; hash: string }> {
+  #memoFor(key: string): Map<string, PlanMemoEntry> {
     let memo = this.#memo.get(key);
     if (!memo) this.#memo.set(key, (memo = new Map()));
     return memo;
   }
 
-  async #apply(key: string, p: Plan): Promise<void> {
-    const iat = Math.floor(this.#o.clock.now() / 1000);
-    try {
-      await mapLimit(p.push, this.#o.pushConcurrency ?? 16, async (push) => {
-        await this.#o.resolver.push(signJwt(push.claims(), this.#o.signer, iat));
-        this.#held.set(push.account, {
-          hash: push.hash,
-          checkedAt: this.#o.clock.now(),
-          owner: { owner: ownerKey(key, push.ref) },
-        });
-        this.#pushedAt.set(push.account, this.#nowIso());
-        this.#o.events?.pushed?.(key, push.account, push.ref);
+  /**
+   * Creates the keys of `ensure` in chunks, and pushes each chunk's new accounts while the next
+   * chunk's keys are made and stored: a cold start pushes from its first chunk on instead of after
+   * every key is stored, and holds one chunk of pushes at a time. Only accounts ensure() created
+   * go early: no JWT can name their keys yet, so there is nothing to look up and no owner to
+   * check; slots it completed with a missing role key are planned with the others. Each account
+   * pushed goes into `early`; returns the accounts created (not to be looked up).
+   */
+  async #createAndPush(
+    key: string,
+    binding: NatsBinding,
+    projects: readonly GitLabProject[],
+    environments: ReadonlyMap<number, readonly string[]>,
+    ensure: Plan["ensureKeys"],
+    early: Set<string>,
+  ): Promise<Set<string>> {
+    const fresh = new Set<string>();
+    const byId = new Map(projects.map((p) => [p.id, p]));
+    // Each ensure is durable before it resolves; side by side they share the key store's commits.
+    const at = this.#o.clock.now();
+    let pushing: Promise<void> = Promise.resolve();
+    for (let i = 0; i < ensure.length; i += CREATE_CHUNK) {
+      const created: StoredAccount[] = [];
+      try {
+        await mapLimit(
+          ensure.slice(i, i + CREATE_CHUNK),
+          this.#o.keyConcurrency ?? this.#o.keys.ensureConcurrency ?? 32,
+          async ({ ref, roles }) => {
+            const {
+              accountKey: _a,
+              roleKeys: _r,
+              created: isNew,
+              ...slot
+            } = await this.#o.keys.ensure(ref, roles, at);
+            if (!isNew) return;
+            fresh.add(slot.account);
+            created.push(slot);
+          },
+        );
+      } catch (err) {
+        await pushing.catch(() => undefined);
+        throw err;
+      }
+      await pushing;
+      const chunkProjects = [...new Set(created.map((s) => s.ref.projectId))].flatMap((id) => {
+        const project = byId.get(id);
+        return project ? [project] : [];
       });
+      const p = plan({
+        bindingKey: key,
+        binding,
+        projects: chunkProjects,
+        environments,
+        slots: created,
+        resolverHashes: new Map(),
+        issuer: this.#o.signer.getPublicKey(),
+        memo: this.#memoFor(key),
+      });
+      pushing = this.#push(key, p.push, early);
+      // Awaited at the next chunk (or below); meanwhile a failure must not count as unhandled.
+      pushing.catch(() => undefined);
+    }
+    try {
+      await pushing;
+    } catch (err) {
+      throw new StepError(REASON.ResolverError, CONDITION.ResolverSynced, err);
+    }
+    return fresh;
+  }
+
+  /** Signs and pushes `pushes` (pushConcurrency in flight); records each one pushed in `done`. */
+  async #push(key: string, pushes: readonly PlannedPush[], done?: Set<string>): Promise<void> {
+    const iat = Math.floor(this.#o.clock.now() / 1000);
+    const issuers = this.#issuersKey();
+    await mapLimit(pushes, this.#o.pushConcurrency ?? 16, async (push) => {
+      const jwt = signJwt(push.claims(), this.#o.signer, iat);
+      await this.#o.resolver.push(jwt);
+      this.#held.set(push.account, {
+        hash: push.hash,
+        checkedAt: this.#o.clock.now(),
+        owner: { owner: ownerKey(key, push.ref) },
+        jwt: jwtDigest(jwt),
+        issuers,
+      });
+      this.#pushedAt.set(push.account, this.#nowIso());
+      done?.add(push.account);
+      this.#o.events?.pushed?.(key, push.account, push.ref);
+    });
+  }
+
+  async #apply(key: string, p: Plan): Promise<void> {
+    try {
+      await this.#push(key, p.push);
       const removed: StoredAccount[] = [];
       for (const slot of p.remove) {
         const refused = await this.#removeAccount(key, slot);
@@ -678,49 +801,109 @@ export class BindingReconciler implements Reconciler<string> {
     selected: number,
     conflicts: ReadonlyMap<number, string>,
     p: Plan,
+    early: ReadonlySet<string> = new Set(),
   ): BindingStatus {
-    const byId = new Map(projects.map((x) => [x.id, x]));
-    const summary = (
-      ref: AccountRef,
-      account: string,
-      state: AccountSummary["state"],
-      extra: Partial<AccountSummary> = {},
-    ) => {
-      const pushedAt = this.#pushedAt.get(account);
+    // Status lists MAX_ACCOUNT_SUMMARIES accounts, lowest project ids first: only those are built
+    // (a binding of 100,000 accounts used to build, sort and drop 100,000 summaries per reconcile).
+    const listed: Array<{
+      ref: AccountRef;
+      account: string;
+      state: AccountSummary["state"];
+      message?: string;
+    }> = [];
+    const top = new SmallestK<{ ref: AccountRef; source: number; index: number }>(
+      MAX_ACCOUNT_SUMMARIES,
+      (a, b) =>
+        a.ref.projectId - b.ref.projectId ||
+        (a.ref.environment ?? "").localeCompare(b.ref.environment ?? "") ||
+        a.source - b.source ||
+        a.index - b.index,
+    );
+    const sources: ReadonlyArray<ReadonlyArray<{ ref?: AccountRef }>> = [
+      p.push,
+      p.upToDate,
+      p.retain,
+      p.conflict,
+      p.problems,
+      p.notOwned,
+      p.untrusted,
+    ];
+    let total = 0;
+    sources.forEach((list, source) =>
+      list.forEach((x, index) => {
+        if (!x.ref) return;
+        total += 1;
+        top.offer({ ref: x.ref, source, index });
+      }),
+    );
+    for (const { ref, source, index } of top.sorted()) {
+      switch (source) {
+        case 0:
+          listed.push({ ref, account: p.push[index]!.account, state: "Ready" });
+          break;
+        case 1:
+          listed.push({ ref, account: p.upToDate[index]!.account, state: "Ready" });
+          break;
+        case 2:
+          listed.push({
+            ref,
+            account: p.retain[index]!.account,
+            state: "Retained",
+            message: "no longer selected; kept (deletionPolicy Retain)",
+          });
+          break;
+        case 3:
+          listed.push({
+            ref,
+            account: p.conflict[index]!.account,
+            state: "Conflict",
+            message:
+              `project held by an older ${holderLabel(key, conflicts.get(ref.projectId) ?? "")}; ` +
+              "this account is left as it is (not updated, not deleted)",
+          });
+          break;
+        case 4:
+          listed.push({ ref, account: "", state: "Problem", message: p.problems[index]!.message });
+          break;
+        case 5:
+          listed.push({
+            ref,
+            account: p.notOwned[index]!.account,
+            state: "Problem",
+            message: p.notOwned[index]!.message,
+          });
+          break;
+        default:
+          listed.push({
+            ref,
+            account: "",
+            state: "Problem",
+            message: `${p.untrusted[index]!.message}: natsbind does not use this slot`,
+          });
+      }
+    }
+    const wantedIds = new Set(listed.map((x) => x.ref.projectId));
+    const paths = new Map<number, string>();
+    for (const project of projects)
+      if (wantedIds.has(project.id)) paths.set(project.id, project.pathWithNamespace);
+    const accounts: AccountSummary[] = listed.map(({ ref, account, state, message }) => {
+      const pushedAt = account ? this.#pushedAt.get(account) : undefined;
+      const held = account ? this.#held.get(account) : undefined;
       return {
         projectId: ref.projectId,
-        projectPath: byId.get(ref.projectId)?.pathWithNamespace ?? "(not in scope)",
+        projectPath: paths.get(ref.projectId) ?? "(not in scope)",
         ...(ref.environment !== undefined ? { environment: ref.environment } : {}),
         account,
-        ...(this.#held.get(account) ? { claimsHash: this.#held.get(account)!.hash } : {}),
+        ...(held ? { claimsHash: held.hash } : {}),
         ...(pushedAt ? { pushedAt } : {}),
         state,
-        ...extra,
+        ...(message !== undefined ? { message } : {}),
       } satisfies AccountSummary;
-    };
-    const accounts: AccountSummary[] = [
-      ...p.push.map((x) => summary(x.ref, x.account, "Ready")),
-      ...p.upToDate.map((x) => summary(x.ref, x.account, "Ready")),
-      ...p.retain.map((x) =>
-        summary(x.ref, x.account, "Retained", {
-          message: "no longer selected; kept (deletionPolicy Retain)",
-        }),
-      ),
-      ...p.conflict.map((x) =>
-        summary(x.ref, x.account, "Conflict", {
-          message:
-            `project held by an older ${holderLabel(key, conflicts.get(x.ref.projectId) ?? "")}; ` +
-            "this account is left as it is (not updated, not deleted)",
-        }),
-      ),
-      ...p.problems.map((x) => ({ ...summary(x.ref, "", "Problem"), message: x.message })),
-      ...p.notOwned.map((x) => ({ ...summary(x.ref, x.account, "Problem"), message: x.message })),
-      ...p.untrusted.flatMap((u) =>
-        u.ref
-          ? [{ ...summary(u.ref, "", "Problem"), message: `${u.message}: natsbind does not use this slot` }]
-          : [],
-      ),
-    ].sort((a, b) => a.projectId - b.projectId || (a.environment ?? "").localeCompare(b.environment ?? ""));
+    });
+    // Accounts created and pushed before the final plan count as pushed, as they were.
+    const pushedEarly = early.size > 0 ? p.upToDate.filter((x) => early.has(x.account)).length : 0;
+    const pushedCount = p.push.length + pushedEarly;
+    const upToDateCount = p.upToDate.length - pushedEarly;
 
     const now = this.#nowIso();
     const previous = this.#statuses.get(key)?.conditions ?? [];
@@ -745,7 +928,7 @@ export class BindingReconciler implements Reconciler<string> {
         status: "True",
         reason: REASON.Reconciled,
         message:
-          `${p.push.length} pushed, ${p.upToDate.length} up to date, ${p.remove.length} removed` +
+          `${pushedCount} pushed, ${upToDateCount} up to date, ${p.remove.length} removed` +
           (p.conflict.length > 0 ? `, ${p.conflict.length} left as they are (conflict)` : ""),
         observedGeneration: generation,
       },
@@ -783,18 +966,86 @@ export class BindingReconciler implements Reconciler<string> {
       counts: {
         projects: selected,
         accounts: p.push.length + p.upToDate.length + p.retain.length,
-        pushed: p.push.length,
-        upToDate: p.upToDate.length,
+        pushed: pushedCount,
+        upToDate: upToDateCount,
         retained: p.retain.length,
         problems,
       },
-      accounts: accounts.slice(0, MAX_ACCOUNT_SUMMARIES),
-      ...(accounts.length > MAX_ACCOUNT_SUMMARIES
-        ? { accountsTruncated: accounts.length - MAX_ACCOUNT_SUMMARIES }
-        : {}),
+      accounts,
+      ...(total > MAX_ACCOUNT_SUMMARIES ? { accountsTruncated: total - MAX_ACCOUNT_SUMMARIES } : {}),
     };
     this.#statuses.set(key, status);
     return status;
+  }
+}
+
+/** What the resolver was last seen (or made) to hold for an account. */
+interface HeldAccount {
+  /** Claims hash of that JWT ("" when it did not decode). */
+  hash: string;
+  checkedAt: number;
+  /** Whose the JWT is (ownership.ts), judged under `issuers`. */
+  owner: HeldOwner;
+  /** Digest of the JWT itself: the same JWT again needs no decoding. */
+  jwt?: string;
+  issuers?: string;
+}
+
+function jwtDigest(jwt: string): string {
+  return createHash("sha256").update(jwt).digest("base64");
+}
+
+/**
+ * The k smallest of the items offered, by `compare` (a total order): a bounded max-heap, so most
+ * offers of a long, mostly ascending sequence cost one comparison.
+ */
+class SmallestK<T> {
+  readonly #k: number;
+  readonly #compare: (a: T, b: T) => number;
+  readonly #heap: T[] = [];
+
+  constructor(k: number, compare: (a: T, b: T) => number) {
+    this.#k = k;
+    this.#compare = compare;
+  }
+
+  offer(item: T): void {
+    const heap = this.#heap;
+    if (heap.length < this.#k) {
+      heap.push(item);
+      this.#up(heap.length - 1);
+    } else if (this.#k > 0 && this.#compare(item, heap[0]!) < 0) {
+      heap[0] = item;
+      this.#down(0);
+    }
+  }
+
+  sorted(): T[] {
+    return [...this.#heap].sort(this.#compare);
+  }
+
+  #up(i: number): void {
+    const heap = this.#heap;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (this.#compare(heap[i]!, heap[parent]!) <= 0) return;
+      [heap[i], heap[parent]] = [heap[parent]!, heap[i]!];
+      i = parent;
+    }
+  }
+
+  #down(i: number): void {
+    const heap = this.#heap;
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let largest = i;
+      if (left < heap.length && this.#compare(heap[left]!, heap[largest]!) > 0) largest = left;
+      if (right < heap.length && this.#compare(heap[right]!, heap[largest]!) > 0) largest = right;
+      if (largest === i) return;
+      [heap[i], heap[largest]] = [heap[largest]!, heap[i]!];
+      i = largest;
+    }
   }
 }
 
@@ -805,11 +1056,34 @@ function problemReason(p: Plan): string {
   return REASON.AccountProblems;
 }
 
+/**
+ * Slots created per step of a cold start (#createAndPush): the first pushes start after this many
+ * slots are stored, and one step's pushes run beside the next step's key generation.
+ */
+const CREATE_CHUNK = 1_000;
+
 /** How soon a binding whose rotation step failed is reconciled again. */
 const ROTATION_RETRY_MS = 30_000;
 
 /** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
 function managedSlots(slots: readonly StoredAccount[], p: Plan): StoredAccount[] {
-  const refs = new Set([...p.push, ...p.upToDate].map((x) => refKey(x.ref)));
-  return slots.filter((slot) => refs.has(refKey(slot.ref)));
+  // By account, then ref (an entry's account is its slot's): no key strings for 100,000 slots.
+  const refs = new Map<string, AccountRef>();
+  for (const x of [p.push, p.upToDate].flat()) {
+    if (refs.has(x.account)) {
+      // Two slots naming one account (copied files): match by ref key.
+      const keys = new Set([...p.push, ...p.upToDate].map((y) => refKey(y.ref)));
+      return slots.filter((slot) => keys.has(refKey(slot.ref)));
+    }
+    refs.set(x.account, x.ref);
+  }
+  return slots.filter((slot) => {
+    const ref = refs.get(slot.account);
+    return (
+      ref !== undefined &&
+      ref.projectId === slot.ref.projectId &&
+      ref.environment === slot.ref.environment &&
+      ref.binding === slot.ref.binding
+    );
+  });
 }

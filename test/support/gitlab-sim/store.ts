@@ -128,6 +128,11 @@ export class SimStore {
   private projectSeq = 0;
   private environmentSeq = 0;
   private lastTimeMs = 0;
+  /**
+   * Bumped by every change that can alter a listing (groups and projects created, renamed,
+   * transferred or deleted): the simulator keeps sorted listings until it changes.
+   */
+  version = 0;
 
   private readonly sink: EventSink;
 
@@ -387,6 +392,7 @@ export class SimStore {
   // ---------------------------------------------------------------- mutations
 
   private insertGroup(o: NewGroup): SimGroup {
+    this.version += 1;
     const parentId = o.parentId ?? null;
     if (parentId !== null) this.group(parentId);
     const path = o.path ?? pathFromName(o.name);
@@ -417,6 +423,7 @@ export class SimStore {
   }
 
   private insertProject(o: NewProject): SimProject {
+    this.version += 1;
     const group = this.group(o.groupId);
     const path = o.path ?? pathFromName(o.name);
     const id = this.projectSeq + 1;
@@ -454,6 +461,7 @@ export class SimStore {
    * Name-only change: project_update (GitLab fires project_update unless the path changed).
    */
   renameProject(id: number, o: Rename): void {
+    this.version += 1;
     const p = this.project(id);
     const oldFullPath = this.projectFullPath(p);
     const newPath = o.path ?? p.path;
@@ -480,6 +488,7 @@ export class SimStore {
 
   /** project_transfer (system hook only) and a redirect from the old path. */
   transferProject(id: number, newGroupId: number): void {
+    this.version += 1;
     const p = this.project(id);
     if (p.groupId === newGroupId)
       throw new Error(`gitlab-sim: project ${id} is already in group ${newGroupId}`);
@@ -501,6 +510,7 @@ export class SimStore {
   }
 
   private removeProject(p: SimProject): SimEvent[] {
+    this.version += 1;
     const events = this.projectEvents(p, "destroy");
     this.releaseRoute(p.groupId, p.path);
     this.groupProjects.get(p.groupId)?.delete(p.id);
@@ -520,6 +530,7 @@ export class SimStore {
    * full path and leaves redirects for the descendant projects.
    */
   renameGroup(id: number, o: Rename): void {
+    this.version += 1;
     const g = this.group(id);
     const newPath = o.path ?? g.path;
     const newName = o.name ?? g.name;
@@ -558,6 +569,7 @@ export class SimStore {
    * project_destroy, every group group_destroy (system hooks) and, below a parent, subgroup_destroy.
    */
   deleteGroup(id: number): { removedGroupIds: number[] } {
+    this.version += 1;
     const g = this.group(id);
     const events: SimEvent[] = [];
     const removed: number[] = [];
