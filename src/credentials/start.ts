@@ -130,6 +130,7 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
           onRefused: (r) => service.recordDoorRefusal("callout", r),
           log: log.child({ door: "callout" }),
           timeoutMs: s.config.nats.timeoutMs,
+          connections: c.callout.connections,
         });
         stops.push(() => callout.stop());
         await warnServersWithoutDefaultSentinel(s.resolver, log);

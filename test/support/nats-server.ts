@@ -96,9 +96,11 @@ export interface NatsServer {
   logs(): string;
   /**
    * Stops the server and starts it again on the same ports and dir (the resolver's stored JWTs
-   * survive). Pass operatorJwt to change the trusted operator, which needs a restart.
+   * survive). Pass operatorJwt to change the trusted operator, which needs a restart. lameDuck
+   * stops it as a rolling restart should: lame duck mode (SIGUSR2, what `nats-server --signal ldm`
+   * sends) closes the listener, tells the clients, and closes them one by one before exiting.
    */
-  restart(opts?: { operatorJwt?: string }): Promise<void>;
+  restart(opts?: { operatorJwt?: string; lameDuck?: boolean }): Promise<void>;
   /** Stops the server and removes its temp dir. */
   stop(): Promise<void>;
 }
@@ -159,6 +161,9 @@ function renderConfig(plan: ServerPlan, opts: NatsServerOptions): string {
     ...Object.entries(opts.preloadAccounts ?? {}).map(([account, jwt]) => `  ${q(account)}: ${q(jwt)}`),
     `}`,
   ];
+  // restart({lameDuck: true}): the shortest lame duck nats-server accepts (30 s, spread over the
+  // clients it closes one at a time, at most 1 s apart) after a short grace period.
+  lines.push(`lame_duck_duration: "30s"`, `lame_duck_grace_period: "500ms"`);
   if (opts.defaultSentinel !== undefined) lines.push(`default_sentinel: ${q(opts.defaultSentinel)}`);
   if (opts.maxControlLine !== undefined) lines.push(`max_control_line: ${opts.maxControlLine}`);
   if (plan.clusterPort !== undefined && plan.clusterName !== undefined) {
@@ -228,7 +233,7 @@ async function launch(plan: ServerPlan, opts: NatsServerOptions): Promise<NatsSe
     logs: () => proc.logs(),
     async restart(restartOpts = {}) {
       if (stopped) throw new Error(`nats-server ${plan.name} was stopped; cannot restart`);
-      await proc.stop();
+      await proc.stop(restartOpts.lameDuck ? { signal: "SIGUSR2", timeoutMs: 45_000 } : {});
       if (restartOpts.operatorJwt !== undefined) {
         await writeFile(opFile, restartOpts.operatorJwt.trim() + "\n");
       }
