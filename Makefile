@@ -26,7 +26,7 @@ export npm_config_audit := false
 TEST_UNIT := $(shell find test/unit -name '*.test.ts' 2>/dev/null | sort)
 TEST_INTEGRATION := $(shell find test/integration -name '*.test.ts' 2>/dev/null | sort)
 
-.PHONY: help node deps tools build crds lint fmt typecheck test test-unit test-integration bench demo clean
+.PHONY: help node deps tools build crds monitoring lint fmt typecheck test test-unit test-integration bench demo clean
 
 help:
 	@echo "make demo   - run natsbind locally against a real nats-server and show what it did"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench  - benchmarks (medians, ratios against a baseline in the same run)"
 	@echo "make tools  - build nats-server, nsc, etcd, kube-apiserver, kubectl, jq into .cache/bin"
 	@echo "make crds   - regenerate crds/natsbinding.yaml from src/api/v1alpha1"
+	@echo "make monitoring - regenerate deploy/monitoring/prometheusrule.yaml from charts/natsbind/files/prometheus-rules.yaml"
 
 $(NODE_DIR)/bin/node:
 	@echo "[node] system node is $(SYSTEM_NODE_MAJOR).x (< 22): installing Node $(NODE_VERSION) into $(NODE_DIR)"
@@ -57,6 +58,9 @@ build: deps
 
 crds: deps
 	node scripts/gen-crd.ts
+
+monitoring: deps
+	node scripts/gen-monitoring.ts
 
 typecheck: deps
 	tsc -p tsconfig.json --noEmit

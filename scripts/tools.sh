@@ -51,10 +51,23 @@ build_module() {
 
 # Kubernetes commands (kube-apiserver, kubectl): k8s.io/kubernetes replaces its staging modules with
 # local paths, so a throwaway module requires it and pins every staging module to its published
-# v0.Y.Z twin. Usage: build_kubernetes_cmd NAME (a directory under k8s.io/kubernetes/cmd).
+# v0.Y.Z twin. The version is stamped in as Kubernetes' own build does (hack/lib/version.sh):
+# unstamped, both report v0.0.0-master, and `helm install` refuses a chart's kubeVersion range
+# against that. A cached binary built before the stamp is rebuilt (only the link step runs again).
+# Usage: build_kubernetes_cmd NAME (a directory under k8s.io/kubernetes/cmd).
 build_kubernetes_cmd() {
   local name="$1" dest="$CACHE/$1-$KUBERNETES_VERSION"
-  if [[ ! -x "$dest/$name" ]]; then
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local stamp="k8s.io/component-base/version"
+  local ldflags="-X $stamp.gitVersion=$KUBERNETES_VERSION -X $stamp.gitMajor=1 -X $stamp.gitMinor=$minor -X $stamp.gitTreeState=clean"
+  local reported=""
+  if [[ -x "$dest/$name" ]]; then
+    case "$name" in
+      kubectl) reported="$("$dest/$name" version --client 2>/dev/null || true)" ;;
+      *) reported="$("$dest/$name" --version 2>/dev/null || true)" ;;
+    esac
+  fi
+  if [[ ! -x "$dest/$name" || "$reported" != *"$KUBERNETES_VERSION"* ]]; then
     log "building $name $KUBERNETES_VERSION (takes minutes)"
     local tmp; tmp="$(scratch)"
     local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
@@ -68,7 +81,7 @@ build_kubernetes_cmd() {
       } >> go.mod
       printf 'package tools\nimport _ "k8s.io/kubernetes/cmd/%s"\n' "$name" > tools.go
       go mod tidy >/dev/null
-      go build -trimpath -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name"
+      go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name"
     )
     mkdir -p "$dest" && mv "$tmp/$name" "$dest/$name" && rm -rf "$tmp"
   fi

@@ -14,56 +14,43 @@ import {
   type ReconcilerEvents,
 } from "./controllers/binding/reconciler.ts";
 import { ProjectInventories } from "./controllers/binding/projects.ts";
+import { bindingStatusMetrics } from "./controllers/binding/status-metrics.ts";
 import { NatsbindError } from "./errors.ts";
 import { GitbeakerGitLab } from "./gitlab/client.ts";
-import type { GitLabPort } from "./gitlab/port.ts";
+import { gitlabMetrics } from "./gitlab/metrics.ts";
 import type { GitLabSignal } from "./gitlab/signals.ts";
 import { WEBHOOK_PATH, createWebhookHandler } from "./gitlab/webhook.ts";
 import { startHttpServer, type HttpServer } from "./http/server.ts";
+import { timedHandler } from "./http/timing.ts";
 import { RELAY_PATH, createRelayReceiver, relayKey } from "./k8s/webhook-relay.ts";
 import type { CredentialSources } from "./credentials/directory.ts";
 import { setupCredentials } from "./credentials/start.ts";
 import { DirectoryKeyStore } from "./keystore/directory.ts";
 import { connectLiveResolver } from "./nats/from-config.ts";
 import { SigningGate } from "./operator/live-keys.ts";
-import type { AccountResolver } from "./nats/resolver.ts";
-import type { KeyPair } from "@nats-io/nkeys";
-import { createLogger, type Logger } from "./observability/logger.ts";
+import { measuredResolver } from "./nats/resolver-metrics.ts";
+import { createLogger } from "./observability/logger.ts";
 import { Registry, metricsHandler } from "./observability/metrics.ts";
-import { systemClock, type Clock } from "./runtime/clock.ts";
-import { Controller, type Reconciler } from "./runtime/controller.ts";
+import { systemClock } from "./runtime/clock.ts";
+import { Controller } from "./runtime/controller.ts";
 import { WorkQueue } from "./runtime/workqueue.ts";
 import { BindingFiles, type BindingSnapshot } from "./store/binding-files.ts";
 import { BindingFirstSeen } from "./store/binding-first-seen.ts";
 import { secureKeyDirectory } from "./store/key-directory.ts";
 import { StatusFiles } from "./store/status-files.ts";
 import { acquireRunLock, RunLockHeldError } from "./store/run-lock.ts";
-import type { KeyStore } from "./keystore/port.ts";
-import { KeyRotator, type RequestSource, type RotationEvent } from "./rotation/rotator.ts";
+import { KeyRotator } from "./rotation/rotator.ts";
 import { RequestFiles } from "./rotation/request-files.ts";
+import { registerRotationGauges } from "./rotation/metrics.ts";
+import { registerQueueGauges } from "./runtime/queue-metrics.ts";
 
 export class StartupError extends NatsbindError {}
 
-type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+import type { ModeContext, RunningMode, RunOptions } from "./mode.ts";
 
-export interface RunOptions {
-  clock?: Clock;
-  log?: Logger;
-  workers?: number;
-  /** Kubernetes mode: this replica's name in the Lease and in Events (default: host name + random). */
-  identity?: string;
-  /** Called after every reconcile: for tests and the demo. */
-  onReconciled?: (key: string, outcome: string) => void;
-  /** Called when an account was pushed: for tests and the demo. */
-  onPushed?: (key: string, account: string, projectId: number) => void;
-  /**
-   * false: no CI credential doors (a CLI running the controller briefly); the rotation overlap still
-   * follows config.credentials. Default: as configured.
-   */
-  credentials?: boolean;
-  /** Called on every rotation phase change (src/rotation/rotator.ts): for tests and the CLI. */
-  onRotation?: (key: string, event: RotationEvent) => void;
-}
+export type { RunOptions };
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export interface RunningController {
   url: string;
@@ -75,65 +62,18 @@ export interface RunningController {
   stopped: Promise<string>;
 }
 
-/** What runController hands a mode: the parts both modes share. */
-export interface ModeContext {
-  config: Config;
-  clock: Clock;
-  log: Logger;
-  opts: RunOptions;
-  queue: WorkQueue<string>;
-  inventories: ProjectInventories;
-  /** GitLab, for what the inventories do not cover (Kubernetes mode: the NatsBindingPolicy gate). */
-  gitlab: GitLabPort;
-  resolver: AccountResolver;
-  signer: KeyPair;
-  /** Keys whose account JWTs are natsbind's (with its tags): the operator JWT's, kept current. */
-  trustedIssuers: ReadonlySet<string>;
-  events: ReconcilerEvents;
-  metrics: Registry;
-  /** Builds and starts the controller around a reconciler; returns its stop. */
-  startController(reconciler: Reconciler<string>): { stop(): Promise<void> };
-  /** The HTTP listener's base URL (its real port when the config said 0). */
-  url: string;
-  /** Called by the mode when it starts or stops reconciling (signals are applied only while it does). */
-  setReconciling(on: boolean): void;
-  /**
-   * Kubernetes mode: the key of the replica-to-replica webhook relay (derived from the webhook
-   * secret); absent without a webhook secret.
-   */
-  relayKey: Buffer | undefined;
-  /** Where a replica that does not reconcile puts the signals of deliveries it accepted. */
-  setFollowerSignals(sink: (signal: GitLabSignal) => void): void;
-  /** Called by the mode when it stopped on its own. */
-  stoppedOnItsOwn(reason: string): void;
-  /**
-   * Where CI credential issuance finds bindings and keys (src/credentials/): every replica issues,
-   * leader or not, so a mode sets this whether or not it reconciles.
-   */
-  setCredentialSources(sources: CredentialSources): void;
-  /**
-   * The rotation step over a mode's key store and request source (local: request files;
-   * Kubernetes: annotations); `onEvent` adds the mode's own reporting (Kubernetes Events).
-   */
-  makeRotator(
-    keys: KeyStore,
-    requests: RequestSource,
-    onEvent?: (key: string, event: RotationEvent) => void,
-  ): KeyRotator;
-}
-
-export interface RunningMode {
-  stop(): Promise<void>;
-}
-
 export async function runController(config: Config, opts: RunOptions = {}): Promise<RunningController> {
   const clock = opts.clock ?? systemClock;
   const log = opts.log ?? createLogger({ base: { app: "natsbind" } });
   if (!config.gitlab) throw new StartupError("natsbind run needs the gitlab section of the configuration");
+  const metrics = new Registry({ processMetrics: true });
+  const gitlabObserved = gitlabMetrics(metrics);
   const gitlab = new GitbeakerGitLab({
     url: config.gitlab.url,
     token: await readSecretFile(config.gitlab.tokenFile, "GitLab token"),
     timeoutMs: config.gitlab.requestTimeout,
+    onRequest: gitlabObserved.onRequest,
+    onRetry: gitlabObserved.onRetry,
   });
   const webhookSecret = config.gitlab.webhookSecretFile
     ? await readSecretFile(config.gitlab.webhookSecretFile, "webhook secret")
@@ -148,12 +88,18 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   });
   const signer = operatorKeys.signer;
 
-  const metrics = new Registry();
   const reconciles = metrics.counter({
     name: "natsbind_reconcile_total",
     help: "Reconciles by outcome.",
     labelNames: ["outcome"],
   });
+  const reconcileSeconds = metrics.histogram({
+    name: "natsbind_reconcile_duration_seconds",
+    help: "Time of one reconcile of a binding, by outcome (done, requeue, error, terminal).",
+    labelNames: ["outcome"],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+  });
+  const bindingStatuses = bindingStatusMetrics(metrics);
   const pushes = metrics.counter({ name: "natsbind_account_pushes_total", help: "Account JWTs pushed." });
   const deletes = metrics.counter({ name: "natsbind_account_deletes_total", help: "Accounts deleted." });
   const rotationSteps = metrics.counter({
@@ -169,12 +115,16 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
   });
 
   const queue = new WorkQueue<string>({ name: "bindings", clock });
+  registerQueueGauges(metrics, queue);
   const inventories = new ProjectInventories({
     gitlab,
     clock,
     resyncIntervalMs: config.gitlab.resyncInterval,
     onChange: (keys) => keys.forEach((k) => queue.add(k)),
-    onError: (err, what) => log.warn({ err }, `gitlab inventory: ${what}`),
+    onError: (err, what) => {
+      gitlabObserved.inventoryFailed();
+      log.warn({ err }, `gitlab inventory: ${what}`);
+    },
   });
   const events: ReconcilerEvents = {
     pushed: (key, account, ref) => {
@@ -189,6 +139,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     refused: (key, { reason, message, account, ref }) => {
       log.warn({ binding: key, reason, account, projectId: ref?.projectId }, message);
     },
+    status: (key, status) => bindingStatuses.observe(key, status),
   };
 
   let reconciling = false;
@@ -214,7 +165,15 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
       },
       log,
     });
-    routes[WEBHOOK_PATH] = handler;
+    routes[WEBHOOK_PATH] = timedHandler(
+      handler,
+      metrics.histogram({
+        name: "natsbind_webhook_request_duration_seconds",
+        help: "Time to answer a GitLab webhook request (authenticate, read, validate, de-duplicate), by HTTP status.",
+        labelNames: ["code"],
+        buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      }),
+    );
     const deliveries = metrics.gauge({
       name: "natsbind_webhook_deliveries",
       help: "GitLab webhook requests received by this replica since it started, by outcome.",
@@ -297,7 +256,8 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
     queue,
     inventories,
     gitlab,
-    resolver,
+    // Counted here: Kubernetes mode's leader fence wraps this, so a follower's refusal is not counted.
+    resolver: measuredResolver(resolver, metrics),
     signer,
     trustedIssuers: operatorKeys.issuers,
     events,
@@ -314,6 +274,7 @@ export async function runController(config: Config, opts: RunOptions = {}): Prom
         log,
         onResult: (key, outcome) => {
           reconciles.labels({ outcome: outcome.kind }).inc();
+          reconcileSeconds.labels({ outcome: outcome.kind }).observe(outcome.durationMs / 1000);
           opts.onReconciled?.(key, outcome.kind);
         },
       });
@@ -533,44 +494,4 @@ export function rotationOverlapMs(config: Config): number {
 export function revocationRetentionMs(config: Config): number {
   if (config.revocations.retention !== undefined) return config.revocations.retention;
   return config.credentials ? rotationOverlapMs(config) : 7 * 86_400_000;
-}
-
-/** Rotation gauges per binding, from each rotator's last status (read at scrape time). */
-function registerRotationGauges(
-  metrics: Registry,
-  clock: Clock,
-  rotators: () => readonly KeyRotator[],
-): void {
-  const age = metrics.gauge({
-    name: "natsbind_rotation_oldest_active_key_age_seconds",
-    help: "Age of the oldest active role signing key of the binding's accounts.",
-    labelNames: ["binding"],
-  });
-  const next = metrics.gauge({
-    name: "natsbind_rotation_next_timestamp_seconds",
-    help: "When the next scheduled signing-key rotation of the binding is due (unix seconds).",
-    labelNames: ["binding"],
-  });
-  const waiting = metrics.gauge({
-    name: "natsbind_rotation_waiting_connections",
-    help: "Live connections on replaced signing keys kept past their overlap (gracePeriod).",
-    labelNames: ["binding"],
-  });
-  const phases = metrics.gauge({
-    name: "natsbind_rotation_accounts",
-    help: "Accounts of the binding per rotation phase (active, prepared, retiring).",
-    labelNames: ["binding", "phase"],
-  });
-  metrics.onCollect(() => {
-    const now = clock.now();
-    for (const rotator of rotators()) {
-      for (const [binding, s] of rotator.statuses()) {
-        if (s.oldestActiveKeySince)
-          age.labels({ binding }).set(Math.max(0, (now - Date.parse(s.oldestActiveKeySince)) / 1000));
-        if (s.nextRotation) next.labels({ binding }).set(Date.parse(s.nextRotation) / 1000);
-        waiting.labels({ binding }).set(s.waitingConnections);
-        for (const [phase, n] of Object.entries(s.accounts)) phases.labels({ binding, phase }).set(n);
-      }
-    }
-  });
 }

@@ -12,6 +12,8 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../config/config.ts";
 import { createCalloutAccount } from "../credentials/callout-account.ts";
 import { connectResolver } from "../nats/from-config.ts";
+import { ResolverUnsupportedError } from "../nats/resolver.ts";
+import { FEATURE_VERSIONS, describeServers, serversBelow } from "../nats/server-versions.ts";
 import { writeFileAtomic } from "../store/files.ts";
 import {
   calloutFiles,
@@ -47,6 +49,14 @@ export async function calloutCommand(args: string[]): Promise<void> {
 
   const { resolver, signer } = await connectResolver(config.nats);
   try {
+    // Before anything is written: the snippet's default_sentinel is an unknown field to older
+    // servers (nats-server 2.10 refuses the reload), and without it token-only clients never get in.
+    const old = serversBelow(await resolver.serverVersions(), FEATURE_VERSIONS.defaultSentinel);
+    if (old.length > 0)
+      throw new ResolverUnsupportedError(
+        `callout setup: the auth callout's default_sentinel needs nats-server >= ${FEATURE_VERSIONS.defaultSentinel} ` +
+          `on every server; older: ${describeServers(old)}. Upgrade them first; nothing was written or pushed`,
+      );
     const callout = createCalloutAccount({
       operatorSigningKey: signer,
       issuedAt: Math.floor(Date.now() / 1000),

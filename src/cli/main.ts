@@ -10,7 +10,7 @@ import { accountsCommand } from "./accounts.ts";
 import { calloutCommand } from "./callout.ts";
 import { gitlabCommand } from "./gitlab.ts";
 import { runCommand, statusCommand } from "./run.ts";
-import { credentialsCommand } from "./revoke.ts";
+import { credentialsCommand } from "./credentials.ts";
 import { rotateCommand } from "./rotate.ts";
 import { operatorCommand } from "./operator.ts";
 import { OPERATOR_USAGE, UsageError } from "./usage.ts";

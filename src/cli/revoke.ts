@@ -21,7 +21,7 @@
  * command's own messages go to standard error).
  */
 import { parseArgs } from "node:util";
-import { loadConfig, type Config } from "../config/config.ts";
+import type { Config } from "../config/config.ts";
 import { findIssuedUsers, AuditSearchError } from "../credentials/audit-search.ts";
 import { openAuditSink, type OpenedAuditSink } from "../credentials/audit.ts";
 import type { RevocationAuditEvent } from "../credentials/types.ts";
@@ -474,27 +474,6 @@ function formatRetention(ms: number): string {
   return `${Math.round(ms / 1000)} s`;
 }
 
-export async function credentialsCommand(args: string[]): Promise<void> {
-  const [sub, ...rest] = args;
-  if (sub !== "revoke")
-    throw new UsageError(
-      sub === undefined
-        ? "credentials: which one? (revoke)"
-        : `credentials: unknown command ${JSON.stringify(redactSecrets(sub, 40))}`,
-    );
-  await revokeCommand(rest);
-}
-
-export async function revokeCommand(args: string[]): Promise<void> {
-  const a = parseRevokeArgs(args);
-  const say = (line: string): void => void process.stderr.write(`${line}\n`);
-  const config = await loadConfig(a.configPath);
-  // Kubernetes mode's modules (client-node) are loaded only when used: local mode stays small.
-  if (config.mode === "kubernetes")
-    await (await import("./revoke-kubernetes.ts")).revokeInKubernetes(a, config, say);
-  else await revokeLocally(a, say);
-}
-
 /** The audit sink of natsbind.yaml, opened before anything changes: no revocation goes unaudited. */
 export function openSink(config: Config): Promise<OpenedAuditSink> {
   return openAuditSink({
@@ -504,7 +483,7 @@ export function openSink(config: Config): Promise<OpenedAuditSink> {
   });
 }
 
-async function revokeLocally(a: RevokeArgs, say: (line: string) => void): Promise<void> {
+export async function revokeLocally(a: RevokeArgs, say: (line: string) => void): Promise<void> {
   const lb = await localBinding(a.configPath, a.binding, COMMAND);
   const { config } = lb;
   const overlapMs = revocationRetentionMs(config);

@@ -105,6 +105,11 @@ const CredentialsSchema = z
         credsFile: z.string().min(1),
         /** Seed file of the callout account key (or one of its signing keys): signs the responses. */
         signingKeyFile: z.string().min(1),
+        /**
+         * Connections answering the callout, each starting at another of nats.servers: a server
+         * that stops never leaves the callout without a subscriber.
+         */
+        connections: z.number().int().min(1).max(16).default(2),
       })
       .optional(),
   })
@@ -340,6 +345,7 @@ export function parseConfig(document: unknown, source: string, baseDir: string):
             ...(config.credentials.callout
               ? {
                   callout: {
+                    ...config.credentials.callout,
                     credsFile: at(config.credentials.callout.credsFile),
                     signingKeyFile: at(config.credentials.callout.signingKeyFile),
                   },

@@ -51,6 +51,10 @@ import type { CredentialIssuer, IssueResult, RefusalCode } from "./types.ts";
 
 export class CalloutError extends NatsbindError {}
 
+/** Connections the callout answers on (credentials.callout.connections). */
+export const DEFAULT_CALLOUT_CONNECTIONS = 2;
+export const MAX_CALLOUT_CONNECTIONS = 16;
+
 /** The `aud` nats-server gives its authorization requests. */
 export const AUTH_REQUEST_AUDIENCE = "nats-authorization-request";
 /** Header nats-server sets on an encrypted (xkey) request. */
@@ -92,6 +96,11 @@ export interface CalloutOptions {
   clockSkewMs?: number;
   /** Queue group of the subscription (default "natsbind-callout"). */
   queue?: string;
+  /**
+   * Connections answering at once, each starting at another configured server (default 2): a
+   * server that goes away never leaves the callout without a subscriber.
+   */
+  connections?: number;
   clock?: Clock;
   /** A CONNECT refused before the issuer was asked (no token, both token and password): for the audit log. */
   onRefused?: (refusal: { client: string; code: RefusalCode; reason: string; message: string }) => void;
@@ -265,7 +274,7 @@ function responseError(result: { code: string; reason: string; message: string }
  * file, never the content.
  */
 export async function readCalloutFiles(
-  callout: NonNullable<NonNullable<Config["credentials"]>["callout"]>,
+  callout: Pick<NonNullable<NonNullable<Config["credentials"]>["callout"]>, "credsFile" | "signingKeyFile">,
 ): Promise<{ credsText: string; signingKey: NKeyPair; calloutAccount: string }> {
   const credsText = await readConfigReferencedFile(
     callout.credsFile,
@@ -332,30 +341,6 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
     lastWarn.set(kind, { at: now, suppressed: 0 });
     log.warn({ ...fields, ...(last?.suppressed ? { suppressed: last.suppressed } : {}) }, msg);
   };
-
-  let nc: NatsConnection;
-  try {
-    nc = await connect({
-      servers: opts.servers,
-      authenticator: credsAuthenticator(new TextEncoder().encode(opts.credsText)),
-      name: "natsbind-callout",
-      noAsyncTraces: true,
-      timeout: opts.timeoutMs ?? 5_000,
-      maxReconnectAttempts: -1,
-    });
-  } catch (cause) {
-    const servers = Array.isArray(opts.servers) ? opts.servers.join(",") : opts.servers;
-    throw new CalloutError(`callout: cannot connect to NATS at ${servers}: ${(cause as Error).message}`, {
-      cause,
-    });
-  }
-  void (async () => {
-    for await (const s of nc.status()) {
-      if (s.type === "disconnect" || s.type === "reconnect")
-        log.info({ event: s.type }, `callout connection: ${s.type}`);
-      else if (s.type === "error") log.warn({ error: s.error }, "callout connection error");
-    }
-  })().catch(() => undefined);
 
   const sign = async (request: AuthRequest, data: { jwt: string } | { error: string }): Promise<string> =>
     signedByAccountKey
@@ -458,10 +443,32 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
     }
   };
 
-  const pending: Msg[] = [];
+  /**
+   * One connection answering the callout. Each has the same queue subscription; the requests they
+   * take share one concurrency bound. `taken` counts the requests it received and has not answered
+   * yet (waiting or running): it is closed only once they are answered, on its own connection.
+   */
+  interface Member {
+    index: number;
+    nc: NatsConnection;
+    sub: Subscription;
+    taken: number;
+    idle?: () => void;
+    /** Being replaced (its server is in lame duck mode) or stopped: not replaced again. */
+    leaving: boolean;
+    retired?: Promise<void>;
+  }
+  const members = new Set<Member>();
+  /** Replacements under way (stop() waits for them). */
+  const moves = new Set<Promise<void>>();
+  const pending: Array<{ msg: Msg; member: Member }> = [];
   let inFlight = 0;
   let idle: (() => void) | undefined;
-  const run = (msg: Msg): void => {
+  const settle = (member: Member): void => {
+    member.taken -= 1;
+    if (member.taken === 0) member.idle?.();
+  };
+  const run = (msg: Msg, member: Member): void => {
     inFlight += 1;
     void handle(msg)
       .catch((err: unknown) => {
@@ -470,64 +477,177 @@ export async function startCallout(opts: CalloutOptions): Promise<Callout> {
       })
       .finally(() => {
         inFlight -= 1;
+        settle(member);
         const next = pending.shift();
-        if (next) run(next);
+        if (next) run(next.msg, next.member);
         else if (inFlight === 0) idle?.();
       });
   };
+  const take = (member: Member, msg: Msg): void => {
+    counters.received += 1;
+    if (inFlight < maxConcurrent) {
+      member.taken += 1;
+      run(msg, member);
+    } else if (pending.length < maxPending) {
+      member.taken += 1;
+      pending.push({ msg, member });
+    } else {
+      counters.dropped += 1;
+      warnThrottled("dropped", { inFlight, pending: pending.length }, "callout: overloaded, request dropped");
+    }
+  };
 
-  let sub: Subscription;
-  try {
-    sub = nc.subscribe(AUTH_CALLOUT_SUBJECT, {
-      queue: opts.queue ?? "natsbind-callout",
-      callback: (err, msg) => {
-        if (err) {
-          log.warn({ error: err }, "callout subscription error");
-          return;
-        }
-        counters.received += 1;
-        if (inFlight < maxConcurrent) run(msg);
-        else if (pending.length < maxPending) pending.push(msg);
-        else {
-          counters.dropped += 1;
-          warnThrottled(
-            "dropped",
-            { inFlight, pending: pending.length },
-            "callout: overloaded, request dropped",
-          );
-        }
-      },
+  const configured = Array.isArray(opts.servers) ? opts.servers : [opts.servers];
+  const hostPort = (url: string): string => url.replace(/^[a-z]+:\/\//i, "").replace(/\/.*$/, "");
+  /**
+   * Servers for connection `index`, starting at a different configured server for each, so the
+   * connections spread over the servers (nats-server picks among a queue group's members at random
+   * wherever they are: a server that goes away takes only its share). `avoid` (host:port) goes last.
+   */
+  const serversFor = (index: number, avoid?: string): string[] => {
+    const order = configured.map((_, i) => configured[(index + i) % configured.length]!);
+    if (avoid === undefined) return order;
+    return [...order.filter((u) => hostPort(u) !== avoid), ...order.filter((u) => hostPort(u) === avoid)];
+  };
+
+  let stopping: Promise<void> | undefined;
+
+  const open = async (index: number, avoid?: string): Promise<Member> => {
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers: serversFor(index, avoid),
+        noRandomize: true,
+        authenticator: credsAuthenticator(new TextEncoder().encode(opts.credsText)),
+        name: "natsbind-callout",
+        noAsyncTraces: true,
+        timeout: opts.timeoutMs ?? 5_000,
+        maxReconnectAttempts: -1,
+      });
+    } catch (cause) {
+      throw new CalloutError(
+        `callout: cannot connect to NATS at ${configured.join(",")}: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
+    const member: Member = { index, nc, sub: undefined as unknown as Subscription, taken: 0, leaving: false };
+    try {
+      member.sub = nc.subscribe(AUTH_CALLOUT_SUBJECT, {
+        queue: opts.queue ?? "natsbind-callout",
+        callback: (err, msg) => {
+          if (err) log.warn({ error: err }, "callout subscription error");
+          else take(member, msg);
+        },
+      });
+      // The server knows the subscription once the flush returns: requests reach natsbind from now on.
+      await nc.flush();
+    } catch (cause) {
+      await nc.close().catch(() => undefined);
+      throw new CalloutError(
+        `callout: cannot subscribe to ${AUTH_CALLOUT_SUBJECT}: ${(cause as Error).message}`,
+        { cause },
+      );
+    }
+    members.add(member);
+    void (async () => {
+      for await (const s of nc.status()) {
+        if (s.type === "ldm") {
+          const moving = move(member);
+          moves.add(moving);
+          void moving.finally(() => moves.delete(moving));
+        } else if (s.type === "disconnect" || s.type === "reconnect")
+          log.info({ event: s.type, connection: index, server: s.server }, `callout connection: ${s.type}`);
+        else if (s.type === "error")
+          log.warn({ error: s.error, connection: index }, "callout connection error");
+      }
+    })().catch(() => undefined);
+    // Each connection reconnects forever; it closes for good only when natsbind closes it, or on a
+    // fatal error.
+    void nc.closed().then((err) => {
+      members.delete(member);
+      if (!member.leaving && !stopping)
+        log.error(
+          { ...(err ? { error: err } : {}), connection: index, answering: members.size },
+          "callout: connection closed, not answering on it",
+        );
     });
-    // The server knows the subscription once the flush returns: requests reach natsbind from now on.
-    await nc.flush();
-  } catch (cause) {
-    await nc.close().catch(() => undefined);
-    throw new CalloutError(
-      `callout: cannot subscribe to ${AUTH_CALLOUT_SUBJECT}: ${(cause as Error).message}`,
-      {
-        cause,
-      },
+    return member;
+  };
+
+  /** Answers what `member` took, on its connection, then closes it. */
+  const retire = (member: Member): Promise<void> =>
+    (member.retired ??= (async () => {
+      member.leaving = true;
+      await member.sub.drain().catch(() => undefined);
+      if (member.taken > 0) await new Promise<void>((resolve) => (member.idle = resolve));
+      // The last answers are on their way out: let them reach the server before closing.
+      await member.nc.flush().catch(() => undefined);
+      await member.nc.close().catch(() => undefined);
+    })());
+
+  /**
+   * The member's server entered lame duck mode (a rolling restart): make before break. A new
+   * connection subscribes elsewhere first; only then does the old one unsubscribe (requests already
+   * routed to its server are forwarded to another member of the queue group) and close once it has
+   * answered what it took. Nothing is lost, unlike waiting for the server to close the connection.
+   */
+  const move = async (member: Member): Promise<void> => {
+    if (member.leaving || stopping) return;
+    member.leaving = true;
+    const from = member.nc.getServer();
+    let next: Member | undefined;
+    for (let attempt = 1; attempt <= 5 && !next && !stopping; attempt++) {
+      try {
+        next = await open(member.index, from);
+      } catch (err) {
+        log.warn(
+          { error: err, connection: member.index, attempt },
+          "callout: cannot open a replacement connection",
+        );
+        await new Promise((r) => setTimeout(r, 200 * attempt));
+      }
+    }
+    if (!next) {
+      // The old connection keeps answering until its server closes it, then reconnects elsewhere.
+      member.leaving = false;
+      return;
+    }
+    if (stopping) {
+      await retire(next);
+      return;
+    }
+    log.info(
+      { connection: member.index, from, to: next.nc.getServer() },
+      "callout: server entering lame duck mode, moved to another server",
     );
+    await retire(member);
+  };
+
+  const connections = Math.max(1, opts.connections ?? DEFAULT_CALLOUT_CONNECTIONS);
+  try {
+    for (let i = 0; i < connections; i++) await open(i);
+  } catch (err) {
+    await Promise.all([...members].map((m) => ((m.leaving = true), m.nc.close().catch(() => undefined))));
+    throw err;
   }
   log.info(
-    { account: opts.calloutAccount, signingKey: opts.signingKey.publicKey, maxConcurrent },
+    {
+      account: opts.calloutAccount,
+      signingKey: opts.signingKey.publicKey,
+      maxConcurrent,
+      connections,
+      servers: [...members].map((m) => m.nc.getServer()),
+    },
     `callout: answering ${AUTH_CALLOUT_SUBJECT}`,
   );
 
-  let stopping: Promise<void> | undefined;
-  // The client reconnects forever; it closes for good only on stop() or a fatal error.
-  void nc.closed().then((err) => {
-    if (!stopping) log.error({ ...(err ? { error: err } : {}) }, "callout: connection closed, not answering");
-  });
   return {
     counters,
     stop() {
       stopping ??= (async () => {
-        await sub.drain().catch(() => undefined);
+        await Promise.all([...moves]);
+        await Promise.all([...members].map((m) => retire(m)));
         if (inFlight > 0 || pending.length > 0) await new Promise<void>((resolve) => (idle = resolve));
-        // The last answers are on their way out: let them reach the server before closing.
-        await nc.flush().catch(() => undefined);
-        await nc.close().catch(() => undefined);
         log.info({ ...counters }, "callout: stopped");
       })();
       return stopping;

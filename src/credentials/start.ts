@@ -5,10 +5,12 @@
  * (credentials.audit.connections). Every replica runs all of it (issuance only reads).
  */
 import { ConfigError, type Config } from "../config/config.ts";
+import { describeError } from "../errors.ts";
 import type { RouteHandler } from "../http/server.ts";
 import { plainHttpWarning } from "../http/server.ts";
 import { openSystemConnection } from "../nats/from-config.ts";
-import type { AccountResolver } from "../nats/resolver.ts";
+import type { AccountResolver, NatsResolver } from "../nats/resolver.ts";
+import { FEATURE_VERSIONS, describeServers, serversBelow } from "../nats/server-versions.ts";
 import type { SystemConnection } from "../nats/system-connection.ts";
 import type { Logger } from "../observability/logger.ts";
 import type { Registry } from "../observability/metrics.ts";
@@ -42,8 +44,11 @@ export interface CredentialsSetup {
   metrics: Registry;
   projects: ProjectIndex;
   sources: () => CredentialSources | undefined;
-  /** For "is the account on the servers yet" before issuing (lookups only). */
-  resolver: Pick<AccountResolver, "lookup">;
+  /**
+   * For "is the account on the servers yet" before issuing (lookups), and the servers' versions
+   * (the callout's default_sentinel needs nats-server >= 2.11.2).
+   */
+  resolver: Pick<AccountResolver, "lookup"> & Partial<Pick<NatsResolver, "serverVersions">>;
 }
 
 export async function setupCredentials(s: CredentialsSetup): Promise<CredentialsRuntime | undefined> {
@@ -125,8 +130,10 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
           onRefused: (r) => service.recordDoorRefusal("callout", r),
           log: log.child({ door: "callout" }),
           timeoutMs: s.config.nats.timeoutMs,
+          connections: c.callout.connections,
         });
         stops.push(() => callout.stop());
+        await warnServersWithoutDefaultSentinel(s.resolver, log);
         const calloutGauge = s.metrics.gauge({
           name: "natsbind_credentials_callout_requests",
           help: "Auth callout requests since start, by outcome.",
@@ -163,4 +170,27 @@ export async function setupCredentials(s: CredentialsSetup): Promise<Credentials
       await audit.close();
     },
   };
+}
+
+/**
+ * nats-server < 2.11.2 has no default_sentinel: a client with only a token is refused there before
+ * natsbind is asked, which natsbind would never see. Say so once at start, naming the servers.
+ */
+async function warnServersWithoutDefaultSentinel(
+  resolver: CredentialsSetup["resolver"],
+  log: Logger,
+): Promise<void> {
+  if (!resolver.serverVersions) return;
+  try {
+    const old = serversBelow(await resolver.serverVersions(), FEATURE_VERSIONS.defaultSentinel);
+    if (old.length === 0) return;
+    log.error(
+      { servers: old.map((o) => `${o.server} ${o.version}`) },
+      `auth callout: ${describeServers(old)} run nats-server < ${FEATURE_VERSIONS.defaultSentinel}, which has ` +
+        "no default_sentinel: clients with only a token are refused there without a callout; " +
+        "they must connect with the sentinel's creds, or upgrade those servers",
+    );
+  } catch (err) {
+    log.warn({ err: describeError(err) }, "auth callout: could not read the servers' versions");
+  }
 }

@@ -40,6 +40,15 @@ export interface GitLabRequestEvent extends GitLabRequestInfo {
   error?: string;
 }
 
+export interface GitLabRetryEvent extends GitLabRequestInfo {
+  /** The attempt that failed (1 = the first). */
+  attempt: number;
+  /** How long natsbind waits before the next attempt. */
+  delayMs: number;
+  /** Whether GitLab said how long (Retry-After / RateLimit-Reset) or natsbind backs off on its own. */
+  serverAsked: boolean;
+}
+
 export interface GitLabClientOptions {
   /** GitLab base URL, e.g. https://gitlab.example.com (the API is below /api/v4). */
   url: string;
@@ -56,6 +65,8 @@ export interface GitLabClientOptions {
   maxResponseBytes?: number;
   /** Called once per HTTP attempt: for logs and metrics. */
   onRequest?: (event: GitLabRequestEvent) => void;
+  /** Called before each wait for another attempt (429, 5xx, no response): for metrics. */
+  onRetry?: (event: GitLabRetryEvent) => void;
 }
 
 const MAX_ERROR_TEXT = 300;
@@ -316,18 +327,19 @@ export class GitbeakerGitLab implements GitLabPort {
         throw statusError(response.status, await errorText(response), info, this.#opts.url);
       }
       const said = response ? `${response.status} ${await errorText(response)}`.trim() : failure!;
+      const asked = response
+        ? serverDelayMs(
+            {
+              retryAfter: response.headers.get("retry-after"),
+              rateLimitReset: response.headers.get("ratelimit-reset"),
+            },
+            now(),
+          )
+        : undefined;
       const decision = decideRetry({
         attempt,
         elapsedMs: now() - started,
-        serverDelayMs: response
-          ? serverDelayMs(
-              {
-                retryAfter: response.headers.get("retry-after"),
-                rateLimitReset: response.headers.get("ratelimit-reset"),
-              },
-              now(),
-            )
-          : undefined,
+        serverDelayMs: asked,
         random,
         ...(this.#opts.retry ? { policy: this.#opts.retry } : {}),
       });
@@ -337,6 +349,7 @@ export class GitbeakerGitLab implements GitLabPort {
           info,
         );
       }
+      this.#opts.onRetry?.({ ...info, attempt, delayMs: decision.delayMs, serverAsked: asked !== undefined });
       await sleep(decision.delayMs);
     }
   }

@@ -18,10 +18,17 @@
  *     last resourceVersion, and an ERROR event relists.
  *
  * Writers put their own successful writes into the cache at once with upsert()/forget(), so a read
- * right after the write sees it; the watch event that follows replaces it. An older object never
- * replaces a newer one: resourceVersions are compared as numbers when both are decimal strings (as
- * etcd's are), otherwise the incoming object wins. upsert()/forget() emit no events: the writer
- * knows what it wrote.
+ * right after the write sees it; a later version from the watch replaces it, the watch event of
+ * the same version does not (same resourceVersion, same content: the writer's object, and what a
+ * reader derived from it and keyed by it, stays). An older object never replaces a newer one:
+ * resourceVersions are compared as numbers when both are decimal strings (as etcd's are),
+ * otherwise the incoming object wins. upsert()/forget() emit no events: the writer knows what it
+ * wrote.
+ *
+ * metadata.managedFields (server-side apply bookkeeping, about as large as the rest of a small
+ * object, read by nothing here) is dropped from every object the cache takes, as client-go's
+ * TransformStripManagedFields does: 10,000 account Secrets are held at once. A write that leaves
+ * the field out keeps the apiserver's copy of it.
  */
 import {
   ApiException,
@@ -114,6 +121,18 @@ function keyOf(obj: KubernetesObject): string | undefined {
 
 function versionOf(obj: KubernetesObject | undefined): string | undefined {
   return obj?.metadata?.resourceVersion;
+}
+
+/** Same object version: both carry the same resourceVersion. */
+function sameVersion(a: KubernetesObject | undefined, b: KubernetesObject | undefined): boolean {
+  const va = versionOf(a);
+  return va !== undefined && va === versionOf(b);
+}
+
+/** Drops metadata.managedFields in place (see the file header); returns `obj`. */
+function withoutManagedFields<T extends KubernetesObject>(obj: T): T {
+  if (obj.metadata?.managedFields !== undefined) delete obj.metadata.managedFields;
+  return obj;
 }
 
 interface WatchResult {
@@ -247,8 +266,9 @@ export class Informer<T extends KubernetesObject> {
   upsert(obj: T): void {
     const key = keyOf(obj);
     if (key === undefined) return;
-    if (isOlderVersion(versionOf(obj), versionOf(this.#cache.get(key)))) return;
-    this.#cache.set(key, obj);
+    const current = this.#cache.get(key);
+    if (isOlderVersion(versionOf(obj), versionOf(current))) return;
+    this.#cache.set(key, withoutManagedFields(obj));
   }
 
   /** Drops an object a writer just deleted from the cache. */
@@ -375,14 +395,15 @@ export class Informer<T extends KubernetesObject> {
     const next = new Map<string, T>();
     for (const item of items) {
       const key = keyOf(item);
-      if (key !== undefined) next.set(key, item);
+      if (key !== undefined) next.set(key, withoutManagedFields(item));
     }
-    // Objects a writer upserted after the list's snapshot stay until the watch speaks for them.
+    // Objects a writer upserted after the list's snapshot stay until the watch speaks for them;
+    // an unchanged object stays the same object.
     for (const [key, old] of previous) {
       const listed = next.get(key);
       if (
         listed
-          ? isOlderVersion(versionOf(listed), versionOf(old))
+          ? isOlderVersion(versionOf(listed), versionOf(old)) || sameVersion(listed, old)
           : isOlderVersion(listVersion, versionOf(old))
       )
         next.set(key, old);
@@ -409,7 +430,9 @@ export class Informer<T extends KubernetesObject> {
       if (current) this.#emit("delete", obj);
       return;
     }
-    this.#cache.set(key, obj);
+    // The version the cache holds (a writer's upsert): nothing changed.
+    if (current && sameVersion(obj, current)) return;
+    this.#cache.set(key, withoutManagedFields(obj));
     if (!current) this.#emit("add", obj);
     else if (versionOf(current) !== versionOf(obj)) this.#emit("update", obj, current);
   }

@@ -11,7 +11,7 @@ import { isDeepStrictEqual } from "node:util";
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node";
 import { BindingReconciler } from "../controllers/binding/reconciler.ts";
 import { ConfigError, MAX_KUBECONFIG_BYTES, readConfigReferencedFile } from "../config/config.ts";
-import type { ModeContext, RunningMode } from "../main.ts";
+import type { ModeContext, RunningMode } from "../mode.ts";
 import { isPublicKey } from "../nats/keys.ts";
 import { systemClock } from "../runtime/clock.ts";
 import { Controller, type ReconcileResult, type Reconciler } from "../runtime/controller.ts";
@@ -27,6 +27,7 @@ import {
   splitBindingKey,
   type NatsBindingObject,
 } from "./bindings.ts";
+import { reuseConnections } from "./connections.ts";
 import { EventRecorder } from "./events.ts";
 import { ANNOTATION_ROTATE, ANNOTATION_ROTATE_EMERGENCY, AnnotationRequests } from "./rotation-requests.ts";
 import { fencedKeyStore, fencedResolver, type Fence } from "./fence.ts";
@@ -50,6 +51,8 @@ import type { SignalRelay } from "./relay-sender.ts";
  */
 export async function kubeConfigFrom(path: string | undefined): Promise<KubeConfig> {
   const kc = new KubeConfig();
+  // Keep-alive connections shared by every client, watch and list (src/k8s/connections.ts).
+  reuseConnections(kc);
   if (!path) {
     kc.loadFromDefault();
     return kc;
@@ -296,6 +299,8 @@ export async function startKubernetesMode(ctx: ModeContext): Promise<RunningMode
       },
     ),
     events: {
+      // The shared events (status metrics, ...) as they are; these three add Kubernetes Events.
+      ...ctx.events,
       pushed: (key, account, ref) => {
         ctx.events.pushed?.(key, account, ref);
         accountEvents.note(key, "pushed", ref.projectId);

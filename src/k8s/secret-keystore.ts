@@ -84,7 +84,7 @@ import { jsonNestingProblem } from "../nesting.ts";
 import type { Logger } from "../observability/logger.ts";
 import { nullLogger } from "../observability/logger.ts";
 import type { Clock } from "../runtime/clock.ts";
-import { KeyStoreError } from "../store/key-directory.ts";
+import { KeyStoreError } from "../keystore/port.ts";
 import { isAlreadyExists, isConflict, isNotFound, KubernetesApiError } from "./api-errors.ts";
 import { GROUP, KIND, VERSION } from "./bindings.ts";
 import { Informer } from "./informer.ts";
@@ -953,7 +953,10 @@ export class SecretKeyStore implements KeyStore {
       throw apiFailure("create", what, err);
     }
     this.#wrote(body, created, checked);
-    this.#log.info({ secret: what, account: slot.account, roles: slot.roles }, "stored new account keys");
+    // Debug, as the other routine per-slot writes: they come by the thousand (a cold start, a role
+    // added, a rotation phase), and one line per Secret was 12% of natsbind's CPU creating 10,000
+    // (bench/k8s.ts); each reconcile's Event and status count them.
+    this.#log.debug({ secret: what, account: slot.account, roles: slot.roles }, "stored new account keys");
     return { ...copySlot(checked), accountKey, roleKeys, created: true };
   }
 
@@ -995,7 +998,7 @@ export class SecretKeyStore implements KeyStore {
     if (replaced === "conflict") return undefined;
     if (replaced === "gone") return undefined; // deleted meanwhile: the next attempt creates it
     this.#wrote(body, replaced, checked);
-    this.#log.info({ secret: what, account: current.account, added: missing }, "stored new role keys");
+    this.#log.debug({ secret: what, account: current.account, added: missing }, "stored new role keys");
     return { ...copySlot(checked), accountKey: current.accountKey, roleKeys };
   }
 
@@ -1026,7 +1029,7 @@ export class SecretKeyStore implements KeyStore {
         throw new KeyStoreError(`key store: no slot for ${describeRef(ref)} to change (${what} was deleted)`);
       if (replaced !== "conflict") {
         this.#wrote(body, replaced, checked);
-        this.#log.info(
+        this.#log.debug(
           {
             secret: what,
             account: checked.account,
@@ -1079,7 +1082,7 @@ export class SecretKeyStore implements KeyStore {
       if (replaced === "gone") return;
       if (replaced !== "conflict") {
         this.#wrote(body, replaced, checked);
-        this.#log.info({ secret: what, account: current.account, keys: gone }, "deleted discarded keys");
+        this.#log.debug({ secret: what, account: current.account, keys: gone }, "deleted discarded keys");
         return;
       }
       live = undefined;

@@ -32,16 +32,11 @@ import { z } from "zod";
 import { KeyError, NKeyPair } from "../nats/keys.ts";
 import { jsonNestingProblem } from "../nesting.ts";
 import { GroupCommit, mapLimit } from "../runtime/concurrency.ts";
-import {
-  KeyDirectory,
-  KeyStoreError,
-  readKeyStoreFile,
-  readKeyStoreFileSync,
-} from "../store/key-directory.ts";
+import { KeyDirectory, readKeyStoreFile, readKeyStoreFileSync } from "../store/key-directory.ts";
 import { writeFilesDurably } from "../store/files.ts";
 import { MAX_REVOCATIONS } from "../nats/claims.ts";
 import type { AccountKeys, AccountRef, KeyStore, SlotChange, StoredAccount, UntrustedSlot } from "./port.ts";
-import { checkSlotChange, namedKeys } from "./port.ts";
+import { checkSlotChange, KeyStoreError, namedKeys } from "./port.ts";
 
 export { KeyStoreError };
 

@@ -9,7 +9,14 @@
  * is never pushed before the key is saved. Adapters: directory (local mode, src/keystore/directory.ts);
  * Kubernetes Secrets (src/k8s/secret-keystore.ts).
  */
+import { NatsbindError } from "../errors.ts";
 import type { NKeyPair } from "../nats/keys.ts";
+
+/**
+ * A key store cannot do what was asked: a slot, seed or Secret is unreadable, malformed, untrusted
+ * or missing. Every adapter throws it (and subclasses); callers catch this, not an adapter's type.
+ */
+export class KeyStoreError extends NatsbindError {}
 
 /** Identifies an account slot. `binding` is "namespace/name" (or just "name" in local mode). */
 export interface AccountRef {

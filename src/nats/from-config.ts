@@ -19,6 +19,7 @@ import { LiveOperatorKeys, type LiveOperatorKeysOptions } from "../operator/live
 import { decodeJwt, trustedOperatorFromJwt } from "./claims.ts";
 import { isPublicKey, type NKeyPair } from "./keys.ts";
 import { NatsResolver, ResolverUnavailableError } from "./resolver.ts";
+import { MIN_SUPPORTED_VERSION, describeServers, serversBelow } from "./server-versions.ts";
 import {
   RenewingSystemConnection,
   SystemConnectionError,
@@ -213,5 +214,26 @@ export async function connectLiveResolver(
     ...(nats.expectedServers ? { expectedServers: nats.expectedServers } : {}),
   });
   connected.resolver = resolver;
+  void warnUnsupportedServers(resolver, opts.log ?? createLogger({ base: { app: "natsbind" } }));
   return { resolver, keys };
+}
+
+/**
+ * Logs the servers older than natsbind supports (README, "Supported nats-server versions"), once,
+ * without holding up the start. What needs a newer server fails with its own error when used.
+ */
+export async function warnUnsupportedServers(
+  resolver: Pick<NatsResolver, "serverVersions">,
+  log: Logger,
+): Promise<void> {
+  try {
+    const old = serversBelow(await resolver.serverVersions(), MIN_SUPPORTED_VERSION);
+    if (old.length > 0)
+      log.warn(
+        { servers: old.map((o) => `${o.server} ${o.version}`) },
+        `nats-server older than ${MIN_SUPPORTED_VERSION} is not supported: ${describeServers(old)}`,
+      );
+  } catch (err) {
+    log.debug({ err: describeError(err) }, "could not read the servers' versions");
+  }
 }

@@ -1,9 +1,11 @@
 /**
  * Client for nats-server's full account resolver, over a system-account connection.
  *
- * Every full-resolver server in the cluster answers $SYS.REQ.CLAIMS.UPDATE/DELETE/LIST itself, so
- * requests collect one reply per server and succeed only when every expected server said 200.
- * Errors name the account and servers involved, never the credentials.
+ * Every full-resolver server in the system (clusters, gateways, leaf nodes sharing the system
+ * account) answers $SYS.REQ.CLAIMS.UPDATE/DELETE/LIST itself, so requests collect one reply per
+ * full resolver and succeed only when every expected one said 200. Servers with another resolver
+ * are not counted (docs/nats-topologies.md). Errors name the account and servers involved, never
+ * the credentials.
  */
 import { connect, credsAuthenticator, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import type { KeyPair } from "@nats-io/nkeys";
@@ -16,7 +18,14 @@ import {
   signJwt,
   type TrustedOperator,
 } from "./claims.ts";
-import { parsePublicKey } from "./keys.ts";
+import { NKeyPair, parsePublicKey } from "./keys.ts";
+import {
+  FEATURE_VERSIONS,
+  describeServers,
+  functionsInsideTokens,
+  serversBelow,
+  type ServerVersion,
+} from "./server-versions.ts";
 import { fixedSystemConnection, type SystemConnection } from "./system-connection.ts";
 
 /** What a resolver can do for the controller: the narrow port the reconciler depends on. */
@@ -69,6 +78,19 @@ export interface ServerReply {
   cluster?: string;
   code: number;
   message: string;
+  /**
+   * A cache resolver's answer to a push ("jwt updated cache", "jwt update cache skipped"): not
+   * counted toward the full resolvers that must answer.
+   */
+  cache?: true;
+}
+
+/** What natsbind hears on the system account (ResolverOptions.expectedServers fixes fullResolvers). */
+export interface ResolverTopology {
+  /** Servers answering $SYS.REQ.SERVER.PING: every server that shares the system account. */
+  servers: number;
+  /** Full resolvers: the servers answering an account lookup ($SYS.REQ.ACCOUNT.<id>.CLAIMS.LOOKUP). */
+  fullResolvers: number;
 }
 
 export interface ResolverOutcome {
@@ -92,6 +114,8 @@ export class ResolverTimeoutError extends ResolverError {}
 export class ResolverRejectedError extends ResolverError {}
 /** Fewer servers answered than expected: the change may be on some servers only. */
 export class ResolverIncompleteError extends ResolverError {}
+/** Some server runs a nats-server too old for what was asked (server-versions.ts); nothing was sent. */
+export class ResolverUnsupportedError extends ResolverError {}
 
 export interface ResolverOptions {
   servers: string | string[];
@@ -99,11 +123,14 @@ export interface ResolverOptions {
   creds?: Uint8Array;
   /** Instead of creds: a system connection opened elsewhere (system-connection.ts); close() closes it. */
   connection?: SystemConnection;
-  /** Fixed number of resolver servers; default: discovered with $SYS.REQ.SERVER.PING. */
+  /**
+   * Fixed number of full-resolver servers that must answer pushes, deletes and lookups; default:
+   * discovered as the servers answering an account lookup (only full resolvers do).
+   */
   expectedServers?: number;
   /** Deadline of each request, ms. */
   timeoutMs?: number;
-  /** How long a discovered server count is trusted, ms. */
+  /** How long a discovered server count (servers, full resolvers) is trusted, ms. */
   discoveryTtlMs?: number;
   /**
    * The operator whose account JWTs push() accepts. nats-server's full resolver stores (and
@@ -203,7 +230,9 @@ function serverList(servers: string | string[]): string {
   return (Array.isArray(servers) ? servers : [servers]).join(",");
 }
 
-function parseReply(msg: Msg): ServerReply & { account?: string; data?: unknown } {
+type ParsedReply = ServerReply & { account?: string; data?: unknown };
+
+function parseReply(msg: Msg): ParsedReply {
   let body: {
     server?: { name?: string; id?: string; cluster?: string };
     data?: unknown;
@@ -231,14 +260,41 @@ function parseReply(msg: Msg): ServerReply & { account?: string; data?: unknown 
   return { ...base, code: 200, message: "", data: body.data };
 }
 
+/** A cache resolver says so in every answer to a push; a full resolver never does (nats-server accounts.go). */
+const CACHE_ANSWER = /\bcache\b/;
+
 function summarize(replies: ServerReply[]): string {
   return replies.map((r) => `${r.server}: ${r.code} ${r.message}`).join("; ");
+}
+
+/** A collect strategy: nats.js's, or "until" (see #collect). */
+type CollectStrategy =
+  | { strategy: "count"; maxMessages: number }
+  | { strategy: "stall"; stall: number }
+  | {
+      strategy: "until";
+      /** Stop as soon as the replies so far are enough. */
+      enough: (msgs: Msg[]) => boolean;
+      /** Once true, wait at most PING_STALL_MS longer for more replies. */
+      linger?: (msgs: Msg[]) => boolean;
+    };
+
+interface Counted {
+  count: number;
+  at: number;
+}
+
+interface ServersSeen extends Counted {
+  versions: ServerVersion[];
 }
 
 export class NatsResolver implements AccountResolver, AccountConnectionReader {
   readonly #connection: SystemConnection;
   readonly #opts: ResolverOptions;
-  #expected: { count: number; at: number } | undefined;
+  #fullResolvers: Counted | undefined;
+  #serverCount: ServersSeen | undefined;
+  /** An account no server holds: looking it up makes every full resolver answer, with nothing. */
+  readonly #probeAccount = NKeyPair.generate("account").publicKey;
 
   private constructor(connection: SystemConnection, opts: ResolverOptions) {
     this.#connection = connection;
@@ -280,38 +336,131 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
 
   /** Names of the servers answering on the system account right now. */
   async servers(): Promise<string[]> {
+    return (await this.serverVersions()).map((s) => s.server);
+  }
+
+  /**
+   * Every server answering on the system account right now, with its nats-server version (the
+   * `ver` each reply carries), sorted by name. Refreshes the cached server count.
+   */
+  async serverVersions(): Promise<ServerVersion[]> {
     const replies = await this.#collect("$SYS.REQ.SERVER.PING", undefined, {
       strategy: "stall",
       stall: PING_STALL_MS,
     });
-    return replies.map((m) => parseReply(m).server).sort();
+    const versions = replies
+      .map((m): ServerVersion => {
+        const reply = parseReply(m);
+        const ver = (m.json<{ server?: { ver?: unknown } }>().server?.ver ?? "") as unknown;
+        return { server: reply.server, version: typeof ver === "string" ? ver.slice(0, 64) : "" };
+      })
+      .sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
+    if (versions.length > 0) this.#serverCount = { count: versions.length, versions, at: this.#now() };
+    return versions;
   }
 
-  async #expectedServers(): Promise<number> {
-    if (this.#opts.expectedServers !== undefined) return this.#opts.expectedServers;
+  /** Cached server versions (refreshed after the discovery TTL). */
+  async #serversSeen(): Promise<ServersSeen> {
     const ttl = this.#opts.discoveryTtlMs ?? DEFAULT_DISCOVERY_TTL_MS;
-    if (this.#expected && this.#now() - this.#expected.at < ttl) return this.#expected.count;
-    const count = (await this.servers()).length;
-    if (count === 0) throw new ResolverUnavailableError("no NATS server answered $SYS.REQ.SERVER.PING");
-    this.#expected = { count, at: this.#now() };
+    const seen = this.#serverCount;
+    if (seen && this.#now() - seen.at < ttl) return seen;
+    if ((await this.serverVersions()).length === 0)
+      throw new ResolverUnavailableError("no NATS server answered $SYS.REQ.SERVER.PING");
+    return this.#serverCount!;
+  }
+
+  /**
+   * Throws ResolverUnsupportedError naming every server older than `minimum`: `what` cannot work
+   * there, and natsbind says so instead of sending it.
+   */
+  async #requireVersion(minimum: string, what: string, fix: string): Promise<void> {
+    const old = serversBelow((await this.#serversSeen()).versions, minimum);
+    if (old.length > 0)
+      throw new ResolverUnsupportedError(
+        `${what}, which needs nats-server >= ${minimum}; older: ${describeServers(old)}. ${fix}`,
+      );
+  }
+
+  /**
+   * How many servers share the system account, and how many of them are full resolvers, counted
+   * now (and trusted for the discovery TTL). Only full resolvers answer lookups; every server
+   * answers PING.
+   */
+  async topology(): Promise<ResolverTopology> {
+    const [servers, fullResolvers] = await Promise.all([this.servers(), this.#discoverFullResolvers()]);
+    this.#fullResolvers = { count: fullResolvers, at: this.#now() };
+    return { servers: servers.length, fullResolvers };
+  }
+
+  async #discoverFullResolvers(): Promise<number> {
+    let msgs: Msg[];
+    try {
+      msgs = await this.#collect(`$SYS.REQ.ACCOUNT.${this.#probeAccount}.CLAIMS.LOOKUP`, undefined, {
+        strategy: "stall",
+        stall: PING_STALL_MS,
+      });
+    } catch (cause) {
+      if (!(cause instanceof ResolverUnavailableError)) throw cause;
+      msgs = [];
+    }
+    if (msgs.length === 0)
+      throw new ResolverUnavailableError(
+        "no full resolver answers account lookups ($SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP): natsbind needs " +
+          "nats-servers with `resolver: {type: full}` sharing the system account (docs/nats-topologies.md)",
+      );
+    return msgs.length;
+  }
+
+  #fresh(counted: Counted | undefined): number | undefined {
+    const ttl = this.#opts.discoveryTtlMs ?? DEFAULT_DISCOVERY_TTL_MS;
+    return counted && this.#now() - counted.at < ttl ? counted.count : undefined;
+  }
+
+  /** Full resolvers that must answer a push, delete or lookup-on-every-server (cached). */
+  async #expectedResolvers(): Promise<number> {
+    if (this.#opts.expectedServers !== undefined) return this.#opts.expectedServers;
+    const cached = this.#fresh(this.#fullResolvers);
+    if (cached !== undefined) return cached;
+    const count = await this.#discoverFullResolvers();
+    this.#fullResolvers = { count, at: this.#now() };
     return count;
+  }
+
+  /** Servers that answer the monitoring requests (VARZ, STATZ, CONNZ): all of them (cached). */
+  async #expectedServers(): Promise<number> {
+    return (await this.#serversSeen()).count;
+  }
+
+  /** Forget the counts: fewer servers answered than expected, so ask again next time. */
+  #rediscover(): void {
+    this.#fullResolvers = undefined;
+    this.#serverCount = undefined;
   }
 
   async #collect(
     subject: string,
     payload: string | undefined,
-    strategy: { strategy: "count"; maxMessages: number } | { strategy: "stall"; stall: number },
+    strategy: CollectStrategy,
     maxWait = this.#timeoutMs,
   ): Promise<Msg[]> {
     const out: Msg[] = [];
+    let linger: ReturnType<typeof setTimeout> | undefined;
     try {
       // The request stays on one connection, which a renewal keeps open until the replies are in.
       await this.#connection.use(async (nc) => {
-        const replies = await nc.requestMany(subject, payload, { ...strategy, maxWait });
+        const replies = (await nc.requestMany(
+          subject,
+          payload,
+          strategy.strategy === "until" ? { strategy: "timer", maxWait } : { ...strategy, maxWait },
+        )) as AsyncIterable<Msg> & { stop?: () => void };
         for await (const msg of replies) {
           // A no-responders status arrives as an empty message with a 503 header.
           if (msg.headers?.code === 503) throw new ResolverUnavailableError(`no resolver answers ${subject}`);
           out.push(msg);
+          if (strategy.strategy !== "until") continue;
+          if (strategy.enough(out)) break;
+          if (linger === undefined && strategy.linger?.(out))
+            linger = setTimeout(() => replies.stop?.(), PING_STALL_MS);
         }
       });
     } catch (cause) {
@@ -320,25 +469,36 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
       if (/no responders/i.test(text))
         throw new ResolverUnavailableError(`no resolver answers ${subject}`, { cause });
       throw new ResolverError(`request ${subject} failed: ${text}`, { cause });
+    } finally {
+      clearTimeout(linger);
     }
     return out;
   }
 
-  /** Sends to every resolver and checks that each expected server answered 200. */
+  /**
+   * Sends to every resolver and checks that each expected full resolver answered 200. Cache
+   * resolvers answer pushes too, saying so: those answers are kept but not counted. Their answers
+   * to deletes and lists look like a full resolver's, so there every answer counts, and when more
+   * servers share the system account than there are full resolvers, natsbind waits a moment
+   * longer for the rest (docs/nats-topologies.md).
+   */
   async #broadcast(
     subject: string,
     payload: string,
     accounts: string[],
     what: string,
+    answers: "marked" | "unmarked",
   ): Promise<ResolverOutcome> {
-    const expected = await this.#expectedServers();
-    const msgs = await this.#collect(subject, payload, { strategy: "count", maxMessages: expected });
-    const replies = msgs.map(parseReply).map(({ server, cluster, code, message }) => ({
-      server,
-      ...(cluster ? { cluster } : {}),
-      code,
-      message,
-    }));
+    const expected = await this.#expectedResolvers();
+    const replies = (await this.#collectResolvers(subject, payload, expected, answers)).map(
+      ({ server, cluster, code, message }): ServerReply => ({
+        server,
+        ...(cluster ? { cluster } : {}),
+        code,
+        message,
+        ...(answers === "marked" && CACHE_ANSWER.test(message) ? { cache: true as const } : {}),
+      }),
+    );
     const label = accounts.length === 1 ? `account ${accounts[0]}` : `${accounts.length} accounts`;
     if (replies.length === 0) {
       throw new ResolverTimeoutError(`${what} ${label}: no resolver answered within ${this.#timeoutMs} ms`);
@@ -347,14 +507,63 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     if (failed.length > 0) {
       throw new ResolverRejectedError(`${what} ${label} rejected by ${summarize(failed)}`, { replies });
     }
-    if (replies.length < expected) {
-      this.#expected = undefined;
+    const full = replies.filter((r) => !r.cache);
+    if (full.length < expected) {
+      this.#rediscover();
       throw new ResolverIncompleteError(
-        `${what} ${label}: ${replies.length} of ${expected} servers answered within ${this.#timeoutMs} ms (${summarize(replies)})`,
+        `${what} ${label}: ${full.length} of ${expected} full resolvers answered within ${this.#timeoutMs} ms (${summarize(replies)})`,
         { replies },
       );
     }
     return { accounts, replies };
+  }
+
+  /**
+   * Replies of the resolvers to a request every full and cache resolver answers. "marked": stop
+   * once `expected` answers are not a cache's. "unmarked": stop at `expected` answers when every
+   * server is a full resolver, else linger for the others (at most every server's).
+   */
+  async #collectResolvers(
+    subject: string,
+    payload: string,
+    expected: number,
+    answers: "marked" | "unmarked",
+    maxWait = this.#timeoutMs,
+  ): Promise<ParsedReply[]> {
+    if (answers === "marked") {
+      const parsed: ParsedReply[] = [];
+      let full = 0;
+      await this.#collect(
+        subject,
+        payload,
+        {
+          strategy: "until",
+          enough: (msgs) => {
+            const reply = parseReply(msgs[msgs.length - 1]!);
+            parsed.push(reply);
+            if (!CACHE_ANSWER.test(reply.message)) full += 1;
+            return full >= expected;
+          },
+        },
+        maxWait,
+      );
+      return parsed;
+    }
+    const servers = await this.#expectedServers().catch(() => expected);
+    const msgs =
+      servers <= expected
+        ? await this.#collect(subject, payload, { strategy: "count", maxMessages: expected }, maxWait)
+        : await this.#collect(
+            subject,
+            payload,
+            {
+              strategy: "until",
+              enough: (m) => m.length >= servers,
+              linger: (m) => m.length >= expected,
+            },
+            maxWait,
+          );
+    return msgs.map(parseReply);
   }
 
   /**
@@ -366,7 +575,15 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     if (claims.nats.type !== "account")
       throw new ResolverError(`push: JWT for ${claims.sub} is a ${claims.nats.type} JWT, not an account JWT`);
     if (this.#opts.trustedOperator) assertIssuedBy(claims, this.#opts.trustedOperator);
-    return this.#broadcast("$SYS.REQ.CLAIMS.UPDATE", jwt, [claims.sub], "push");
+    const inside = functionsInsideTokens(claims.nats);
+    if (inside.length > 0)
+      await this.#requireVersion(
+        FEATURE_VERSIONS.functionInsideToken,
+        `push account ${claims.sub}: role "${inside[0]!.role}" subject "${inside[0]!.subject}" has a NATS ` +
+          `function inside a subject token (older servers keep it as literal text and deny the role's users)`,
+        "Make the function a whole subject token, or upgrade those servers.",
+      );
+    return this.#broadcast("$SYS.REQ.CLAIMS.UPDATE", jwt, [claims.sub], "push", "marked");
   }
 
   /** The account JWT the resolver holds, or undefined when it has none. */
@@ -395,22 +612,22 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
   }
 
   /**
-   * The account JWT as each server holds it: one entry per server (undefined where a server has
-   * none). Every full-resolver server answers a lookup, with an empty message when it has no JWT
+   * The account JWT as each full resolver holds it: one entry per full resolver (undefined where
+   * one has none). Every full-resolver server answers a lookup, with an empty message when it has no JWT
    * (verified on nats-server 2.15.2), so a server holding an old copy cannot hide behind the first
    * answer as it can with lookup(). Replies carry no server name: callers get counts, not names.
    */
   async lookupOnEveryServer(account: string): Promise<Array<string | undefined>> {
     parsePublicKey(account, "account", "lookup: account");
-    const expected = await this.#expectedServers();
+    const expected = await this.#expectedResolvers();
     const msgs = await this.#collect(`$SYS.REQ.ACCOUNT.${account}.CLAIMS.LOOKUP`, undefined, {
       strategy: "count",
       maxMessages: expected,
     });
     if (msgs.length < expected) {
-      this.#expected = undefined;
+      this.#rediscover();
       throw new ResolverIncompleteError(
-        `lookup account ${account}: ${msgs.length} of ${expected} servers answered within ${this.#timeoutMs} ms`,
+        `lookup account ${account}: ${msgs.length} of ${expected} full resolvers answered within ${this.#timeoutMs} ms`,
       );
     }
     return msgs.map((msg) => {
@@ -447,7 +664,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
       return { server: reply.server, operatorJwts: jwts };
     });
     if (out.length < expected) {
-      this.#expected = undefined;
+      this.#rediscover();
       throw new ResolverIncompleteError(
         `VARZ: ${out.length} of ${expected} servers answered within ${this.#timeoutMs} ms (${out.map((s) => s.server).join(", ")})`,
       );
@@ -455,22 +672,16 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     return out.sort((a, b) => (a.server < b.server ? -1 : a.server > b.server ? 1 : 0));
   }
 
-  /** Every account any resolver server holds (union over servers), sorted. */
+  /** Every account any resolver server holds (union over full and cache resolvers), sorted. */
   async list(): Promise<string[]> {
-    const expected = await this.#expectedServers();
+    const expected = await this.#expectedResolvers();
     // One reply holds every account id: 100,000 accounts took a server ~15 s to answer (2.15.2).
     const maxWait = Math.max(this.#timeoutMs, LIST_TIMEOUT_MS);
-    const msgs = await this.#collect(
-      "$SYS.REQ.CLAIMS.LIST",
-      "",
-      { strategy: "count", maxMessages: expected },
-      maxWait,
-    );
-    if (msgs.length === 0)
+    const replies = await this.#collectResolvers("$SYS.REQ.CLAIMS.LIST", "", expected, "unmarked", maxWait);
+    if (replies.length === 0)
       throw new ResolverTimeoutError(`list accounts: no resolver answered within ${maxWait} ms`);
     const accounts = new Set<string>();
-    for (const msg of msgs) {
-      const reply = parseReply(msg);
+    for (const reply of replies) {
       if (reply.code !== 200)
         throw new ResolverRejectedError(`list accounts rejected by ${summarize([reply])}`);
       if (Array.isArray(reply.data)) for (const a of reply.data) if (typeof a === "string") accounts.add(a);
@@ -490,7 +701,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
       signer,
       Math.floor(this.#now() / 1000),
     );
-    return this.#broadcast("$SYS.REQ.CLAIMS.DELETE", jwt, accounts, "delete");
+    return this.#broadcast("$SYS.REQ.CLAIMS.DELETE", jwt, accounts, "delete", "unmarked");
   }
 
   /**
@@ -517,7 +728,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
       );
     const firstPages = msgs.map((m) => parseConnzReply(m, account));
     if (firstPages.length < expected) {
-      this.#expected = undefined;
+      this.#rediscover();
       const answered = firstPages.map((p) => p.server).join(", ");
       throw new ResolverIncompleteError(
         `connections of account ${account}: ${firstPages.length} of ${expected} servers answered within ${this.#timeoutMs} ms (${answered})`,
@@ -547,7 +758,7 @@ export class NatsResolver implements AccountResolver, AccountConnectionReader {
     );
     const replies = msgs.map(parseReply);
     if (replies.length < expected) {
-      this.#expected = undefined;
+      this.#rediscover();
       throw new ResolverIncompleteError(
         `connections of account ${account}: ${replies.length} of ${expected} servers answered STATZ within ${this.#timeoutMs} ms`,
         { replies },

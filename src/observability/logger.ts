@@ -1,5 +1,6 @@
 /**
- * Structured logs: one JSON object per line, `{"time","level","msg", ...base, ...bindings, ...obj}`.
+ * Structured logs, written by pino: one JSON object per line,
+ * `{"level","time", ...base, ...bindings, ...obj, "msg"}`.
  * One child logger per reconcile carries controller/namespace/name; callers log public keys and
  * hashes, never secrets.
  *
@@ -15,6 +16,8 @@
  * Logging never throws: a value that cannot be read renders as a placeholder, a record that cannot
  * be rendered becomes a short fallback line, and a sink that throws is ignored.
  */
+
+import { pino, type DestinationStream, type Logger as PinoBase } from "pino";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -390,23 +393,36 @@ function isoTime(clock: { now(): number }): string {
   }
 }
 
-interface Sink {
-  threshold: number;
-  write: (line: string) => void;
-  clock: { now(): number };
+/**
+ * The record's fields, bindings first and the record's own after (a later one wins, once: pino's
+ * own child() would write a field bound twice twice), with names pino writes itself renamed.
+ */
+function recordFields(bindings: JsonObject, obj: unknown): JsonObject {
+  const fields = Object.assign(newObject(), bindings, sanitizeFields(obj));
+  const out = newObject();
+  for (const key of Object.keys(fields)) out[RESERVED.has(key) ? `_${key}` : key] = fields[key]!;
+  return out;
 }
 
-function defaultWrite(line: string): void {
-  process.stderr.write(line);
+/** One line, whatever went wrong above it. */
+function fallbackLine(time: string, level: LogLevel): string {
+  return `${JSON.stringify({ level, time, msg: "log record could not be rendered" })}\n`;
 }
 
-class JsonLogger implements Logger {
-  readonly #sink: Sink;
+/**
+ * A Logger over pino. Redaction is pino's logMethod hook: every record's fields and message are
+ * sanitised (above) before pino serialises them, and child bindings when the child is made, so
+ * nothing reaches pino's serialiser that was not redacted and bounded first.
+ */
+class PinoLogger implements Logger {
+  readonly #pino: PinoInstance;
   readonly #bindings: JsonObject;
+  readonly #clock: { now(): number };
 
-  constructor(sink: Sink, bindings: JsonObject) {
-    this.#sink = sink;
+  constructor(instance: PinoInstance, bindings: JsonObject, clock: { now(): number }) {
+    this.#pino = instance;
     this.#bindings = bindings;
+    this.#clock = clock;
   }
 
   debug(obj: Record<string, unknown>, msg: string): void {
@@ -432,44 +448,75 @@ class JsonLogger implements Logger {
     } catch {
       merged = this.#bindings;
     }
-    return new JsonLogger(this.#sink, merged);
+    return new PinoLogger(this.#pino, merged, this.#clock);
   }
 
   #emit(level: LogLevel, obj: unknown, msg: unknown): void {
-    const sink = this.#sink;
-    if (SEVERITY[level] < sink.threshold) return;
-    const time = isoTime(sink.clock);
-    let line: string;
+    if (!this.#pino.isLevelEnabled(level)) return;
     try {
-      const record = newObject();
-      record.time = time;
-      record.level = level;
-      record.msg = typeof msg === "string" ? redactSecrets(msg) : safeString(() => String(msg));
-      const fields = Object.assign(newObject(), this.#bindings, sanitizeFields(obj));
-      for (const key of Object.keys(fields)) record[RESERVED.has(key) ? `_${key}` : key] = fields[key]!;
-      line = `${JSON.stringify(record)}\n`;
+      this.#pino[level]({ [BINDINGS]: this.#bindings, [FIELDS]: obj }, msg as string);
     } catch {
-      line = `${JSON.stringify({ time, level, msg: "log record could not be rendered" })}\n`;
-    }
-    try {
-      sink.write(line);
-    } catch {
-      // A broken sink (closed pipe, full disk) must not break the caller.
+      // The hook and pino's serialiser are not expected to throw; the sink's own failures are
+      // caught where it writes. Should either fail, the caller still must not.
     }
   }
 }
+
+/** Where #emit hands the raw fields and bindings to the logMethod hook, which sanitises them. */
+const BINDINGS = Symbol("bindings");
+const FIELDS = Symbol("fields");
+type RawRecord = { [BINDINGS]: JsonObject; [FIELDS]: unknown };
+
+type PinoInstance = PinoBase<never, boolean>;
 
 export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? "info";
   if (!Object.hasOwn(SEVERITY, level)) {
     throw new TypeError(`log level ${JSON.stringify(level)}: expected one of ${LOG_LEVELS.join(", ")}`);
   }
-  const sink: Sink = {
-    threshold: SEVERITY[level],
-    write: options.write ?? defaultWrite,
-    clock: options.clock ?? { now: () => Date.now() },
+  const clock = options.clock ?? { now: () => Date.now() };
+  const write = options.write ?? ((line: string) => process.stderr.write(line));
+  // A sink that throws (closed pipe, full disk) must not break the caller. process.stderr, not
+  // pino.destination(): it writes synchronously to files and pipes, so nothing is lost at exit.
+  const stream: DestinationStream = {
+    write(line: string) {
+      try {
+        write(line);
+      } catch {
+        // dropped
+      }
+    },
   };
-  return new JsonLogger(sink, options.base ? sanitizeFields(options.base) : newObject());
+  const instance = pino(
+    {
+      level,
+      base: undefined,
+      messageKey: "msg",
+      // Errors were rendered by sanitize() already ({name, message, cause}); pino's own err
+      // serializer would add the stack and fields this logger leaves out on purpose.
+      serializers: { err: (value: unknown) => value },
+      timestamp: () => `,"time":${JSON.stringify(isoTime(clock))}`,
+      formatters: { level: (label) => ({ level: label }) },
+      hooks: {
+        logMethod(args, method, levelNumber) {
+          const [raw, msg] = args as unknown as [RawRecord, unknown];
+          let fields: JsonObject;
+          let text: string;
+          try {
+            fields = recordFields(raw[BINDINGS], raw[FIELDS]);
+            text = typeof msg === "string" ? redactSecrets(msg) : safeString(() => String(msg));
+          } catch {
+            stream.write(fallbackLine(isoTime(clock), instance.levels.labels[levelNumber] as LogLevel));
+            return;
+          }
+          method.apply(this, [fields as object, text] as never);
+        },
+      },
+    },
+    stream,
+  );
+  const base = options.base ? sanitizeFields(options.base) : newObject();
+  return new PinoLogger(instance, base, clock);
 }
 
 /** Discards everything; for tests and callers that take an optional logger. */

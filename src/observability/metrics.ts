@@ -1,10 +1,11 @@
 /**
- * A tiny Prometheus registry: counters, gauges and histograms with optional labels, rendered in
- * the text exposition format 0.0.4. Series per metric are bounded: label values can come from the
- * outside world (projects, bindings), and an unbounded metric is a memory leak. Label sets past
- * the bound are dropped (updates go nowhere) and counted in natsbind_metrics_dropped_series_total.
+ * Metrics: prom-client, behind a thin wrapper. Series per metric are bounded: label values can
+ * come from the outside world (projects, bindings), and an unbounded metric is a memory leak.
+ * Label sets past the bound are dropped (updates go nowhere) and counted in
+ * natsbind_metrics_dropped_series_total.
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
+import * as client from "prom-client";
 import { NatsbindError } from "../errors.ts";
 
 /** Misuse of the registry: a bad name, label set or value. A programming error, not a runtime one. */
@@ -65,6 +66,11 @@ export interface Histogram<L extends string = never> extends HistogramChild {
 export interface RegistryOptions {
   /** Label sets a metric accepts; default 10,000. */
   maxSeriesPerMetric?: number;
+  /**
+   * prom-client's default metrics of this process (process_*, nodejs_*: CPU, RSS, heap, event loop
+   * lag, GC, handles). Off by default: only the registry `natsbind run` serves wants them.
+   */
+  processMetrics?: boolean;
 }
 
 /** `count` upper bounds starting at `start`, each `factor` times the previous. */
@@ -72,123 +78,6 @@ export function exponentialBuckets(start: number, factor: number, count: number)
   if (!(start > 0) || !(factor > 1) || !Number.isInteger(count) || count < 1)
     throw new MetricsError("exponentialBuckets: need start > 0, factor > 1 and an integer count >= 1");
   return Array.from({ length: count }, (_, i) => start * factor ** i);
-}
-
-function formatValue(value: number): string {
-  if (Number.isNaN(value)) return "NaN";
-  if (value === Infinity) return "+Inf";
-  if (value === -Infinity) return "-Inf";
-  return String(value);
-}
-
-function escapeHelp(text: string): string {
-  return text.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
-}
-
-function escapeLabelValue(text: string): string {
-  return text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
-}
-
-function labelPairs(names: readonly string[], values: readonly string[]): string[] {
-  return names.map((name, i) => `${name}="${escapeLabelValue(values[i]!)}"`);
-}
-
-function braces(pairs: readonly string[]): string {
-  return pairs.length === 0 ? "" : `{${pairs.join(",")}}`;
-}
-
-interface Limits {
-  maxSeries: number;
-  onDrop(metric: string): void;
-}
-
-/** What differs between counters, gauges and histograms: their series and how they render. */
-interface Kind<C> {
-  type: "counter" | "gauge" | "histogram";
-  /** Label names the type uses itself. */
-  reserved: readonly string[];
-  /** A new series, starting at zero. */
-  create(): C;
-  /** What a dropped label set gets: checks its arguments like a series, records nothing. */
-  noop(): C;
-  render(name: string, labels: readonly string[], series: C): string[];
-}
-
-/** One metric: its name, label names and series (one per label set seen, up to the limit). */
-class Family<L extends string, C> {
-  readonly name: string;
-  readonly #help: string;
-  readonly #labelNames: readonly L[];
-  readonly #kind: Kind<C>;
-  readonly #limits: Limits;
-  readonly #series = new Map<string, { values: string[]; series: C }>();
-  #noop: C | undefined;
-  /** The one series of a metric without labels, created up front so it renders as 0. */
-  readonly #unlabelled: C | undefined;
-
-  constructor(opts: MetricOptions<L>, kind: Kind<C>, limits: Limits) {
-    if (typeof opts.name !== "string" || !METRIC_NAME.test(opts.name))
-      throw new MetricsError(`metric name ${JSON.stringify(opts.name)}: must match ${METRIC_NAME.source}`);
-    if (typeof opts.help !== "string") throw new MetricsError(`metric ${opts.name}: help must be a string`);
-    const labelNames = [...(opts.labelNames ?? [])];
-    for (const label of labelNames) {
-      if (typeof label !== "string" || !LABEL_NAME.test(label) || label.startsWith("__"))
-        throw new MetricsError(
-          `metric ${opts.name}: label name ${JSON.stringify(label)} must match ${LABEL_NAME.source} and not start with "__"`,
-        );
-      if (kind.reserved.includes(label))
-        throw new MetricsError(`metric ${opts.name}: label name "${label}" is reserved for ${kind.type}s`);
-    }
-    if (new Set(labelNames).size !== labelNames.length)
-      throw new MetricsError(`metric ${opts.name}: duplicate label names`);
-    this.name = opts.name;
-    this.#help = opts.help;
-    this.#labelNames = labelNames;
-    this.#kind = kind;
-    this.#limits = limits;
-    this.#unlabelled = labelNames.length === 0 ? kind.create() : undefined;
-    if (this.#unlabelled) this.#series.set("[]", { values: [], series: this.#unlabelled });
-  }
-
-  labels(values: Labels<L>): C {
-    const given = values === null || typeof values !== "object" ? [] : Object.keys(values);
-    if (given.length !== this.#labelNames.length || !given.every((k) => this.#labelNames.includes(k as L))) {
-      throw new MetricsError(
-        `metric ${this.name}: expected labels {${this.#labelNames.join(", ")}}, got {${given.join(", ")}}`,
-      );
-    }
-    const labelValues = this.#labelNames.map((name) => {
-      const value: unknown = values[name];
-      if (typeof value !== "string" && typeof value !== "number")
-        throw new MetricsError(`metric ${this.name}: label ${name} must be a string or number`);
-      return String(value);
-    });
-    const key = JSON.stringify(labelValues);
-    const existing = this.#series.get(key);
-    if (existing) return existing.series;
-    if (this.#series.size >= this.#limits.maxSeries) {
-      this.#limits.onDrop(this.name);
-      this.#noop ??= this.#kind.noop();
-      return this.#noop;
-    }
-    const series = this.#kind.create();
-    this.#series.set(key, { values: labelValues, series });
-    return series;
-  }
-
-  unlabelled(): C {
-    if (!this.#unlabelled)
-      throw new MetricsError(`metric ${this.name} has labels {${this.#labelNames.join(", ")}}: use labels()`);
-    return this.#unlabelled;
-  }
-
-  render(): string[] {
-    const lines = [`# HELP ${this.name} ${escapeHelp(this.#help)}`, `# TYPE ${this.name} ${this.#kind.type}`];
-    for (const { values, series } of this.#series.values()) {
-      lines.push(...this.#kind.render(this.name, labelPairs(this.#labelNames, values), series));
-    }
-    return lines;
-  }
 }
 
 function checkIncrement(metric: string, value: number): void {
@@ -205,64 +94,26 @@ function checkObservation(metric: string, value: number): void {
     throw new MetricsError(`histogram ${metric}: observed value must be a number, got ${value}`);
 }
 
-type CounterSeries = CounterChild & { value: number };
-
-function counterKind(name: string): Kind<CounterSeries> {
-  return {
-    type: "counter",
-    reserved: [],
-    create: () => ({
-      value: 0,
-      inc(value = 1) {
-        checkIncrement(name, value);
-        this.value += value;
-      },
-    }),
-    noop: () => ({ value: 0, inc: (value = 1) => checkIncrement(name, value) }),
-    render: (metric, labels, series) => [`${metric}${braces(labels)} ${formatValue(series.value)}`],
-  };
+/** The checks prom-client would make too, as MetricsErrors naming the metric (and a few it does not). */
+function checkDefinition(opts: MetricOptions<string>, reserved: readonly string[], type: string): string[] {
+  if (typeof opts.name !== "string" || !METRIC_NAME.test(opts.name))
+    throw new MetricsError(`metric name ${JSON.stringify(opts.name)}: must match ${METRIC_NAME.source}`);
+  if (typeof opts.help !== "string") throw new MetricsError(`metric ${opts.name}: help must be a string`);
+  const labelNames = [...(opts.labelNames ?? [])];
+  for (const label of labelNames) {
+    if (typeof label !== "string" || !LABEL_NAME.test(label) || label.startsWith("__"))
+      throw new MetricsError(
+        `metric ${opts.name}: label name ${JSON.stringify(label)} must match ${LABEL_NAME.source} and not start with "__"`,
+      );
+    if (reserved.includes(label))
+      throw new MetricsError(`metric ${opts.name}: label name "${label}" is reserved for ${type}s`);
+  }
+  if (new Set(labelNames).size !== labelNames.length)
+    throw new MetricsError(`metric ${opts.name}: duplicate label names`);
+  return labelNames;
 }
 
-type GaugeSeries = GaugeChild & { value: number };
-
-function gaugeKind(name: string): Kind<GaugeSeries> {
-  const check = (value: number): void => checkNumber(name, value);
-  return {
-    type: "gauge",
-    reserved: [],
-    create: () => ({
-      value: 0,
-      set(value) {
-        check(value);
-        this.value = value;
-      },
-      inc(value = 1) {
-        check(value);
-        this.value += value;
-      },
-      dec(value = 1) {
-        check(value);
-        this.value -= value;
-      },
-    }),
-    noop: () => ({
-      value: 0,
-      set: check,
-      inc: (value = 1) => check(value),
-      dec: (value = 1) => check(value),
-    }),
-    render: (metric, labels, series) => [`${metric}${braces(labels)} ${formatValue(series.value)}`],
-  };
-}
-
-interface HistogramSeries extends HistogramChild {
-  /** Observations per bucket (not cumulative); the last one is +Inf. */
-  counts: number[];
-  sum: number;
-  count: number;
-}
-
-function histogramKind(name: string, buckets: readonly number[]): Kind<HistogramSeries> {
+function checkBuckets(name: string, buckets: readonly number[]): number[] {
   const bounds = [...(Array.isArray(buckets) ? buckets : [])];
   if (bounds.at(-1) === Infinity) bounds.pop();
   if (bounds.length === 0)
@@ -271,112 +122,218 @@ function histogramKind(name: string, buckets: readonly number[]): Kind<Histogram
     if (typeof b !== "number" || !Number.isFinite(b) || (i > 0 && b <= bounds[i - 1]!))
       throw new MetricsError(`histogram ${name}: buckets must be finite and strictly increasing`);
   });
-  const le = bounds.map((b) => `le="${formatValue(b)}"`);
-  return {
-    type: "histogram",
-    reserved: ["le"],
-    create: () => ({
-      counts: new Array<number>(bounds.length + 1).fill(0),
-      sum: 0,
-      count: 0,
-      observe(value) {
-        checkObservation(name, value);
-        let i = 0;
-        while (i < bounds.length && value > bounds[i]!) i += 1;
-        this.counts[i]! += 1;
-        this.sum += value;
-        this.count += 1;
-      },
-    }),
-    noop: () => ({ counts: [], sum: 0, count: 0, observe: (value) => checkObservation(name, value) }),
-    render: (metric, labels, series) => {
-      const lines: string[] = [];
-      let cumulative = 0;
-      le.forEach((bound, i) => {
-        cumulative += series.counts[i]!;
-        lines.push(`${metric}_bucket${braces([...labels, bound])} ${cumulative}`);
-      });
-      lines.push(`${metric}_bucket${braces([...labels, 'le="+Inf"'])} ${series.count}`);
-      lines.push(`${metric}_sum${braces(labels)} ${formatValue(series.sum)}`);
-      lines.push(`${metric}_count${braces(labels)} ${series.count}`);
-      return lines;
-    },
-  };
+  return bounds;
 }
 
+/**
+ * The bound on a metric's series: label values come from the outside world (projects,
+ * bindings), and prom-client keeps every label set it is given. Admitted label sets get a child
+ * (kept, so a hot path's labels() is one map lookup); past the limit the label set is counted as
+ * dropped and gets `noop`, which checks its arguments like a series and records nothing.
+ */
+class SeriesBound<L extends string, C> {
+  readonly #name: string;
+  readonly #labelNames: readonly L[];
+  readonly #max: number;
+  readonly #onDrop: () => void;
+  readonly #make: (labels: Record<string, string>) => C;
+  readonly #noop: C;
+  readonly #children = new Map<string, C>();
+
+  constructor(
+    name: string,
+    labelNames: readonly L[],
+    limits: { max: number; onDrop: () => void },
+    make: (labels: Record<string, string>) => C,
+    noop: C,
+  ) {
+    this.#name = name;
+    this.#labelNames = labelNames;
+    this.#max = limits.max;
+    this.#onDrop = limits.onDrop;
+    this.#make = make;
+    this.#noop = noop;
+  }
+
+  labels(values: Labels<L>): C {
+    const given = values === null || typeof values !== "object" ? [] : Object.keys(values);
+    if (given.length !== this.#labelNames.length || !given.every((k) => this.#labelNames.includes(k as L))) {
+      throw new MetricsError(
+        `metric ${this.#name}: expected labels {${this.#labelNames.join(", ")}}, got {${given.join(", ")}}`,
+      );
+    }
+    const labels: Record<string, string> = {};
+    for (const name of this.#labelNames) {
+      const value: unknown = values[name];
+      if (typeof value !== "string" && typeof value !== "number")
+        throw new MetricsError(`metric ${this.#name}: label ${name} must be a string or number`);
+      labels[name] = String(value);
+    }
+    const key = JSON.stringify(this.#labelNames.map((name) => labels[name]));
+    const existing = this.#children.get(key);
+    if (existing) return existing;
+    if (this.#children.size >= this.#max) {
+      this.#onDrop();
+      return this.#noop;
+    }
+    const child = this.#make(labels);
+    this.#children.set(key, child);
+    return child;
+  }
+
+  unlabelled(): C {
+    if (this.#labelNames.length > 0)
+      throw new MetricsError(
+        `metric ${this.#name} has labels {${this.#labelNames.join(", ")}}: use labels()`,
+      );
+    return this.labels({} as Labels<L>);
+  }
+}
+
+/**
+ * natsbind's metrics registry: prom-client metrics (one prom-client Registry per instance, never
+ * the global one) behind a small API with a bound on label sets per metric, and prom-client's
+ * default Node process metrics (event loop lag, heap, GC, handles) when asked for.
+ */
 export class Registry {
-  readonly #families = new Map<string, Family<string, unknown>>();
+  readonly #registry = new client.Registry();
   readonly #collectors: (() => void)[] = [];
-  readonly #limits: Limits;
+  readonly #maxSeries: number;
+  readonly #dropped: client.Counter<"metric">;
 
   constructor(options: RegistryOptions = {}) {
     const maxSeries = options.maxSeriesPerMetric ?? DEFAULT_MAX_SERIES_PER_METRIC;
     if (!Number.isInteger(maxSeries) || maxSeries < 1)
       throw new MetricsError("maxSeriesPerMetric must be an integer >= 1");
+    this.#maxSeries = maxSeries;
     // One series per metric name: bounded by the code, so it needs (and gets) no limit of its own.
-    const dropped = this.#register(
-      new Family<"metric", CounterSeries>(
-        {
-          name: DROPPED_SERIES_METRIC,
-          help: "Label sets refused because their metric reached its series limit.",
-          labelNames: ["metric"],
-        },
-        counterKind(DROPPED_SERIES_METRIC),
-        { maxSeries: Infinity, onDrop: () => {} },
-      ),
-    );
-    this.#limits = { maxSeries, onDrop: (metric) => dropped.labels({ metric }).inc() };
+    this.#dropped = new client.Counter({
+      name: DROPPED_SERIES_METRIC,
+      help: "Label sets refused because their metric reached its series limit.",
+      labelNames: ["metric"],
+      registers: [this.#registry],
+    });
+    if (options.processMetrics) client.collectDefaultMetrics({ register: this.#registry });
+  }
+
+  #limits(name: string): { max: number; onDrop: () => void } {
+    return { max: this.#maxSeries, onDrop: () => this.#dropped.labels({ metric: name }).inc() };
+  }
+
+  #unique(name: string): void {
+    if (this.#registry.getSingleMetric(name)) throw new MetricsError(`metric ${name} is already registered`);
   }
 
   counter<L extends string = never>(opts: MetricOptions<L>): Counter<L> {
-    const family = this.#register(new Family(opts, counterKind(opts.name), this.#limits));
-    return {
-      name: family.name,
-      labels: (values) => family.labels(values),
-      inc: (value) => family.unlabelled().inc(value),
-    };
+    const labelNames = checkDefinition(opts, [], "counter") as L[];
+    const name = opts.name;
+    this.#unique(name);
+    const metric = new client.Counter({ name, help: opts.help, labelNames, registers: [this.#registry] });
+    const bound = new SeriesBound<L, CounterChild>(
+      name,
+      labelNames,
+      this.#limits(name),
+      (labels) => {
+        const series = metric.labels(labels as Partial<Record<L, string>>);
+        series.inc(0); // rendered from the first labels() call on, as 0
+        return {
+          inc: (value = 1) => {
+            checkIncrement(name, value);
+            series.inc(value);
+          },
+        };
+      },
+      { inc: (value = 1) => checkIncrement(name, value) },
+    );
+    return { name, labels: (values) => bound.labels(values), inc: (value) => bound.unlabelled().inc(value) };
   }
 
   gauge<L extends string = never>(opts: MetricOptions<L>): Gauge<L> {
-    const family = this.#register(new Family(opts, gaugeKind(opts.name), this.#limits));
+    const labelNames = checkDefinition(opts, [], "gauge") as L[];
+    const name = opts.name;
+    this.#unique(name);
+    const metric = new client.Gauge({ name, help: opts.help, labelNames, registers: [this.#registry] });
+    const check = (value: number): void => checkNumber(name, value);
+    const bound = new SeriesBound<L, GaugeChild>(
+      name,
+      labelNames,
+      this.#limits(name),
+      (labels) => {
+        const series = metric.labels(labels as Partial<Record<L, string>>);
+        series.inc(0);
+        return {
+          set: (value) => {
+            check(value);
+            series.set(value);
+          },
+          inc: (value = 1) => {
+            check(value);
+            series.inc(value);
+          },
+          dec: (value = 1) => {
+            check(value);
+            series.dec(value);
+          },
+        };
+      },
+      { set: check, inc: (value = 1) => check(value), dec: (value = 1) => check(value) },
+    );
     return {
-      name: family.name,
-      labels: (values) => family.labels(values),
-      set: (value) => family.unlabelled().set(value),
-      inc: (value) => family.unlabelled().inc(value),
-      dec: (value) => family.unlabelled().dec(value),
+      name,
+      labels: (values) => bound.labels(values),
+      set: (value) => bound.unlabelled().set(value),
+      inc: (value) => bound.unlabelled().inc(value),
+      dec: (value) => bound.unlabelled().dec(value),
     };
   }
 
   histogram<L extends string = never>(opts: HistogramOptions<L>): Histogram<L> {
-    const family = this.#register(new Family(opts, histogramKind(opts.name, opts.buckets), this.#limits));
+    const labelNames = checkDefinition(opts, ["le"], "histogram") as L[];
+    const name = opts.name;
+    const buckets = checkBuckets(name, opts.buckets);
+    this.#unique(name);
+    const metric = new client.Histogram({
+      name,
+      help: opts.help,
+      labelNames,
+      buckets,
+      registers: [this.#registry],
+    });
+    const bound = new SeriesBound<L, HistogramChild>(
+      name,
+      labelNames,
+      this.#limits(name),
+      (labels) => {
+        metric.zero(labels as Partial<Record<L, string>>);
+        const series = metric.labels(labels as Partial<Record<L, string>>);
+        return {
+          observe: (value) => {
+            checkObservation(name, value);
+            series.observe(value);
+          },
+        };
+      },
+      { observe: (value) => checkObservation(name, value) },
+    );
     return {
-      name: family.name,
-      labels: (values) => family.labels(values),
-      observe: (value) => family.unlabelled().observe(value),
+      name,
+      labels: (values) => bound.labels(values),
+      observe: (value) => bound.unlabelled().observe(value),
     };
   }
 
   /**
    * Runs `collect` at the start of every render(), to copy live numbers (queue depth, webhook
-   * counters) into metrics. A collector that throws makes render() throw.
+   * counters) into metrics. A collector that throws makes render() reject.
    */
   onCollect(collect: () => void): void {
     this.#collectors.push(collect);
   }
 
-  render(): string {
+  /** The text exposition format (0.0.4) of every metric. */
+  async render(): Promise<string> {
     for (const collect of this.#collectors) collect();
-    const lines: string[] = [];
-    for (const family of this.#families.values()) lines.push(...family.render());
-    return `${lines.join("\n")}\n`;
-  }
-
-  #register<L extends string, C>(family: Family<L, C>): Family<L, C> {
-    if (this.#families.has(family.name))
-      throw new MetricsError(`metric ${family.name} is already registered`);
-    this.#families.set(family.name, family as unknown as Family<string, unknown>);
-    return family;
+    return this.#registry.metrics();
   }
 }
 
@@ -389,19 +346,19 @@ export function metricsHandler(registry: Registry): (req: IncomingMessage, res: 
       res.end("method not allowed\n");
       return;
     }
-    let body: string;
-    try {
-      body = registry.render();
-    } catch {
-      res.writeHead(500, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
-      res.end("metrics collection failed\n");
-      return;
-    }
-    res.writeHead(200, {
-      "content-type": CONTENT_TYPE,
-      "cache-control": "no-store",
-      "content-length": Buffer.byteLength(body),
-    });
-    res.end(req.method === "HEAD" ? undefined : body);
+    registry.render().then(
+      (body) => {
+        res.writeHead(200, {
+          "content-type": CONTENT_TYPE,
+          "cache-control": "no-store",
+          "content-length": Buffer.byteLength(body),
+        });
+        res.end(req.method === "HEAD" ? undefined : body);
+      },
+      () => {
+        res.writeHead(500, { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store" });
+        res.end("metrics collection failed\n");
+      },
+    );
   };
 }

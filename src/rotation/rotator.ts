@@ -107,6 +107,8 @@ export class KeyRotator {
   readonly #o: RotatorOptions;
   readonly #starts: RateLimiter;
   readonly #status = new Map<string, RotationStatus>();
+  /** The policy each binding's last status was computed with (metrics: the rotation-overdue alert). */
+  readonly #policies = new Map<string, RotationPolicy>();
   readonly #lastEmergency = new Map<string, NonNullable<RotationStatus["lastEmergency"]>>();
   /** Waiting retirements already reported, per binding: reported once, not at every reconcile. */
   readonly #reportedWaiting = new Map<string, Set<string>>();
@@ -530,6 +532,7 @@ export class KeyRotator {
       ...(this.#lastEmergency.get(binding) ? { lastEmergency: this.#lastEmergency.get(binding)! } : {}),
     };
     this.#status.set(binding, status);
+    this.#policies.set(binding, policy);
     return status;
   }
 
@@ -538,8 +541,14 @@ export class KeyRotator {
     return this.#status;
   }
 
+  /** The rotation policy of each binding with a status (spec.rotation over the defaults), for metrics. */
+  policies(): ReadonlyMap<string, RotationPolicy> {
+    return this.#policies;
+  }
+
   forgetBinding(binding: string): void {
     this.#status.delete(binding);
+    this.#policies.delete(binding);
     this.#failures.delete(binding);
     this.#waiting.delete(binding);
     this.#lastEmergency.delete(binding);

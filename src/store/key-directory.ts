@@ -7,6 +7,7 @@
 import { chmod as fsChmod, lstat, mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { NatsbindError } from "../errors.ts";
+import { KeyStoreError } from "../keystore/port.ts";
 import { NKeyPair, parsePublicKey, type KeyKind } from "../nats/keys.ts";
 import {
   readBoundedFile,
@@ -16,8 +17,6 @@ import {
   type BoundedRead,
   type DurableFile,
 } from "./files.ts";
-
-export class KeyStoreError extends NatsbindError {}
 
 /** A key store file's text, or undefined when it does not exist; bounded in size. */
 export async function readKeyStoreFile(path: string, maxBytes: number): Promise<string | undefined> {

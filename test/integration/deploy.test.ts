@@ -60,6 +60,8 @@ const DEPLOY_DIR = join(REPO_ROOT, "deploy");
 const BASE_DIR = join(DEPLOY_DIR, "base");
 const SINGLE_NAMESPACE_DIR = join(DEPLOY_DIR, "single-namespace");
 const SAMPLES_DIR = join(DEPLOY_DIR, "samples");
+/** prometheus-operator objects and promtool tests: checked by test/{unit,integration}/monitoring.test.ts. */
+const MONITORING_DIR = join(DEPLOY_DIR, "monitoring");
 const NAMESPACE = "natsbind";
 /** Where the test puts samples that name no namespace (a team's namespace). */
 const SAMPLE_NAMESPACE = "team-a";
@@ -432,9 +434,9 @@ describe("deploy/: manifests", { timeout: 180_000 }, () => {
     assert.equal(liveProcessCount(), 0, "etcd and kube-apiserver were stopped");
   });
 
-  it("every YAML file under deploy/ is part of deploy/base, deploy/single-namespace or a sample", async () => {
+  it("every YAML file under deploy/ is part of deploy/base, deploy/single-namespace, a sample or deploy/monitoring", async () => {
     const stray = (await yamlFilesUnder(DEPLOY_DIR)).filter(
-      (f) => !read.has(f) && !f.startsWith(SAMPLES_DIR + sep),
+      (f) => !read.has(f) && !f.startsWith(SAMPLES_DIR + sep) && !f.startsWith(MONITORING_DIR + sep),
     );
     assert.deepEqual(stray.map(repoPath), [], "files no kubectl apply -k of deploy/ would apply");
     assert.ok(samples.length > 0, "deploy/samples holds samples");

@@ -2,7 +2,7 @@
 // GitLab simulator.
 import { describe, it, before, after, beforeEach } from "node:test";
 import assert from "node:assert/strict";
-import { GitbeakerGitLab, type GitLabRequestEvent } from "../../src/gitlab/client.ts";
+import { GitbeakerGitLab, type GitLabRequestEvent, type GitLabRetryEvent } from "../../src/gitlab/client.ts";
 import {
   GitLabAuthError,
   GitLabForbiddenError,
@@ -24,6 +24,7 @@ const FAST_RETRY = { maxAttempts: 3, baseDelayMs: 5, maxDelayMs: 20, maxTotalMs:
 describe("GitLab port against the simulator", { timeout: 120_000 }, () => {
   let sim: GitLabSimulator;
   let events: GitLabRequestEvent[];
+  let retries: GitLabRetryEvent[];
   let gitlab: GitbeakerGitLab;
 
   before(async () => {
@@ -36,11 +37,13 @@ describe("GitLab port against the simulator", { timeout: 120_000 }, () => {
     sim.resetRequests();
     sim.clearFailures();
     events = [];
+    retries = [];
     gitlab = new GitbeakerGitLab({
       url: sim.url,
       token: sim.token,
       retry: FAST_RETRY,
       onRequest: (e) => events.push(e),
+      onRetry: (e) => retries.push(e),
     });
   });
 
@@ -114,7 +117,8 @@ describe("GitLab port against the simulator", { timeout: 120_000 }, () => {
 
   it("waits out a burst of 429s as Retry-After says instead of hammering", async () => {
     const group = sim.createGroup({ name: "Rate", path: "rate" });
-    const patient = new GitbeakerGitLab({ url: sim.url, token: sim.token });
+    const waits: GitLabRetryEvent[] = [];
+    const patient = new GitbeakerGitLab({ url: sim.url, token: sim.token, onRetry: (e) => waits.push(e) });
     sim.resetRequests();
     sim.failNext(2, { status: 429, retryAfterSeconds: 2, pathIncludes: `/groups/${group.id}` });
     assert.equal((await patient.group(group.id)).id, group.id);
@@ -128,6 +132,16 @@ describe("GitLab port against the simulator", { timeout: 120_000 }, () => {
       assert.ok(gap >= 2000, `request ${i + 1} came ${gap.toFixed(0)} ms after the previous one`);
       assert.ok(gap < 4000, `and not much later (${gap.toFixed(0)} ms)`);
     }
+    // Each wait is reported before it starts (metrics: natsbind_gitlab_retry_wait_seconds_total).
+    assert.deepEqual(
+      waits.map((w) => [w.attempt, w.status, w.serverAsked]),
+      [
+        [1, 429, true],
+        [2, 429, true],
+      ],
+    );
+    for (const w of waits)
+      assert.ok(w.delayMs >= 2000 && w.delayMs <= 3000, `waited ${w.delayMs} ms as asked`);
   });
 
   it("gives up on a 5xx outage with a typed error after its bounded retries", async () => {
@@ -148,6 +162,14 @@ describe("GitLab port against the simulator", { timeout: 120_000 }, () => {
         [1, 503],
         [2, 503],
         [3, 503],
+      ],
+    );
+    // Two waits (none after the last attempt), natsbind's own backoff: 503 sent no Retry-After.
+    assert.deepEqual(
+      retries.map((r) => [r.attempt, r.status, r.serverAsked]),
+      [
+        [1, 503, false],
+        [2, 503, false],
       ],
     );
   });

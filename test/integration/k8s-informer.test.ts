@@ -1,7 +1,9 @@
 // The list+watch cache against a real etcd + kube-apiserver: sync and events, label selection,
 // writers' upserts, paging, an apiserver restart mid-watch (changes made while it was away, a
-// deletion included, arrive after the backoff), and 410 Gone -> relist.
+// deletion included, arrive after the backoff), and 410 Gone -> relist; a writer's object kept
+// through events and lists of its own version; managedFields dropped.
 import assert from "node:assert/strict";
+import { connect, createServer, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 import type { V1ConfigMap } from "@kubernetes/client-node";
@@ -11,6 +13,33 @@ import { ManualClock } from "../../src/runtime/clock.ts";
 import { startKubeApiserver } from "../support/kube.ts";
 import type { KubeApiserver } from "../support/kube.ts";
 import { freePort, waitFor } from "../support/process.ts";
+
+/** A TCP proxy to the apiserver that passes its answers on `delayMs` late (in order). */
+async function delayingProxy(target: URL, delayMs: number): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port), target.hostname);
+    sockets.add(client).add(upstream);
+    client.pipe(upstream);
+    upstream.on("data", (chunk: Buffer) => setTimeout(() => client.write(chunk), delayMs));
+    const drop = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("close", drop).on("error", drop);
+    upstream.on("close", () => setTimeout(drop, delayMs)).on("error", drop);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const address = server.address();
+  if (!address || typeof address === "string") throw new Error("proxy has no port");
+  return {
+    url: `https://127.0.0.1:${address.port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
 
 interface Seen {
   type: InformerEventType;
@@ -151,6 +180,69 @@ describe("Informer", { timeout: 180_000 }, () => {
 
     informer.forget(ns, "marker");
     assert.equal(informer.get(ns, "marker"), undefined);
+    informer.stop();
+  });
+
+  it("keeps a writer's object through the watch event of the same version, without managedFields", async () => {
+    const ns = await namespace();
+    await configMap(ns, "listed", "1");
+    // The informer hears the apiserver 300 ms late, so the writer's upsert always comes first.
+    const proxy = await delayingProxy(new URL(kube.server), 300);
+    const kc = new KubeConfig();
+    kc.loadFromClusterAndUser(
+      { name: "late", server: proxy.url, skipTLSVerify: true },
+      { name: "admin", token: kube.token },
+    );
+    const informer = informerFor(ns, { kubeConfig: kc });
+    const seen = record(informer);
+    try {
+      await informer.start();
+      assert.equal(
+        informer.get(ns, "listed")?.metadata?.managedFields,
+        undefined,
+        "list items lose managedFields",
+      );
+
+      const written = await configMap(ns, "mine", "1");
+      assert.ok((written.metadata?.managedFields?.length ?? 0) > 0, "the apiserver returned managedFields");
+      informer.upsert(written);
+      assert.equal(written.metadata?.managedFields, undefined, "upserted objects lose managedFields");
+      // Later events for others prove the watch delivered "mine" (same version) before them.
+      await setData(ns, "listed", "2");
+      await configMap(ns, "marker", "1");
+      await waitFor(async () => has(seen, "add", "marker"), { what: "the add of marker" });
+      assert.equal(
+        informer.get(ns, "mine"),
+        written,
+        "the same object: what readers derived from it stays valid",
+      );
+      assert.ok(!has(seen, "add", "mine"), "a writer's own write raised no event");
+      const updated = informer.get(ns, "listed")!;
+      assert.equal(updated.data?.v, "2");
+      assert.equal(updated.metadata?.managedFields, undefined, "watch objects lose managedFields");
+
+      // A write of an object without managedFields keeps the apiserver's record of them.
+      const replaced = await core.replaceNamespacedConfigMap({
+        namespace: ns,
+        name: "listed",
+        body: { ...updated, data: { v: "3" } },
+      });
+      assert.ok((replaced.metadata?.managedFields?.length ?? 0) > 0);
+    } finally {
+      informer.stop();
+      await proxy.close();
+    }
+  });
+
+  it("keeps an unchanged object through a relist", async () => {
+    const ns = await namespace();
+    const written = await configMap(ns, "mine", "1");
+    const informer = informerFor(ns);
+    const seen = record(informer);
+    informer.upsert(written); // before the first list: the list returns the same version
+    await informer.start();
+    assert.equal(informer.get(ns, "mine"), written);
+    assert.deepEqual(seen, [], "nothing changed");
     informer.stop();
   });
 

@@ -254,7 +254,7 @@ describe("resolver on one server", TIMEOUT, () => {
       const acc = projectAccount(op, "group/half");
       await assert.rejects(expectsTwo.push(acc.jwt), (err: Error) => {
         assert.ok(err instanceof ResolverIncompleteError, `${err.name}: ${err.message}`);
-        assert.match(err.message, /1 of 2 servers answered within 500 ms/);
+        assert.match(err.message, /1 of 2 full resolvers answered within 500 ms/);
         return true;
       });
     } finally {

@@ -7,6 +7,11 @@
 // publish, check delivery -> disconnect) and a few long-lived connections stay up, SCHEDULED
 // rotation (rotation.every 1h) runs every role of every account through prepare -> push ->
 // activate -> retire at least three times, and one emergency rotation replaces a role no job uses.
+// Once, the operator signing key is rotated as docs/runbooks/rotate-operator-signing-key.md does
+// it: add-signing-key -> rolling restart with the new operator JWT -> activate (natsbind run
+// follows) -> retire -> rolling restart. Servers are restarted as a rolling restart should, in lame
+// duck mode: connections to the server being restarted are closed or refused (planned; counted
+// apart), nothing else may fail.
 //
 // Time: scheduled rotation is compressed with a ManualClock driving runController(config,
 // {clock}): the test advances it STEP_MS at a time. Everything else (NATS, HTTP, GitLab, CONNZ)
@@ -24,14 +29,15 @@
 //   - ID tokens are minted at the ManualClock's time (natsbind checks their age on it).
 // Counted and asserted: authorization failures (exchange refusals, refused connects), unexpected
 // disconnects and errors of every client connection, messages not delivered, lookups of every
-// account on every node (each server answers $SYS.REQ.ACCOUNT.<id>.CLAIMS.LOOKUP itself, so a
+// account on every node (not while a node restarts) (each server answers $SYS.REQ.ACCOUNT.<id>.CLAIMS.LOOKUP itself, so a
 // request collecting three replies checks all three nodes; each must hold the JWT, listing the
 // keys natsbind issues from), and the phases completed per account and role.
 import assert from "node:assert/strict";
-import { mkdir, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { INIT_LAYOUT } from "../../src/cli/init.ts";
 import type { Config } from "../../src/config/config.ts";
 import { parseConfig } from "../../src/config/config.ts";
 import { DirectoryKeyStore } from "../../src/keystore/directory.ts";
@@ -39,12 +45,18 @@ import { listedRoleKeys, type StoredAccount } from "../../src/keystore/port.ts";
 import { decodeJwt, readJwt } from "../../src/nats/claims.ts";
 import { runController, type RunningController } from "../../src/main.ts";
 import { createLogger } from "../../src/observability/logger.ts";
+import { activate, addSigningKey, retire } from "../../src/operator/phases.ts";
 import { ManualClock } from "../../src/runtime/clock.ts";
 import { RequestFiles } from "../../src/rotation/request-files.ts";
 import type { RotationEvent } from "../../src/rotation/rotator.ts";
 import { GitLabSimulator, type SimProject } from "../support/gitlab-sim.ts";
 import { startNatsCluster, type NatsCluster } from "../support/nats-server.ts";
-import { createTestOperator, natsConfigSection, type TestOperator } from "../support/operator.ts";
+import {
+  createTestOperator,
+  natsConfigSection,
+  operatorResolver,
+  type TestOperator,
+} from "../support/operator.ts";
 import { removeDir, tempDir, waitFor } from "../support/process.ts";
 
 const AUDIENCE = "https://natsbind.test";
@@ -64,8 +76,8 @@ const JOB_ROLES = ["ci", "deploy"] as const;
 const SPARE_ROLE = "spare";
 const ALL_ROLES = [...JOB_ROLES, SPARE_ROLE];
 const SUBJECT_PREFIX: Record<string, string> = { ci: "build", deploy: "deploy" };
-/** Wall-clock budget of the rotation phase of the test. */
-const SOAK_DEADLINE_MS = 150_000;
+/** Wall-clock budget of the rotation phase of the test (six lame duck restarts take ~30 s of it). */
+const SOAK_DEADLINE_MS = 240_000;
 
 const BINDING = `apiVersion: natsbind.io/v1alpha1
 kind: NatsBinding
@@ -139,11 +151,24 @@ interface Figures {
   authFailures: string[];
   unexpectedDisconnects: string[];
   plannedDisconnects: number;
+  /** Jobs cut short by a planned restart (their connection closed before all messages came). */
+  plannedJobFailures: number;
   deliveryFailures: string[];
   otherFailures: string[];
   lookupRounds: number;
+  /** Lookup rounds not made because a node was restarting. */
+  lookupRoundsSkipped: number;
   lookupFailures: string[];
   steps: number;
+  /** The operator signing-key rotation, once it ran. */
+  operator?: {
+    oldKey: string;
+    newKey: string;
+    restarts: number;
+    resigned: number;
+    resignedAgain: number;
+    wallSeconds: number;
+  };
 }
 
 /** A client connection whose disconnects and errors count unless we close it ourselves. */
@@ -152,6 +177,8 @@ interface Watched {
   server: string;
   what: string;
   closing: boolean;
+  /** A disconnect of it was planned (its server was restarting). */
+  planned: boolean;
 }
 
 interface LongLived extends Watched {
@@ -165,7 +192,7 @@ interface LongLived extends Watched {
 describe(
   "rotation soak: 3-node cluster, jobs through exchange and callout, scheduled rotation",
   {
-    timeout: 240_000,
+    timeout: 360_000,
   },
   () => {
     let op: TestOperator;
@@ -176,8 +203,10 @@ describe(
     let controller: RunningController | undefined;
     let system: NatsConnection | undefined;
     const clock = new ManualClock(Date.now());
-    const events: Array<{ at: number; event: RotationEvent }> = [];
+    const events: Array<{ at: number; wall: number; event: RotationEvent }> = [];
     const warnings: string[] = [];
+    /** Messages natsbind logged (info and up), for the operator rotation's waits. */
+    const logged = new Set<string>();
     const projects: SimProject[] = [];
     const figures: Figures = {
       jobs: 0,
@@ -191,17 +220,23 @@ describe(
       authFailures: [],
       unexpectedDisconnects: [],
       plannedDisconnects: 0,
+      plannedJobFailures: 0,
       deliveryFailures: [],
       otherFailures: [],
       lookupRounds: 0,
+      lookupRoundsSkipped: 0,
       lookupFailures: [],
       steps: 0,
     };
     /**
      * Servers (client URLs) being restarted on purpose: disconnects of connections to them are
-     * planned. Empty until the operator signing-key rotation hook below restarts servers.
+     * planned. A server is in it from its lame duck signal until it is routed again and holds every
+     * account as the others do.
      */
     const plannedRestarts = new Set<string>();
+    /** Wall-clock (performance.now) windows of the restarts. */
+    const restartWindows: Array<[number, number]> = [];
+    let restartsStarted = 0;
 
     const slots = (): Promise<StoredAccount[]> => new DirectoryKeyStore(config.keys.directory).list("acme");
     const pick = <T>(items: readonly T[]): T => items[Math.floor(Math.random() * items.length)]!;
@@ -239,12 +274,14 @@ describe(
       controller = await runController(config, {
         clock,
         log: createLogger({
-          level: "warn",
+          level: "info",
           write: (line) => {
-            if (warnings.length < 50) warnings.push(line.trim().slice(0, 500));
+            const { level, msg } = JSON.parse(line) as { level: string; msg: string };
+            logged.add(msg);
+            if (level !== "info" && warnings.length < 50) warnings.push(line.trim().slice(0, 500));
           },
         }),
-        onRotation: (_key, event) => events.push({ at: clock.now(), event }),
+        onRotation: (_key, event) => events.push({ at: clock.now(), wall: performance.now(), event }),
       });
       system = await connect({
         servers: cluster.urls,
@@ -303,16 +340,25 @@ describe(
       return problems;
     }
 
+    /**
+     * Watches a client connection. Clients reconnect to another server when theirs goes away (the
+     * servers announce each other), so a disconnect is planned when the server it was on at that
+     * moment is restarting.
+     */
     function watch(nc: NatsConnection, server: string, what: string): Watched {
-      const w: Watched = { nc, server, what, closing: false };
-      const unexpected = (detail: string): void => {
+      const w: Watched = { nc, server, what, closing: false, planned: false };
+      let on = hostPort(server);
+      const unexpected = (detail: string, at = on): void => {
         if (w.closing) return;
-        if (plannedRestarts.has(server)) figures.plannedDisconnects += 1;
-        else figures.unexpectedDisconnects.push(`${what} on ${server}: ${detail}`);
+        if ([...plannedRestarts].some((url) => hostPort(url) === at)) {
+          figures.plannedDisconnects += 1;
+          w.planned = true;
+        } else figures.unexpectedDisconnects.push(`${what} on ${at}: ${detail}`);
       };
       void (async () => {
         for await (const s of nc.status()) {
-          if (s.type === "disconnect") unexpected("disconnect");
+          if (s.type === "disconnect") unexpected("disconnect", s.server);
+          else if (s.type === "reconnect") on = s.server;
           else if (s.type === "error") unexpected(`error: ${s.error.message}`);
         }
       })().catch(() => undefined);
@@ -447,19 +493,13 @@ describe(
       if (!conn) return;
       const w = watch(conn.nc, server, what);
       try {
-        const subject = `${SUBJECT_PREFIX[role]}.${project.id}.job${jobId}`;
-        const sub = conn.nc.subscribe(`${subject}.>`, { max: MESSAGES_PER_JOB });
-        await conn.nc.flush();
-        for (let i = 0; i < MESSAGES_PER_JOB; i++) conn.nc.publish(`${subject}.${i}`, `message ${i}`);
-        let got = 0;
-        const received = (async () => {
-          for await (const _m of sub) got += 1;
-        })();
-        const timer = setTimeout(() => sub.unsubscribe(), 5_000);
-        await received;
-        clearTimeout(timer);
-        if (got === MESSAGES_PER_JOB) figures.messagesDelivered += got;
-        else figures.deliveryFailures.push(`${what}: ${got} of ${MESSAGES_PER_JOB} messages delivered`);
+        const got = await deliverMessages(conn.nc, `${SUBJECT_PREFIX[role]}.${project.id}.job${jobId}`);
+        if (got < MESSAGES_PER_JOB) {
+          if (w.planned || plannedRestarts.has(server)) figures.plannedJobFailures += 1;
+          else figures.deliveryFailures.push(`${what}: ${got} of ${MESSAGES_PER_JOB} messages delivered`);
+          return;
+        }
+        figures.messagesDelivered += got;
         figures.jobs += 1;
         if (late) {
           figures.lateJobs += 1;
@@ -468,10 +508,29 @@ describe(
             Math.round((clock.now() - (late.expiresAt - MAX_TTL_MS)) / 60_000),
           );
         } else figures.jobsByDoor[door] = (figures.jobsByDoor[door] ?? 0) + 1;
+      } catch (err) {
+        // A job on a server being restarted may be cut off mid-way: that is the restart's doing.
+        if (w.planned || plannedRestarts.has(server)) figures.plannedJobFailures += 1;
+        else throw err;
       } finally {
         w.closing = true;
         await conn.nc.close().catch(() => undefined);
       }
+    }
+
+    /** Subscribes to `subject`.>, publishes MESSAGES_PER_JOB messages there: how many came back. */
+    async function deliverMessages(nc: NatsConnection, subject: string): Promise<number> {
+      const sub = nc.subscribe(`${subject}.>`, { max: MESSAGES_PER_JOB });
+      await nc.flush();
+      for (let i = 0; i < MESSAGES_PER_JOB; i++) nc.publish(`${subject}.${i}`, `message ${i}`);
+      let got = 0;
+      const received = (async () => {
+        for await (const _m of sub) got += 1;
+      })();
+      const timer = setTimeout(() => sub.unsubscribe(), 5_000);
+      await received;
+      clearTimeout(timer);
+      return got;
     }
 
     async function openLongLived(
@@ -530,13 +589,20 @@ describe(
 
       const poller = (async () => {
         while (!stop) {
-          try {
-            for (const slot of await slots())
-              for (const problem of await lookupEverywhere(slot))
-                figures.lookupFailures.push(`round ${figures.lookupRounds}: ${problem}`);
+          // A round counts only if no node restarted while it ran.
+          const restartsBefore = restartsStarted;
+          const problems: string[] = [];
+          if (plannedRestarts.size === 0)
+            try {
+              for (const slot of await slots()) problems.push(...(await lookupEverywhere(slot)));
+            } catch (err) {
+              problems.push((err as Error).message);
+            }
+          if (plannedRestarts.size > 0 || restartsStarted !== restartsBefore)
+            figures.lookupRoundsSkipped += 1;
+          else {
+            figures.lookupFailures.push(...problems.map((p) => `round ${figures.lookupRounds}: ${p}`));
             figures.lookupRounds += 1;
-          } catch (err) {
-            figures.lookupFailures.push(`round ${figures.lookupRounds}: ${(err as Error).message}`);
           }
           await new Promise((r) => setTimeout(r, 50));
         }
@@ -584,7 +650,7 @@ describe(
           const jobsBefore = iterations();
           gate.open();
           // Runs while the jobs do (their failures count like any other).
-          if (figures.steps === OPERATOR_KEY_ROTATION_STEP) await operatorSigningKeyRotation();
+          if (figures.steps === OPERATOR_KEY_ROTATION_STEP) await operatorSigningKeyRotation(longLived);
           await waitFor(async () => iterations() >= jobsBefore + JOBS_PER_STEP, {
             what: `${JOBS_PER_STEP} jobs in step ${figures.steps}`,
             timeoutMs: 20_000,
@@ -632,6 +698,16 @@ describe(
           Math.min(...finalSlots.map((s) => count("KeyRetired", s.account, role))),
         ]),
       );
+      // A push needs every server's ack: a rotation step that ran while a server restarted fails
+      // and is retried (the cycles below still complete). Any other failure is a defect.
+      const duringRestart = (wall: number): boolean =>
+        restartWindows.some(([from, to]) => from <= wall && wall <= to + 1_000);
+      const rotationFailuresDuringRestarts = events.filter(
+        (e) => e.event.phase === "RotationFailed" && duringRestart(e.wall),
+      );
+      const rotationFailuresOtherwise = events
+        .filter((e) => e.event.phase === "RotationFailed" && !duringRestart(e.wall))
+        .map((e) => e.event.message);
       const report = {
         wallSeconds: Math.round((Date.now() - started) / 100) / 10,
         manualHours: Math.round(((figures.steps * STEP_MS) / 3_600_000) * 10) / 10,
@@ -653,12 +729,16 @@ describe(
         retirementsWaiting: phases("KeyRetirementWaiting"),
         retirementsForced: phases("KeyRetirementForced"),
         rotationFailures: phases("RotationFailed"),
+        rotationFailuresDuringRestarts: rotationFailuresDuringRestarts.length,
         authFailures: figures.authFailures.length,
         unexpectedDisconnects: figures.unexpectedDisconnects.length,
         plannedDisconnects: figures.plannedDisconnects,
+        plannedJobFailures: figures.plannedJobFailures,
         deliveryFailures: figures.deliveryFailures.length,
         otherFailures: figures.otherFailures.length,
         lookupRounds: figures.lookupRounds,
+        lookupRoundsSkipped: figures.lookupRoundsSkipped,
+        operatorRotation: figures.operator,
         lookupFailures: figures.lookupFailures.length,
       };
       console.log(`rotation soak figures: ${JSON.stringify(report)}`);
@@ -686,7 +766,16 @@ describe(
       // still in use when its overlap ends: a wait means the overlap was shorter than a lifetime.
       assert.equal(report.retirementsWaiting, 0, "no retirement had to wait for live connections");
       assert.ok(figures.lateJobs >= 50, `${figures.lateJobs} late jobs`);
-      assert.equal(report.rotationFailures, 0, `rotation failures; warnings: ${warnings.join("\n")}`);
+      assert.deepEqual(rotationFailuresOtherwise, [], `rotation failures; warnings: ${warnings.join("\n")}`);
+      // The operator signing-key rotation ran once, with its six restarts, and took.
+      assert.ok(figures.operator, "the operator signing-key rotation ran");
+      assert.equal(figures.operator.restarts, 2 * cluster.servers.length);
+      assert.ok(figures.operator.resigned >= PROJECTS, `${figures.operator.resigned} accounts re-signed`);
+      for (const slot of finalSlots) {
+        const { claims } = readJwt((await lookupJwt(slot.account))!, "final");
+        assert.equal(claims.iss, figures.operator.newKey, "every account is signed by the new operator key");
+      }
+      assert.ok(figures.plannedDisconnects > 0, "the restarts closed connections (planned)");
       assert.ok(report.keysPreparedOnSchedule >= CYCLES * ALL_ROLES.length * PROJECTS, "scheduled rotations");
       assert.ok(figures.jobs >= 200, `${figures.jobs} jobs`);
       assert.ok(figures.jobsByDoor.exchange! > 0 && figures.jobsByDoor.callout! > 0, "both doors used");
@@ -701,19 +790,118 @@ describe(
       return m.data.length > 0 ? m.string() : undefined;
     }
 
+    async function waitLogged(msg: string, what: string): Promise<void> {
+      await waitFor(async () => logged.has(msg), { what, timeoutMs: 15_000, intervalMs: 25 });
+    }
+
     /**
-     * TODO(operator signing-key rotation, from branch h2): run the operator signing-key rotation
-     * once here, as test/integration/operator-rotation.test.ts drives it (`natsbind operator
-     * add-signing-key` -> rolling restart of cluster.servers with the new operator JWT ->
-     * `activate` -> `retire` -> rolling restart), each restart wrapped so its URL is in
-     * `plannedRestarts` while the server is down (those disconnects are the planned ones; the
-     * long-lived connections on it must be reopened afterwards, and the lookups of that node skipped
-     * while it restarts). It runs while the jobs do; the soak's counters and assertions then cover
-     * it unchanged.
+     * Restarts every server in turn with `operatorJwtFile` (lame duck first). Each is a planned
+     * restart until it is routed again and holds every account as the others do; long-lived
+     * connections it closed are opened on it again.
      */
-    async function operatorSigningKeyRotation(): Promise<void> {}
+    async function rollingRestart(operatorJwtFile: string, longLived: LongLived[]): Promise<void> {
+      const operatorJwt = await readFile(operatorJwtFile, "utf8");
+      for (const [i, server] of cluster.servers.entries()) {
+        const url = cluster.urls[i]!;
+        plannedRestarts.add(url);
+        restartsStarted += 1;
+        const from = performance.now();
+        try {
+          await server.restart({ operatorJwt, lameDuck: true });
+          await cluster.waitForRoutes(30_000);
+          for (const [n, l] of longLived.entries()) {
+            if (l.server !== url || !l.nc.isClosed()) continue;
+            const again = await openLongLived(l.project, l.role, l.door, l.server, n);
+            assert.ok(again, `reopening ${l.what} after the restart: ${figures.authFailures.join("; ")}`);
+            longLived[n] = again;
+          }
+          await waitFor(
+            async () => {
+              for (const slot of await slots()) if ((await lookupEverywhere(slot)).length > 0) return false;
+              return true;
+            },
+            {
+              what: `${server.name} to hold every account after its restart`,
+              timeoutMs: 30_000,
+              intervalMs: 100,
+            },
+          );
+        } finally {
+          plannedRestarts.delete(url);
+          restartWindows.push([from, performance.now()]);
+        }
+      }
+    }
+
+    /**
+     * The operator signing-key rotation, as the runbook runs it (the CLI commands' functions, with
+     * the soak's clock for the JWTs natsbind pushes), while jobs keep running: add-signing-key ->
+     * rolling restart -> natsbind's operator JWT lists the new key -> activate (every account,
+     * system and callout accounts too) -> natsbind run signs with the new key -> retire -> rolling
+     * restart.
+     */
+    async function operatorSigningKeyRotation(longLived: LongLived[]): Promise<void> {
+      const started = performance.now();
+      const opFile = (name: string): string => join(op.dir, name);
+      const file = (name: string): string => join(dir, name);
+      const oldKey = op.signingKey.publicKey;
+      const added = await addSigningKey({
+        operatorSeedFile: opFile(INIT_LAYOUT.operatorKey),
+        operatorJwtFile: opFile(INIT_LAYOUT.operatorJwt),
+        outJwtFile: file("operator-2.jwt"),
+        outSeedFile: file("operator-signing-2.nk"),
+      });
+      await rollingRestart(file("operator-2.jwt"), longLived);
+      await copyFile(file("operator-2.jwt"), opFile(INIT_LAYOUT.operatorJwt));
+      await waitLogged("operator JWT re-read", "natsbind run to re-read the operator JWT");
+      const resolver = await operatorResolver(op, cluster.urls);
+      let resigned: number;
+      let resignedAgain: number;
+      try {
+        const activateOnce = () =>
+          activate({
+            nats: config.nats,
+            resolver,
+            seedFile: file("operator-signing-2.nk"),
+            allAccounts: true,
+            now: () => clock.now(),
+          });
+        resigned = (await activateOnce()).resigned;
+        await waitLogged(
+          "operator signing key changed: natsbind signs with the new key",
+          "natsbind run to sign with the new key",
+        );
+        // The runbook's second run: what natsbind pushed before it switched is re-signed too.
+        resignedAgain = (await activateOnce()).resigned;
+        await retire({
+          nats: config.nats,
+          resolver,
+          key: oldKey,
+          operatorSeedFile: opFile(INIT_LAYOUT.operatorKey),
+          operatorJwtFile: file("operator-2.jwt"),
+          outJwtFile: file("operator-3.jwt"),
+        });
+      } finally {
+        await resolver.close();
+      }
+      await copyFile(file("operator-3.jwt"), opFile(INIT_LAYOUT.operatorJwt));
+      await rollingRestart(file("operator-3.jwt"), longLived);
+      figures.operator = {
+        oldKey,
+        newKey: added.signingKey,
+        restarts: restartWindows.length,
+        resigned,
+        resignedAgain,
+        wallSeconds: Math.round((performance.now() - started) / 100) / 10,
+      };
+    }
   },
 );
+
+/** host:port of a nats:// URL, as the client's status events name servers. */
+function hostPort(url: string): string {
+  return url.replace(/^nats:\/\//, "");
+}
 
 /** The step at which operatorSigningKeyRotation() runs (gate closed, clock just advanced). */
 const OPERATOR_KEY_ROTATION_STEP = 40;

@@ -13,7 +13,7 @@ import type {
 } from "../../src/keystore/port.ts";
 import { namedKeys } from "../../src/keystore/port.ts";
 import { NKeyPair } from "../../src/nats/keys.ts";
-import { KeyStoreError } from "../../src/store/key-directory.ts";
+import { KeyStoreError } from "../../src/keystore/port.ts";
 
 export interface KeyStoreUnderTest {
   store: KeyStore;

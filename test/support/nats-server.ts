@@ -1,7 +1,40 @@
 // Real nats-server instances in operator mode with a full account resolver, for integration tests.
+import { execFileSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { freePort, httpGet, ManagedProcess, removeDir, tempDir, toolBinary, waitFor } from "./process.ts";
+import {
+  freePort,
+  httpGet,
+  ManagedProcess,
+  removeDir,
+  tempDir,
+  toolBinary,
+  waitFor,
+  type ToolName,
+} from "./process.ts";
+
+/** The nats-server builds scripts/tools.sh makes: the newest, and the oldest supported of each line. */
+export type NatsServerTool = Extract<ToolName, "nats-server" | "nats-server-2.10" | "nats-server-2.11">;
+
+/** Path of a nats-server build (its env override, else .cache/bin); a clear error when it is missing. */
+export function natsServerBinary(tool: NatsServerTool = "nats-server"): string {
+  return toolBinary(tool);
+}
+
+/** `nats-server --version` of a binary, e.g. "v2.10.29". */
+export function natsServerVersion(binary: string): string {
+  const out = execFileSync(binary, ["--version"], { encoding: "utf8" }).trim();
+  const version = /v\d+\.\d+\.\d+\S*/.exec(out)?.[0];
+  if (!version) throw new Error(`${binary} --version printed no version: ${out}`);
+  return version;
+}
+
+/**
+ * The account resolver a server runs: `full` (stores every JWT, answers pushes, lookups and
+ * deletes), `cache` (fetches JWTs from full resolvers on demand, keeps up to `limit`), or `memory`
+ * (resolver_preload only; never updated through the system account).
+ */
+export type ResolverKind = "full" | "cache" | "memory";
 
 /** What a config hook gets to know about the server it configures. */
 export interface NatsServerContext {
@@ -38,6 +71,12 @@ export interface NatsServerOptions {
   configure?: (ctx: NatsServerContext) => string;
   /** Readiness deadline (default 15_000 ms). */
   readyTimeoutMs?: number;
+  /** nats-server binary to run (default: natsServerBinary(), i.e. .cache/bin/nats-server or NATS_SERVER_BIN). */
+  binary?: string;
+  /** The account resolver (default "full", with allow_delete). */
+  resolver?: ResolverKind;
+  /** Runs once per server after its config is written and before it starts (e.g. writes files it names). */
+  beforeStart?: (ctx: NatsServerContext) => Promise<void>;
 }
 
 export interface NatsServer {
@@ -57,9 +96,11 @@ export interface NatsServer {
   logs(): string;
   /**
    * Stops the server and starts it again on the same ports and dir (the resolver's stored JWTs
-   * survive). Pass operatorJwt to change the trusted operator, which needs a restart.
+   * survive). Pass operatorJwt to change the trusted operator, which needs a restart. lameDuck
+   * stops it as a rolling restart should: lame duck mode (SIGUSR2, what `nats-server --signal ldm`
+   * sends) closes the listener, tells the clients, and closes them one by one before exiting.
    */
-  restart(opts?: { operatorJwt?: string }): Promise<void>;
+  restart(opts?: { operatorJwt?: string; lameDuck?: boolean }): Promise<void>;
   /** Stops the server and removes its temp dir. */
   stop(): Promise<void>;
 }
@@ -88,6 +129,25 @@ interface ServerPlan extends NatsServerContext {
   routePorts: number[];
 }
 
+function resolverConfig(kind: ResolverKind, dir: string): string[] {
+  switch (kind) {
+    case "full":
+      return [
+        `resolver: {`,
+        `  type: full`,
+        `  dir: ${q(dir)}`,
+        `  allow_delete: true`,
+        `  interval: "2m"`,
+        `  timeout: "1.9s"`,
+        `}`,
+      ];
+    case "cache":
+      return [`resolver: {`, `  type: cache`, `  dir: ${q(dir)}`, `  ttl: "1h"`, `  timeout: "1.9s"`, `}`];
+    case "memory":
+      return [`resolver: MEMORY`];
+  }
+}
+
 function renderConfig(plan: ServerPlan, opts: NatsServerOptions): string {
   const lines = [
     `server_name: ${q(plan.name)}`,
@@ -95,18 +155,15 @@ function renderConfig(plan: ServerPlan, opts: NatsServerOptions): string {
     `http: ${q(`127.0.0.1:${plan.httpPort}`)}`,
     `operator: ${q(join(plan.dir, "op.jwt"))}`,
     `system_account: ${q(opts.systemAccount)}`,
-    `resolver: {`,
-    `  type: full`,
-    `  dir: ${q(join(plan.dir, "jwt"))}`,
-    `  allow_delete: true`,
-    `  interval: "2m"`,
-    `  timeout: "1.9s"`,
-    `}`,
+    ...resolverConfig(opts.resolver ?? "full", join(plan.dir, "jwt")),
     `resolver_preload: {`,
     `  ${q(opts.systemAccount)}: ${q(opts.systemAccountJwt)}`,
     ...Object.entries(opts.preloadAccounts ?? {}).map(([account, jwt]) => `  ${q(account)}: ${q(jwt)}`),
     `}`,
   ];
+  // restart({lameDuck: true}): the shortest lame duck nats-server accepts (30 s, spread over the
+  // clients it closes one at a time, at most 1 s apart) after a short grace period.
+  lines.push(`lame_duck_duration: "30s"`, `lame_duck_grace_period: "500ms"`);
   if (opts.defaultSentinel !== undefined) lines.push(`default_sentinel: ${q(opts.defaultSentinel)}`);
   if (opts.maxControlLine !== undefined) lines.push(`max_control_line: ${opts.maxControlLine}`);
   if (plan.clusterPort !== undefined && plan.clusterName !== undefined) {
@@ -129,8 +186,9 @@ async function spawnAndWaitHealthy(
   plan: ServerPlan,
   configFile: string,
   timeoutMs: number,
+  binary: string,
 ): Promise<ManagedProcess> {
-  const proc = new ManagedProcess(toolBinary("nats-server"), ["-c", configFile], { name: plan.name });
+  const proc = new ManagedProcess(binary, ["-c", configFile], { name: plan.name });
   try {
     await waitFor(
       async () => {
@@ -157,8 +215,10 @@ async function launch(plan: ServerPlan, opts: NatsServerOptions): Promise<NatsSe
   const opFile = join(plan.dir, "op.jwt");
   await writeFile(opFile, opts.operatorJwt.trim() + "\n");
   await writeFile(configFile, renderConfig(plan, opts));
+  await opts.beforeStart?.(plan);
   const timeoutMs = opts.readyTimeoutMs ?? 15_000;
-  let proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs);
+  const binary = opts.binary ?? natsServerBinary();
+  let proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs, binary);
   let stopped = false;
   return {
     name: plan.name,
@@ -173,11 +233,11 @@ async function launch(plan: ServerPlan, opts: NatsServerOptions): Promise<NatsSe
     logs: () => proc.logs(),
     async restart(restartOpts = {}) {
       if (stopped) throw new Error(`nats-server ${plan.name} was stopped; cannot restart`);
-      await proc.stop();
+      await proc.stop(restartOpts.lameDuck ? { signal: "SIGUSR2", timeoutMs: 45_000 } : {});
       if (restartOpts.operatorJwt !== undefined) {
         await writeFile(opFile, restartOpts.operatorJwt.trim() + "\n");
       }
-      proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs);
+      proc = await spawnAndWaitHealthy(plan, configFile, timeoutMs, binary);
     },
     async stop() {
       stopped = true;

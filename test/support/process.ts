@@ -16,19 +16,33 @@ export const REPO_ROOT = resolve(import.meta.dirname, "..", "..");
 /** Where `make tools` links the binaries. */
 export const TOOLS_BIN_DIR = join(REPO_ROOT, ".cache", "bin");
 
-export type ToolName = "nats-server" | "kube-apiserver" | "etcd" | "nsc" | "kubectl";
+export type ToolName =
+  | "nats-server"
+  | "nats-server-2.10"
+  | "nats-server-2.11"
+  | "kube-apiserver"
+  | "etcd"
+  | "nsc"
+  | "kubectl"
+  | "helm"
+  | "promtool";
 
 const TOOL_ENV: Record<ToolName, string> = {
   "nats-server": "NATS_SERVER_BIN",
+  "nats-server-2.10": "NATS_SERVER_2_10_BIN",
+  "nats-server-2.11": "NATS_SERVER_2_11_BIN",
   "kube-apiserver": "KUBE_APISERVER_BIN",
   etcd: "ETCD_BIN",
   nsc: "NSC_BIN",
   kubectl: "KUBECTL_BIN",
+  helm: "HELM_BIN",
+  promtool: "PROMTOOL_BIN",
 };
 
 /**
- * Path of a tool binary: the env override (NATS_SERVER_BIN, KUBE_APISERVER_BIN, ETCD_BIN, NSC_BIN,
- * KUBECTL_BIN) if set, else .cache/bin/<name>. Throws a clear error when the binary is missing.
+ * Path of a tool binary: the env override (NATS_SERVER_BIN, NATS_SERVER_2_10_BIN,
+ * NATS_SERVER_2_11_BIN, KUBE_APISERVER_BIN, ETCD_BIN, NSC_BIN, KUBECTL_BIN, HELM_BIN, PROMTOOL_BIN)
+ * if set, else .cache/bin/<name>. Throws a clear error when the binary is missing.
  */
 export function toolBinary(name: ToolName): string {
   const envName = TOOL_ENV[name];

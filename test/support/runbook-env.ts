@@ -378,9 +378,9 @@ export async function startRunbookEnvironment(o: {
       "natsbind-k8s/start": async () => (await processes[1]!.start(), "natsbind (Kubernetes mode) started\n"),
       "nats/restart": async (q) => {
         const server = byName(q.get("server") ?? "");
-        await server.restart();
+        await server.restart({ lameDuck: true });
         await cluster.waitForRoutes();
-        return `${server.name} restarted and routed to its peers\n`;
+        return `${server.name} restarted (lame duck mode first) and routed to its peers\n`;
       },
       "nats/operator": async (q) => {
         const server = byName(q.get("server") ?? "");
@@ -415,7 +415,12 @@ export async function startRunbookEnvironment(o: {
       ],
       ["natsbind-test-stop-k8s", "natsbind-k8s/stop", "stops the natsbind pod (Kubernetes mode)", 0],
       ["natsbind-test-start-k8s", "natsbind-k8s/start", "starts the natsbind pod, Secrets mounted", 0],
-      ["natsbind-test-restart-server", "nats/restart", "SERVER: restarts it, returns once it is routed", 1],
+      [
+        "natsbind-test-restart-server",
+        "nats/restart",
+        "SERVER: restarts it in lame duck mode, returns once it is routed",
+        1,
+      ],
       [
         "natsbind-test-install-operator-jwt",
         "nats/operator",

@@ -49,6 +49,7 @@ describe("config: credentials", () => {
     assert.deepEqual(c.credentials?.callout, {
       credsFile: "/etc/nb/callout.creds",
       signingKeyFile: "/etc/nb/callout.nk",
+      connections: 2,
     });
   });
 
@@ -68,6 +69,11 @@ describe("config: credentials", () => {
       { audience: "a", callout: { credsFile: "c" } },
       /callout\.signingKeyFile/,
     ],
+    ...[0, 17, 1.5, "2"].map((n): [string, unknown, RegExp] => [
+      `callout.connections ${JSON.stringify(n)}`,
+      { audience: "a", callout: { credsFile: "c", signingKeyFile: "k", connections: n } },
+      /credentials\.callout\.connections: /,
+    ]),
   ];
   for (const [what, credentials, message] of bad) {
     it(`rejects ${what}, naming the field`, () => {

@@ -552,7 +552,11 @@ describe("files natsbind.yaml names (nats.systemCreds, nats.operatorJwt)", () =>
     );
     await writeFile(keyFile, `${operatorSeed}\n`);
     await rejects(config.nats, /^nats\.systemSigningKey: .*expected an account key, got an operator key/);
-    await writeFile(keyFile, `${seed.slice(0, -1)}A\n`);
+    // One character in the middle changed: the CRC-16 catches every such change. (A changed last
+    // character can leave the seed valid: "A" was its last character once in 32 runs, and part of
+    // that character's bits are padding.)
+    const corrupt = `${seed.slice(0, 10)}${seed[10] === "B" ? "C" : "B"}${seed.slice(11)}`;
+    await writeFile(keyFile, `${corrupt}\n`);
     await rejects(config.nats, /^nats\.systemSigningKey: .*is not a valid nkey seed/);
     await writeFile(keyFile, `${seed}\n`);
 

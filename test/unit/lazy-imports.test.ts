@@ -32,6 +32,7 @@ describe("lazy imports", () => {
   });
 
   it("natsbind credentials revoke loads its Kubernetes half only in Kubernetes mode", () => {
+    assert.equal(loadsClientNode("src/cli/credentials.ts"), false);
     assert.equal(loadsClientNode("src/cli/revoke.ts"), false);
     assert.equal(loadsClientNode("src/cli/revoke-kubernetes.ts"), true);
   });

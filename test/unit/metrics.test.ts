@@ -19,12 +19,17 @@ const DROPPED_HEADER = [
   `# TYPE ${DROPPED_SERIES_METRIC} counter`,
 ];
 
+/** The exposition text of these lines as prom-client writes it: a blank line between metrics. */
+function exposition(lines: string[]): string {
+  return `${lines.map((line, i) => (i > 0 && line.startsWith("# HELP") ? `\n${line}` : line)).join("\n")}\n`;
+}
+
 function text(...lines: string[]): string {
-  return `${[...DROPPED_HEADER, ...lines].join("\n")}\n`;
+  return exposition([...DROPPED_HEADER, ...lines]);
 }
 
 describe("metrics registry", () => {
-  it("renders counters, with and without labels", () => {
+  it("renders counters, with and without labels", async () => {
     const registry = new Registry();
     const reconciles = registry.counter({
       name: "natsbind_reconcile_total",
@@ -38,7 +43,7 @@ describe("metrics registry", () => {
     pushes.inc();
     pushes.inc(4);
     assert.equal(
-      registry.render(),
+      await registry.render(),
       text(
         "# HELP natsbind_reconcile_total Reconciles by controller and result.",
         "# TYPE natsbind_reconcile_total counter",
@@ -51,17 +56,17 @@ describe("metrics registry", () => {
     );
   });
 
-  it("renders an unlabelled metric as 0 before its first update, a labelled one with no series", () => {
+  it("renders an unlabelled metric as 0 before its first update, a labelled one with no series", async () => {
     const registry = new Registry();
     registry.counter({ name: "a_total", help: "A." });
     registry.gauge({ name: "b", help: "B.", labelNames: ["x"] });
     assert.equal(
-      registry.render(),
+      await registry.render(),
       text("# HELP a_total A.", "# TYPE a_total counter", "a_total 0", "# HELP b B.", "# TYPE b gauge"),
     );
   });
 
-  it("renders gauges: set, inc, dec, and special values", () => {
+  it("renders gauges: set, inc, dec, and special values", async () => {
     const registry = new Registry();
     const depth = registry.gauge({
       name: "natsbind_queue_depth",
@@ -80,7 +85,7 @@ describe("metrics registry", () => {
     leader.set(1);
     leader.dec(0.25);
     assert.equal(
-      registry.render(),
+      await registry.render(),
       text(
         "# HELP natsbind_queue_depth Keys waiting.",
         "# TYPE natsbind_queue_depth gauge",
@@ -88,7 +93,8 @@ describe("metrics registry", () => {
         'natsbind_queue_depth{queue="projects"} -1',
         'natsbind_queue_depth{queue="inf"} +Inf',
         'natsbind_queue_depth{queue="-inf"} -Inf',
-        'natsbind_queue_depth{queue="nan"} NaN',
+        // prom-client's spelling; Prometheus parses the value case-insensitively (promtool accepts it).
+        'natsbind_queue_depth{queue="nan"} Nan',
         'natsbind_queue_depth{queue="2"} 1e+21',
         "# HELP natsbind_leader 1 while this replica leads.",
         "# TYPE natsbind_leader gauge",
@@ -97,7 +103,7 @@ describe("metrics registry", () => {
     );
   });
 
-  it("renders histograms: cumulative buckets with +Inf, _sum and _count", () => {
+  it("renders histograms: cumulative buckets with +Inf, _sum and _count", async () => {
     const registry = new Registry();
     const duration = registry.histogram({
       name: "natsbind_reconcile_duration_seconds",
@@ -111,20 +117,20 @@ describe("metrics registry", () => {
     duration.labels({ controller: "gitlab" });
     plain.observe(-1);
     assert.equal(
-      registry.render(),
+      await registry.render(),
       text(
         "# HELP natsbind_reconcile_duration_seconds Reconcile duration.",
         "# TYPE natsbind_reconcile_duration_seconds histogram",
-        'natsbind_reconcile_duration_seconds_bucket{controller="binding",le="0.1"} 2',
-        'natsbind_reconcile_duration_seconds_bucket{controller="binding",le="0.5"} 3',
-        'natsbind_reconcile_duration_seconds_bucket{controller="binding",le="1"} 4',
-        'natsbind_reconcile_duration_seconds_bucket{controller="binding",le="+Inf"} 5',
+        'natsbind_reconcile_duration_seconds_bucket{le="0.1",controller="binding"} 2',
+        'natsbind_reconcile_duration_seconds_bucket{le="0.5",controller="binding"} 3',
+        'natsbind_reconcile_duration_seconds_bucket{le="1",controller="binding"} 4',
+        'natsbind_reconcile_duration_seconds_bucket{le="+Inf",controller="binding"} 5',
         'natsbind_reconcile_duration_seconds_sum{controller="binding"} 3.7',
         'natsbind_reconcile_duration_seconds_count{controller="binding"} 5',
-        'natsbind_reconcile_duration_seconds_bucket{controller="gitlab",le="0.1"} 0',
-        'natsbind_reconcile_duration_seconds_bucket{controller="gitlab",le="0.5"} 0',
-        'natsbind_reconcile_duration_seconds_bucket{controller="gitlab",le="1"} 0',
-        'natsbind_reconcile_duration_seconds_bucket{controller="gitlab",le="+Inf"} 0',
+        'natsbind_reconcile_duration_seconds_bucket{le="0.1",controller="gitlab"} 0',
+        'natsbind_reconcile_duration_seconds_bucket{le="0.5",controller="gitlab"} 0',
+        'natsbind_reconcile_duration_seconds_bucket{le="1",controller="gitlab"} 0',
+        'natsbind_reconcile_duration_seconds_bucket{le="+Inf",controller="gitlab"} 0',
         'natsbind_reconcile_duration_seconds_sum{controller="gitlab"} 0',
         'natsbind_reconcile_duration_seconds_count{controller="gitlab"} 0',
         "# HELP plain_seconds No labels.",
@@ -137,7 +143,7 @@ describe("metrics registry", () => {
     );
   });
 
-  it("escapes label values (backslash, quote, newline) and help text (backslash, newline)", () => {
+  it("escapes label values (backslash, quote, newline) and help text (backslash, newline)", async () => {
     const registry = new Registry();
     const c = registry.counter({
       name: "esc_total",
@@ -146,7 +152,7 @@ describe("metrics registry", () => {
     });
     c.labels({ path: 'a\\b"c"\nd' }).inc();
     assert.equal(
-      registry.render(),
+      await registry.render(),
       text(
         '# HELP esc_total Path C:\\\\dir\\nsecond "line"',
         "# TYPE esc_total counter",
@@ -155,7 +161,7 @@ describe("metrics registry", () => {
     );
   });
 
-  it("rejects invalid metric and label names, duplicates and bad buckets", () => {
+  it("rejects invalid metric and label names, duplicates and bad buckets", async () => {
     const registry = new Registry();
     for (const name of ["", "1abc", "has-dash", "has space", "é", "a{b}"]) {
       assert.throws(
@@ -193,7 +199,7 @@ describe("metrics registry", () => {
     assert.throws(() => new Registry({ maxSeriesPerMetric: 0 }), MetricsError);
   });
 
-  it("rejects wrong label sets and bad values", () => {
+  it("rejects wrong label sets and bad values", async () => {
     const registry = new Registry();
     const c = registry.counter({ name: "c_total", help: "h", labelNames: ["a", "b"] });
     const plain = registry.counter({ name: "p_total", help: "h" });
@@ -208,10 +214,10 @@ describe("metrics registry", () => {
     assert.throws(() => h.observe(NaN), MetricsError);
     assert.equal(plain.labels({}), plain.labels({}));
     plain.labels({}).inc(2);
-    assert.match(registry.render(), /^p_total 2$/m);
+    assert.match(await registry.render(), /^p_total 2$/m);
   });
 
-  it("bounds series per metric: further label sets are dropped and counted", () => {
+  it("bounds series per metric: further label sets are dropped and counted", async () => {
     const registry = new Registry({ maxSeriesPerMetric: 2 });
     const c = registry.counter({ name: "per_project_total", help: "h", labelNames: ["project"] });
     const g = registry.gauge({ name: "per_project_gauge", help: "h", labelNames: ["project"] });
@@ -229,8 +235,8 @@ describe("metrics registry", () => {
       "a dropped series still checks values",
     );
     assert.equal(
-      registry.render(),
-      `${[
+      await registry.render(),
+      exposition([
         ...DROPPED_HEADER,
         `${DROPPED_SERIES_METRIC}{metric="per_project_total"} 3`,
         `${DROPPED_SERIES_METRIC}{metric="per_project_gauge"} 1`,
@@ -242,15 +248,15 @@ describe("metrics registry", () => {
         "# TYPE per_project_gauge gauge",
         'per_project_gauge{project="1"} 1',
         'per_project_gauge{project="2"} 2',
-      ].join("\n")}\n`,
+      ]),
     );
   });
 
-  it("refuses the 10,001st label set by default", () => {
+  it("refuses the 10,001st label set by default", async () => {
     const registry = new Registry();
     const h = registry.histogram({ name: "big_seconds", help: "h", labelNames: ["id"], buckets: [1] });
     for (let i = 0; i < DEFAULT_MAX_SERIES_PER_METRIC + 5; i += 1) h.labels({ id: i }).observe(0.5);
-    const rendered = registry.render();
+    const rendered = await registry.render();
     assert.equal(DEFAULT_MAX_SERIES_PER_METRIC, 10_000);
     assert.equal(rendered.match(/^big_seconds_count\{/gm)?.length, 10_000);
     assert.match(rendered, /^big_seconds_count\{id="9999"\} 1$/m);
@@ -258,17 +264,17 @@ describe("metrics registry", () => {
     assert.match(rendered, new RegExp(`^${DROPPED_SERIES_METRIC}\\{metric="big_seconds"\\} 5$`, "m"));
   });
 
-  it("runs collectors before rendering", () => {
+  it("runs collectors before rendering", async () => {
     const registry = new Registry();
     const depth = registry.gauge({ name: "depth", help: "h" });
     let live = 3;
     registry.onCollect(() => depth.set(live));
-    assert.match(registry.render(), /^depth 3$/m);
+    assert.match(await registry.render(), /^depth 3$/m);
     live = 9;
-    assert.match(registry.render(), /^depth 9$/m);
+    assert.match(await registry.render(), /^depth 9$/m);
   });
 
-  it("exponentialBuckets", () => {
+  it("exponentialBuckets", async () => {
     assert.deepEqual(exponentialBuckets(0.5, 2, 4), [0.5, 1, 2, 4]);
     assert.throws(() => exponentialBuckets(0, 2, 3), MetricsError);
     assert.throws(() => exponentialBuckets(1, 1, 3), MetricsError);
@@ -300,7 +306,7 @@ describe("metrics handler", () => {
     assert.equal(res.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
     assert.equal(res.headers.get("cache-control"), "no-store");
     const body = await res.text();
-    assert.equal(body, registry.render());
+    assert.equal(body, await registry.render());
     assert.match(body, /^served_total\{path="\/x"\} 2$/m);
 
     c.labels({ path: "/x" }).inc();
@@ -327,5 +333,22 @@ describe("metrics handler", () => {
     const broken = await fetch(url);
     assert.equal(broken.status, 500);
     assert.equal(await broken.text(), "metrics collection failed\n");
+  });
+});
+
+describe("process metrics (prom-client defaults)", () => {
+  it("exports event loop lag, heap, GC and handles when asked, and nothing of the kind otherwise", async () => {
+    const plain = await new Registry().render();
+    assert.doesNotMatch(plain, /^(process|nodejs)_/m);
+    const rendered = await new Registry({ processMetrics: true }).render();
+    for (const name of [
+      "process_cpu_seconds_total",
+      "process_resident_memory_bytes",
+      "nodejs_eventloop_lag_seconds",
+      "nodejs_heap_size_used_bytes",
+      "nodejs_gc_duration_seconds",
+      "nodejs_active_handles_total",
+    ])
+      assert.match(rendered, new RegExp(`^# TYPE ${name} `, "m"), name);
   });
 });

@@ -171,6 +171,8 @@ async function rig(
     release: async (b) => void released.push(b),
   };
   const requeued: string[] = [];
+  /** The reconciler's status events (what the status metrics see), in order. */
+  const statusEvents: Array<[string, BindingStatus | undefined]> = [];
   const reconciler = new BindingReconciler({
     bindings,
     projects,
@@ -181,11 +183,25 @@ async function rig(
     clock,
     driftCheckMs: HOUR,
     requeue: (key) => requeued.push(key),
+    events: { status: (key, status) => statusEvents.push([key, status && structuredClone(status)]) },
     ...(authorize ? { authorize } : {}),
   });
   // What another process reading the key directory sees (not the reconciler's cache).
   const onDisk = (b: string) => new DirectoryKeyStore(join(dir, "keys")).list(b);
-  return { dir, clock, bindings, projects, resolver, statuses, keys, released, requeued, reconciler, onDisk };
+  return {
+    dir,
+    clock,
+    bindings,
+    projects,
+    resolver,
+    statuses,
+    keys,
+    released,
+    requeued,
+    statusEvents,
+    reconciler,
+    onDisk,
+  };
 }
 
 type Rig = Awaited<ReturnType<typeof rig>>;
@@ -440,6 +456,28 @@ describe("BindingReconciler: overlapping bindings", () => {
     assert.equal(ready.reason, "GitLabError");
     assert.match(ready.message, /another binding, older than this one/);
     assert.doesNotMatch(JSON.stringify(r.statuses.byKey.get("team-a/aaa")), /secret-group|prod/);
+  });
+});
+
+describe("BindingReconciler: status events (metrics)", () => {
+  it("reports every status it writes, failed reconciles too, and undefined once the binding is gone", async () => {
+    const r = await rig();
+    r.projects.groups.set("g", [project(1), project(2)]);
+    r.bindings.set("prod", binding("prod", "g"), T0);
+    await r.reconciler.reconcile("prod");
+    assert.deepEqual(r.statusEvents, [["prod", r.statuses.byKey.get("prod")]], "the status it wrote");
+    assert.equal(r.statusEvents[0]![1]!.counts.accounts, 2);
+
+    r.projects.failing.add("g");
+    await assert.rejects(r.reconciler.reconcile("prod"), GitLabNotFoundError);
+    const failed = r.statusEvents.at(-1)!;
+    assert.deepEqual(failed, ["prod", r.statuses.byKey.get("prod")]);
+    assert.equal(failed[1]!.conditions.find((c) => c.type === "Ready")!.status, "False");
+
+    r.bindings.entries.delete("prod");
+    await r.reconciler.reconcile("prod");
+    assert.deepEqual(r.statusEvents.at(-1), ["prod", undefined]);
+    assert.equal(r.statuses.byKey.has("prod"), false);
   });
 });
 

@@ -19,7 +19,7 @@ import type { NatsBinding } from "../../api/v1alpha1/types.ts";
 import { NatsbindError, TerminalError, describeError } from "../../errors.ts";
 import type { GitLabProject } from "../../gitlab/port.ts";
 import type { AccountRef, KeyStore, StoredAccount, UntrustedSlot } from "../../keystore/port.ts";
-import { KeyStoreError } from "../../store/key-directory.ts";
+import { KeyStoreError } from "../../keystore/port.ts";
 import { claimsHash, readJwt, signJwt } from "../../nats/claims.ts";
 import type { KeyPair } from "@nats-io/nkeys";
 import type { AccountResolver } from "../../nats/resolver.ts";
@@ -90,6 +90,11 @@ export interface ReconcilerEvents {
   deleted?(key: string, account: string, ref: AccountRef): void;
   /** A refusal not reported for this binding by its previous reconcile (a Warning, a log line). */
   refused?(key: string, refusal: Refusal): void;
+  /**
+   * The binding's status as this reconcile is about to write it (metrics), or undefined once the
+   * binding is gone and its status removed.
+   */
+  status?(key: string, status: BindingStatus | undefined): void;
 }
 
 export interface BindingReconcilerOptions {
@@ -369,7 +374,7 @@ export class BindingReconciler implements Reconciler<string> {
       accounts: [],
     };
     this.#statuses.set(key, status);
-    await this.#o.statuses.write(key, status);
+    await this.#publish(key, status);
     return { requeueAfterMs: this.#o.driftCheckMs };
   }
 
@@ -688,7 +693,7 @@ export class BindingReconciler implements Reconciler<string> {
         summary.keyPhase = phaseOf(slot);
       }
     }
-    await this.#o.statuses.write(key, status);
+    await this.#publish(key, status);
   }
 
   /**
@@ -940,6 +945,7 @@ export class BindingReconciler implements Reconciler<string> {
     this.#yielded.delete(key);
     this.#allowed.delete(key);
     await this.#o.statuses.remove(key);
+    this.#o.events?.status?.(key, undefined);
     this.#overlapsChanged(key, undefined);
   }
 
@@ -975,6 +981,12 @@ export class BindingReconciler implements Reconciler<string> {
       accounts: previous?.accounts ?? [],
     };
     this.#statuses.set(key, status);
+    await this.#publish(key, status);
+  }
+
+  /** Reports the status (even if writing it fails: it is what natsbind knows), then writes it. */
+  async #publish(key: string, status: BindingStatus): Promise<void> {
+    this.#o.events?.status?.(key, status);
     await this.#o.statuses.write(key, status);
   }
 
@@ -1327,10 +1339,10 @@ const CREATE_CHUNK = 1_000;
 /** How soon a binding whose rotation step failed is reconciled again. */
 const ROTATION_RETRY_MS = 30_000;
 
-/** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
 /** The slots each plan was made from (see managedSlots). */
 const planInputs = new WeakMap<Plan, readonly StoredAccount[]>();
 
+/** The slots a plan manages (pushed or up to date): the ones rotation and revocations act on. */
 function managedSlots(slots: readonly StoredAccount[], p: Plan): readonly StoredAccount[] {
   // Each pushed or up-to-date account is a distinct slot of those the plan was made from: as many
   // as there are slots means all of them (the usual case), without a pass over them.
