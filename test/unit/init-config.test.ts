@@ -149,6 +149,7 @@ describe("natsbind init", () => {
     assert.deepEqual(config.credentials?.callout, {
       credsFile: join(out, INIT_LAYOUT.calloutCreds),
       signingKeyFile: join(out, INIT_LAYOUT.calloutAccountSigningKey),
+      connections: 2,
     });
 
     // What natsbind run reads from it.
