@@ -250,7 +250,13 @@ export function watchStatus(nc: NatsConnection): {
 } {
   const all: string[] = [];
   void (async () => {
-    for await (const s of nc.status()) all.push(s.type === "error" ? `error: ${s.error.message}` : s.type);
+    for await (const s of nc.status()) {
+      // Not events of the connection: "update" is an INFO naming the servers (nats-server sends one
+      // after the first PONG, which may come after connect() resolved; nats.js reports it even
+      // when no server changed), "ping" the client's own keepalive.
+      if (s.type === "update" || s.type === "ping") continue;
+      all.push(s.type === "error" ? `error: ${s.error.message}` : s.type);
+    }
   })();
   return {
     all,
