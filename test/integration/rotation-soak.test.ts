@@ -235,7 +235,23 @@ describe(
      */
     const plannedRestarts = new Set<string>();
     /** Wall-clock (performance.now) windows of the restarts. */
-    const restartWindows: Array<[number, number]> = [];
+    const restartWindows: Array<{ url: string; from: number; to: number }> = [];
+    /** When an attempt began and ended, and the restarts of its server, for a failure's message. */
+    const timeline = (url: string, began: number): string => {
+      const at = (t: number): string => `${Math.round(t - began)} ms`;
+      const windows = restartWindows.filter((w) => w.url === url).map((w) => `${at(w.from)}..${at(w.to)}`);
+      return (
+        `failed ${at(performance.now())} after it began; restarts of ${url} relative to that: ` +
+        `${[...windows, ...(plannedRestarts.has(url) ? ["under way"] : [])].join(", ") || "none"}`
+      );
+    };
+    /**
+     * Whether `url` restarted (or is restarting) at any time since `since` (performance.now): a
+     * connect or job that began before a restart may fail after it ended (its error surfaces
+     * late), and is still the restart's doing.
+     */
+    const restartedSince = (url: string, since: number): boolean =>
+      plannedRestarts.has(url) || restartWindows.some((w) => w.url === url && w.to >= since);
     let restartsStarted = 0;
 
     const slots = (): Promise<StoredAccount[]> => new DirectoryKeyStore(config.keys.directory).list("acme");
@@ -423,6 +439,7 @@ describe(
       held?: Held,
     ): Promise<{ nc: NatsConnection; expiresAt: number } | undefined> {
       const issuedAt = clock.now();
+      const began = performance.now();
       try {
         if (door === "exchange") {
           const creds = held ?? (await exchangeCreds(project, role, what, jobId));
@@ -450,8 +467,14 @@ describe(
         const message = err instanceof Error ? err.message : String(err);
         if (/authori[sz]ation|authentication|permission/i.test(message))
           figures.authFailures.push(`${what} via ${door} on ${server}: ${message}`);
-        else if (plannedRestarts.has(server)) figures.plannedDisconnects += 1;
-        else figures.otherFailures.push(`${what} via ${door} on ${server}: ${message}`);
+        // An attempt that overlapped a restart of its server is the restart's, even when its error
+        // surfaces after the restart (a connect accepted just before lame duck mode waits out its
+        // 5 s timeout).
+        else if (restartedSince(server, began)) figures.plannedDisconnects += 1;
+        else
+          figures.otherFailures.push(
+            `${what} via ${door} on ${server}: ${message} (${timeline(server, began)})`,
+          );
         return undefined;
       }
     }
@@ -488,6 +511,7 @@ describe(
       const door = late ? "exchange" : pick(["exchange", "callout"] as const);
       const server = pick(cluster.urls);
       const jobId = ++jobSeq;
+      const began = performance.now();
       const what = `${late ? "late job" : "job"} ${jobId} (worker ${worker}, project ${project.id}, role ${role}, ${door})`;
       const conn = await credentialsAndConnect(project, role, door, server, what, jobId, late);
       if (!conn) return;
@@ -495,7 +519,7 @@ describe(
       try {
         const got = await deliverMessages(conn.nc, `${SUBJECT_PREFIX[role]}.${project.id}.job${jobId}`);
         if (got < MESSAGES_PER_JOB) {
-          if (w.planned || plannedRestarts.has(server)) figures.plannedJobFailures += 1;
+          if (w.planned || restartedSince(server, began)) figures.plannedJobFailures += 1;
           else figures.deliveryFailures.push(`${what}: ${got} of ${MESSAGES_PER_JOB} messages delivered`);
           return;
         }
@@ -510,7 +534,7 @@ describe(
         } else figures.jobsByDoor[door] = (figures.jobsByDoor[door] ?? 0) + 1;
       } catch (err) {
         // A job on a server being restarted may be cut off mid-way: that is the restart's doing.
-        if (w.planned || plannedRestarts.has(server)) figures.plannedJobFailures += 1;
+        if (w.planned || restartedSince(server, began)) figures.plannedJobFailures += 1;
         else throw err;
       } finally {
         w.closing = true;
@@ -701,7 +725,7 @@ describe(
       // A push needs every server's ack: a rotation step that ran while a server restarted fails
       // and is retried (the cycles below still complete). Any other failure is a defect.
       const duringRestart = (wall: number): boolean =>
-        restartWindows.some(([from, to]) => from <= wall && wall <= to + 1_000);
+        restartWindows.some(({ from, to }) => from <= wall && wall <= to + 1_000);
       const rotationFailuresDuringRestarts = events.filter(
         (e) => e.event.phase === "RotationFailed" && duringRestart(e.wall),
       );
@@ -828,7 +852,7 @@ describe(
           );
         } finally {
           plannedRestarts.delete(url);
-          restartWindows.push([from, performance.now()]);
+          restartWindows.push({ url, from, to: performance.now() });
         }
       }
     }
