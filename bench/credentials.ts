@@ -106,6 +106,7 @@ import {
   log,
   median,
   processCpuMs,
+  procMemory,
   sleep,
   table,
   verdict,
@@ -162,18 +163,6 @@ function percentile(values: ArrayLike<number>, p: number): number {
 
 const mb = (bytes: number): number => bytes / (1024 * 1024);
 const fmtMs = (ms: number): string => (ms >= 1 ? `${fmt(ms, 2)} ms` : `${fmt(ms * 1000, 0)} µs`);
-
-/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
-function procMemory(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (name: string): number =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
-    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-  } catch {
-    return undefined;
-  }
-}
 
 /** The CPUs this process may run on (taskset's list), or undefined without taskset. */
 function allowedCpus(): number[] | undefined {

@@ -31,7 +31,6 @@
  *   BENCH_K8S_CHILD_ARGS      node flags for the natsbind children (e.g. "--cpu-prof --cpu-prof-dir=DIR")
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
@@ -70,6 +69,7 @@ import {
   log,
   median,
   processCpuMs,
+  procMemory,
   sleep,
   table,
   verdict,
@@ -129,18 +129,6 @@ function machineBusyMs(): number | undefined {
     busy += t.busy;
   }
   return busy;
-}
-
-/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
-function procMemory(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (name: string): number =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
-    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-  } catch {
-    return undefined;
-  }
 }
 
 /** `natsbind run --config FILE` as a child: peak memory sampled, stderr's tail kept for errors. */

@@ -31,7 +31,7 @@
  *   TMPDIR=/dev/shm key directory and the server's resolver dir on tmpfs (removes the fsync cost)
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -55,6 +55,7 @@ import {
   log,
   median,
   processCpuMs,
+  procMemory,
   sleep,
   table,
   verdict,
@@ -86,18 +87,6 @@ spec:
       subscribe: {allow: ["_INBOX.>", "deploy.events.{{project.slug}}.{{tag(env)}}"]}
   limits: {connections: ${connections}, payload: 1Mi}
 `;
-}
-
-/** VmRSS / VmHWM of a process, bytes; undefined when unreadable. */
-function procMemory(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (name: string): number =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
-    return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
-  } catch {
-    return undefined;
-  }
 }
 
 /** Resolver requests on the wire (system account), per account for pushes. */
