@@ -167,25 +167,45 @@ export async function readBoundedFile(path: string, maxBytes: number): Promise<B
     const stats = await handle.stat();
     if (!stats.isFile()) return { kind: "not-a-file" };
     if (stats.size > maxBytes) return { kind: "too-large" };
-    let buffer = Buffer.alloc(stats.size + 1);
-    let total = 0;
+    const r = new BoundedReader(stats.size, maxBytes);
     for (;;) {
-      const { bytesRead } = await handle.read(buffer, total, buffer.length - total, total);
-      // Less than asked for from a regular file: its end (a restart reads 100,000 slot files; a
-      // second read of each only to get 0 bytes back was a fifth of the file system calls).
-      if (bytesRead === 0 || (total === 0 && bytesRead <= stats.size))
-        return { kind: "ok", data: buffer.subarray(0, total + bytesRead) };
-      total += bytesRead;
-      // The file may grow while it is read: grow the buffer, within the bound.
-      if (total > maxBytes) return { kind: "too-large" };
-      if (total === buffer.length) {
-        const bigger = Buffer.alloc(Math.min(maxBytes + 1, buffer.length * 2));
-        buffer.copy(bigger);
-        buffer = bigger;
-      }
+      const { bytesRead } = await handle.read(r.buffer, r.total, r.buffer.length - r.total, r.total);
+      const done = r.read(bytesRead);
+      if (done) return done;
     }
   } finally {
     await handle.close();
+  }
+}
+
+/** The reads of one bounded file into a buffer, shared by readBoundedFile and its sync twin. */
+class BoundedReader {
+  buffer: Buffer;
+  total = 0;
+  readonly #size: number;
+  readonly #maxBytes: number;
+
+  constructor(size: number, maxBytes: number) {
+    this.buffer = Buffer.alloc(size + 1);
+    this.#size = size;
+    this.#maxBytes = maxBytes;
+  }
+
+  /** Takes a read of `bytesRead` bytes at `total`: the result once the file is read, else undefined. */
+  read(bytesRead: number): BoundedRead | undefined {
+    // Less than asked for from a regular file: its end (a restart reads 100,000 slot files; a
+    // second read of each only to get 0 bytes back was a fifth of the file system calls).
+    if (bytesRead === 0 || (this.total === 0 && bytesRead <= this.#size))
+      return { kind: "ok", data: this.buffer.subarray(0, this.total + bytesRead) };
+    this.total += bytesRead;
+    // The file may grow while it is read: grow the buffer, within the bound.
+    if (this.total > this.#maxBytes) return { kind: "too-large" };
+    if (this.total === this.buffer.length) {
+      const bigger = Buffer.alloc(Math.min(this.#maxBytes + 1, this.buffer.length * 2));
+      this.buffer.copy(bigger);
+      this.buffer = bigger;
+    }
+    return undefined;
   }
 }
 
@@ -206,19 +226,10 @@ export function readBoundedFileSync(path: string, maxBytes: number): BoundedRead
     const stats = fstatSync(fd);
     if (!stats.isFile()) return { kind: "not-a-file" };
     if (stats.size > maxBytes) return { kind: "too-large" };
-    let buffer = Buffer.alloc(stats.size + 1);
-    let total = 0;
+    const r = new BoundedReader(stats.size, maxBytes);
     for (;;) {
-      const bytesRead = readSync(fd, buffer, total, buffer.length - total, total);
-      if (bytesRead === 0 || (total === 0 && bytesRead <= stats.size))
-        return { kind: "ok", data: buffer.subarray(0, total + bytesRead) };
-      total += bytesRead;
-      if (total > maxBytes) return { kind: "too-large" };
-      if (total === buffer.length) {
-        const bigger = Buffer.alloc(Math.min(maxBytes + 1, buffer.length * 2));
-        buffer.copy(bigger);
-        buffer = bigger;
-      }
+      const done = r.read(readSync(fd, r.buffer, r.total, r.buffer.length - r.total, r.total));
+      if (done) return done;
     }
   } finally {
     closeSync(fd);
